@@ -99,8 +99,12 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         )
     if not path.is_dir():
         raise ExportError(f"checkpoint is not a directory: {path}. Pass OUTPUT_DIR or OUTPUT_DIR/global_step_N.")
-    if (path / "fsdp_config.json").exists() or any(_SHARD_RE.match(p.name) for p in path.iterdir()):
-        return path
+    if (
+        _step_number(path) is not None
+        or (path / "fsdp_config.json").exists()
+        or any(_SHARD_RE.match(p.name) for p in path.iterdir())
+    ):
+        return path  # a step directory; inspect_checkpoint() says what, if anything, is missing
     tracker = path / TRACKER_FILE
     steps = sorted((p for p in path.glob("global_step_*") if _step_number(p) is not None), key=_step_number)
     if not tracker.is_file():

@@ -307,10 +307,10 @@ def test_inspect_checkpoint_reports_missing_pieces(tmp_path):
     with pytest.raises(ExportError, match="lora_train_meta.json: expected"):
         inspect_checkpoint(bad_meta)
 
-    empty = tmp_path / "e"
-    empty.mkdir()
-    with pytest.raises(ExportError, match="no FSDP model shards"):
-        inspect_checkpoint(empty)
+    empty = tmp_path / "e" / "global_step_5"
+    (empty / "huggingface").mkdir(parents=True)
+    with pytest.raises(ExportError, match="no FSDP model shards .*checkpoint.save_contents"):
+        inspect_checkpoint(resolve_checkpoint(empty))
 
     lora = _fake_step_dir(tmp_path / "f")
     (lora / "lora_train_meta.json").write_text('{"r": 8, "lora_alpha": 16, "task_type": "CAUSAL_LM"}')
