@@ -666,11 +666,20 @@ def evaluate(
 # --------------------------------------------------------------------------- CLI
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None/False ones, whose help text already says what unset means."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sft.evaluate",
         description="Generate answers to held-out math problems, grade their final answers, and summarise.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("model", help="Hugging Face model directory (e.g. the output of python -m sft.export)")
     parser.add_argument("data", help="val Parquet or JSONL: a 'messages' column, or a prompt column (see --prompt-key)")
@@ -686,11 +695,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--system-prompt", default=None,
-        help="system message put first in every prompt (must match training; rows that already have one keep it)",
+        help="system message put first in every prompt; must match training (a row with a different one is an error)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=512, help="generation limit per answer, in tokens")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call (transformers backend)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows (default: all)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows (default: all rows)")
     parser.add_argument("--backend", choices=BACKENDS, default="transformers", help="generation engine")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument(

@@ -411,11 +411,20 @@ def export_checkpoint(
 # --------------------------------------------------------------------------- CLI
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None/False ones, whose help text already says what unset means."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sft.export",
         description="Export a verl FSDP checkpoint (full or LoRA) as a Hugging Face model directory.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "checkpoint",
