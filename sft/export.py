@@ -391,11 +391,16 @@ def export_checkpoint(
 
         validate_hf_model_output(final)
         _make_world_readable(final)
+        # Swap in two renames; the old export is deleted only once the new one is in place.
+        previous = tmp_dir / "previous"
         if output_dir.exists():
-            # Swap in two renames so the old export is only gone once the new one is in place.
-            old = tmp_dir / "previous"
-            os.replace(output_dir, old)
-        os.replace(final, output_dir)
+            os.replace(output_dir, previous)
+        try:
+            os.replace(final, output_dir)
+        except BaseException:
+            if previous.exists():
+                os.replace(previous, output_dir)
+            raise
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

@@ -234,10 +234,15 @@ def test_interrupted_or_failed_export_leaves_target_untouched(eval_trained, eval
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], "temporary directory left behind"
 
-    # Without --force an existing export is never overwritten.
+    # Without --force an existing export is never overwritten; with it, it is replaced.
     monkeypatch.undo()
     with pytest.raises(ExportError, match="already exists.*--force"):
         export_checkpoint(run, target)
+    (target / "stale.txt").write_text("from an older export")
+    export_checkpoint(run, target, force=True)
+    assert not (target / "stale.txt").exists()
+    assert (target / "model.safetensors").read_bytes() == before["model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
     # A truncated shard is named in the error and no output appears.
     broken = tmp_path / "broken" / "global_step_2"
