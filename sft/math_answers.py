@@ -67,6 +67,9 @@ def extract_final_answer(text: str | None) -> str | None:
         matches = list(pattern.finditer(text))
         if matches:
             answer = matches[-1].group("answer")
+            # Minerva's "Final Answer: The final answer is $7$." repeats the phrase within one match.
+            while (inner := pattern.search(answer)) is not None:
+                answer = inner.group("answer")
             # "The answer is 7. We checked it." -> "7"
             answer = re.split(r"\.\s", answer, maxsplit=1)[0]
             answer = _strip_math_delimiters(answer)

@@ -91,3 +91,10 @@ _STEP_LOSS = re.compile(r"step:(\d+) - .*?train/loss:([0-9.eE+-]+)")
 def train_losses(output: str) -> dict[int, float]:
     """{global step: training loss} from verl's console logger lines."""
     return {int(step): float(loss) for step, loss in _STEP_LOSS.findall(output)}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "slow: trains a tiny model with verl on CPU (tens of seconds each); skip with -m 'not slow'",
+    )

@@ -1,0 +1,462 @@
+"""Export a verl FSDP checkpoint as a Hugging Face model directory that transformers and vLLM load as is.
+
+Usage:
+    python -m sft.export checkpoints/my_run                      # latest step, to <step>/hf_model
+    python -m sft.export checkpoints/my_run/global_step_300 -o outputs/my_model
+    python -m sft.export checkpoints/my_run --dtype bfloat16 --force
+    python sft/export.py --help
+
+CHECKPOINT is either a step directory (`global_step_N/`, as verl writes it) or the training
+output directory (`trainer.default_local_dir`), in which case the step named by its
+`latest_checkpointed_iteration.txt` is exported.
+
+What it writes (OUTPUT_DIR, default `<step dir>/hf_model`):
+    config.json, generation_config.json, model.safetensors (or shards + index),
+    tokenizer files and chat template, export_info.json (where the weights came from);
+    lora_adapter/ (adapter_config.json, adapter_model.safetensors) for LoRA runs.
+
+How: verl's own merger (`verl.model_merger`, FSDP backend) joins the per-rank shards and
+splits off the LoRA adapter. Two of its behaviours are corrected here, both checked on verl
+0.9.1 on CPU:
+  * it casts every weight to bfloat16 while joining shards (and writes dtype bfloat16 in
+    config.json) even when training kept float32 weights. This export keeps the weights'
+    own dtype while joining and then casts once to `--dtype` (auto: the dtype the base
+    model's config declares), so a float32 model exports bit-exact.
+  * for LoRA runs (`lora_train_meta.json` in the step directory) it writes the adapter but
+    leaves the LoRA deltas out of the full weights (upstream verl issue 4553). This export
+    applies them with PEFT (`merge_and_unload`) and keeps the adapter beside the merged model.
+
+The export is built in a temporary sibling directory and renamed into place at the end, so
+an interrupted export never leaves a half-written model at OUTPUT_DIR.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python sft/export.py`: make `import sft.x` work
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+LORA_META_FILE = "lora_train_meta.json"
+HF_CONFIG_SUBDIR = "huggingface"
+ADAPTER_SUBDIR = "lora_adapter"
+EXPORT_INFO_FILE = "export_info.json"
+DEFAULT_EXPORT_SUBDIR = "hf_model"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_SHARD_RE = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
+
+
+class ExportError(RuntimeError):
+    """A checkpoint cannot be exported; the message names the path and the fix."""
+
+
+@dataclass
+class CheckpointInfo:
+    """What a verl FSDP step directory holds, as far as export needs to know."""
+
+    step_dir: Path
+    global_step: int | None
+    world_size: int
+    shard_files: list[Path]
+    lora: dict | None = None
+    """Contents of lora_train_meta.json (r, lora_alpha, task_type) for LoRA runs, else None."""
+    config: dict = field(default_factory=dict)
+    """huggingface/config.json of the trained model."""
+
+    @property
+    def is_lora(self) -> bool:
+        return self.lora is not None
+
+
+# --------------------------------------------------------------------------- checkpoint checks
+
+
+def _step_number(path: Path) -> int | None:
+    match = re.fullmatch(r"global_step_(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The step directory to export: `path` itself, or the latest step of an output directory."""
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(
+            f"checkpoint not found: {path}. Pass a step directory (OUTPUT_DIR/global_step_N) or the "
+            "training output directory (trainer.default_local_dir)."
+        )
+    if not path.is_dir():
+        raise ExportError(f"checkpoint is not a directory: {path}. Pass OUTPUT_DIR or OUTPUT_DIR/global_step_N.")
+    if (
+        _step_number(path) is not None
+        or (path / "fsdp_config.json").exists()
+        or any(_SHARD_RE.match(p.name) for p in path.iterdir())
+    ):
+        return path  # a step directory; inspect_checkpoint() says what, if anything, is missing
+    tracker = path / TRACKER_FILE
+    steps = sorted((p for p in path.glob("global_step_*") if _step_number(p) is not None), key=_step_number)
+    if not tracker.is_file():
+        if steps:
+            names = ", ".join(p.name for p in steps)
+            raise ExportError(
+                f"{tracker} is missing, so the latest complete checkpoint is unknown (found {names}; verl writes "
+                f"the tracker only after a save completes). Pass one step directory explicitly, e.g. {steps[-1]}."
+            )
+        raise ExportError(
+            f"no checkpoint in {path}: neither {TRACKER_FILE} nor global_step_N/ directories. "
+            "Point at the directory training wrote (trainer.default_local_dir) or at one of its global_step_N/."
+        )
+    text = tracker.read_text().strip()
+    try:
+        step = int(text)
+    except ValueError:
+        raise ExportError(
+            f"{tracker}:1: expected a step number, found {text!r}. Pass a step directory explicitly."
+        ) from None
+    step_dir = path / f"global_step_{step}"
+    if not step_dir.is_dir():
+        raise ExportError(
+            f"{tracker} names step {step}, but {step_dir} does not exist (deleted or moved?). "
+            "Pass an existing global_step_N directory explicitly."
+        )
+    return step_dir
+
+
+def inspect_checkpoint(step_dir: str | os.PathLike) -> CheckpointInfo:
+    """Check that a step directory holds a complete FSDP model checkpoint, and describe it."""
+    step_dir = Path(step_dir)
+    hint = "The save was probably interrupted: export an earlier global_step_N, or resume training to save again."
+    fsdp_config_path = step_dir / "fsdp_config.json"
+    shard_names = sorted(p.name for p in step_dir.iterdir() if _SHARD_RE.match(p.name))
+    if not shard_names:
+        raise ExportError(
+            f"no FSDP model shards (model_world_size_W_rank_R.pt) in {step_dir}. Export needs a checkpoint "
+            "saved with 'model' in checkpoint.save_contents; if this is not a verl step directory, pass one."
+        )
+    if not fsdp_config_path.is_file():
+        raise ExportError(f"{fsdp_config_path} is missing. {hint}")
+    try:
+        fsdp_config = json.loads(fsdp_config_path.read_text())
+        world_size = int(fsdp_config["world_size"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{fsdp_config_path}: unreadable ({exc}); expected {{'world_size': N, ...}}. {hint}") from None
+
+    expected = [step_dir / f"model_world_size_{world_size}_rank_{rank}.pt" for rank in range(world_size)]
+    missing = [p.name for p in expected if not p.is_file() or p.stat().st_size == 0]
+    if missing:
+        raise ExportError(f"checkpoint {step_dir} is incomplete: missing or empty {', '.join(missing)}. {hint}")
+
+    hf_config_path = step_dir / HF_CONFIG_SUBDIR / "config.json"
+    if not hf_config_path.is_file():
+        raise ExportError(
+            f"{hf_config_path} is missing: verl saves the model config and tokenizer there with every "
+            f"checkpoint. {hint}"
+        )
+    try:
+        config = json.loads(hf_config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{hf_config_path}:{exc.lineno}: invalid JSON ({exc.msg}). {hint}") from None
+
+    lora = None
+    meta_path = step_dir / LORA_META_FILE
+    if meta_path.exists():
+        try:
+            lora = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ExportError(f"{meta_path}:{exc.lineno}: invalid JSON ({exc.msg}). {hint}") from None
+        if not isinstance(lora, dict) or int(lora.get("r", 0) or 0) <= 0 or "lora_alpha" not in lora:
+            raise ExportError(
+                f"{meta_path}: expected {{'r': >0, 'lora_alpha': ...}}, found {lora!r}; cannot merge the LoRA "
+                "adapter without its rank and alpha."
+            )
+    return CheckpointInfo(
+        step_dir=step_dir,
+        global_step=_step_number(step_dir),
+        world_size=world_size,
+        shard_files=expected,
+        lora=lora,
+        config=config,
+    )
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _quiet_device_mesh_warning() -> None:
+    # Unpickling DTensors outside a process group logs a torch.compile warning per shard;
+    # the merger never compiles, so it is noise here.
+    logging.getLogger("torch.distributed.device_mesh").setLevel(logging.ERROR)
+
+
+def _load_shard(path: Path) -> dict:
+    import torch
+
+    try:
+        # weights_only=False: the shards pickle DTensors and their device mesh, as verl's merger loads them.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises many types for a truncated or corrupt pickle
+        raise ExportError(
+            f"cannot read {path}: {type(exc).__name__}: {exc}. The file is corrupt or truncated; "
+            "export an earlier global_step_N, or resume training to save again."
+        ) from exc
+
+
+def _make_merger(info: CheckpointInfo, target_dir: Path):
+    """verl's FSDPModelMerger, joining shards in the dtype they were saved in (not bfloat16)."""
+    import torch
+    from tqdm import tqdm
+    from verl.model_merger.base_model_merger import ModelMergerConfig
+    from verl.model_merger.fsdp_model_merger import DTensor, FSDPModelMerger, merge_non_dtensor_shards
+
+    class DtypePreservingFSDPMerger(FSDPModelMerger):
+        """verl 0.9.1's `_load_and_merge_state_dicts` calls `.bfloat16()` on every shard.
+
+        This override differs only in keeping the saved dtype; placement handling reuses the
+        parent's `_merge_by_placement` and verl's `merge_non_dtensor_shards`. It also checks
+        each joined tensor against the global shape the DTensor records.
+        """
+
+        def _load_rank_zero_state_dict(self, world_size):
+            return _load_shard(info.shard_files[0])
+
+        def _load_and_merge_state_dicts(self, world_size, total_shards, mesh_shape, mesh_dim_names):
+            if len(mesh_shape) != 1:
+                raise NotImplementedError("FSDP + tensor parallel checkpoints are not supported (nor by verl)")
+            shards = [
+                _load_shard(path)
+                for path in tqdm(info.shard_files[:total_shards], desc=f"Loading {total_shards} FSDP shards")
+            ]
+            merged = {}
+            for key in list(shards[0].keys()):
+                pieces = [shard.pop(key) for shard in shards]
+                if isinstance(pieces[0], DTensor):
+                    placements = tuple(pieces[0].placements)
+                    if mesh_dim_names[0] in ("dp", "ddp"):
+                        placements = placements[1:]
+                    tensor = self._merge_by_placement([p._local_tensor for p in pieces], placements[0])
+                    if tuple(tensor.shape) != tuple(pieces[0].shape):
+                        raise ExportError(
+                            f"{key}: joined shards have shape {tuple(tensor.shape)}, the checkpoint records "
+                            f"{tuple(pieces[0].shape)}; {info.step_dir} looks inconsistent."
+                        )
+                    merged[key] = tensor
+                else:
+                    merged[key] = merge_non_dtensor_shards(key, pieces)
+            return merged
+
+    config = ModelMergerConfig(
+        operation="merge",
+        backend="fsdp",
+        target_dir=str(target_dir),
+        local_dir=str(info.step_dir),
+        hf_model_config_path=str(info.step_dir / HF_CONFIG_SUBDIR),
+    )
+    return DtypePreservingFSDPMerger(config)
+
+
+def _resolve_dtype(dtype: str, info: CheckpointInfo):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ExportError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        dtype = info.config.get("dtype") or info.config.get("torch_dtype") or "float32"
+        if dtype not in DTYPES:  # e.g. a config that says "float64"; keep what training used
+            dtype = "float32"
+    return getattr(torch, dtype)
+
+
+def _apply_lora(model, adapter_dir: Path):
+    """Load verl's adapter onto `model` with PEFT, check every tensor arrived, and merge it in."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    adapter_file = adapter_dir / "adapter_model.safetensors"
+    if not adapter_file.is_file():
+        raise ExportError(
+            f"the checkpoint has {LORA_META_FILE} but verl's merger wrote no LoRA adapter ({adapter_file} "
+            "missing): its model shards hold no lora_A/lora_B weights."
+        )
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    params = dict(peft_model.named_parameters())
+    adapter = load_file(str(adapter_file))
+    for key, value in adapter.items():
+        # PEFT stores "...q_proj.lora_A.weight"; the live parameter is "...q_proj.lora_A.default.weight".
+        live_key = re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", key)
+        live = params.get(live_key)
+        if live is None or not torch.equal(live.detach().to(value.dtype), value):
+            raise ExportError(
+                f"PEFT did not load adapter tensor {key} from {adapter_file} as saved; the adapter does not fit "
+                "the base model in this checkpoint."
+            )
+    return peft_model.merge_and_unload()
+
+
+def _make_world_readable(path: Path) -> None:
+    """mkdtemp creates 0700 and safetensors may write 0600: give the export the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, dirs, files in os.walk(path):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
+def _dir_size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    dtype: str = "auto",
+    force: bool = False,
+    log=print,
+) -> Path:
+    """Export `checkpoint` (a step directory or a training output directory) and return the model directory.
+
+    `output_dir` defaults to `<step dir>/hf_model`. An existing `output_dir` is replaced only
+    with `force=True`, and only once the new export is complete.
+    """
+    import torch
+
+    started = time.time()
+    step_dir = resolve_checkpoint(checkpoint)
+    info = inspect_checkpoint(step_dir)
+    output_dir = Path(output_dir) if output_dir is not None else step_dir / DEFAULT_EXPORT_SUBDIR
+    if output_dir.exists() and not force:
+        raise ExportError(f"{output_dir} already exists. Pass --force (force=True) to replace it, or choose another -o.")
+    target_dtype = _resolve_dtype(dtype, info)
+    kind = f"LoRA r={info.lora['r']} alpha={info.lora['lora_alpha']}" if info.is_lora else "full fine-tune"
+    log(f"exporting {step_dir} ({kind}, {info.world_size} FSDP shards) -> {output_dir} [{str(target_dtype)[6:]}]")
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        staging = tmp_dir / "verl_merge"
+        final = tmp_dir / "model"
+        log("[1/3] joining FSDP shards with verl.model_merger")
+        _quiet_device_mesh_warning()
+        merger = _make_merger(info, staging)
+        # verl's merger prints its progress on stdout; keep stdout for our own summary.
+        with contextlib.redirect_stdout(sys.stderr):
+            merger.merge_and_save()
+        merger.cleanup()
+
+        log("[2/3] " + ("merging the LoRA adapter into the weights with PEFT" if info.is_lora else "loading merged weights"))
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        # Load in float32 (what FSDP keeps as master weights) so the LoRA merge and the final
+        # cast each round only once.
+        model = AutoModelForCausalLM.from_pretrained(str(staging), dtype=torch.float32)
+        if info.is_lora:
+            model = _apply_lora(model, staging / ADAPTER_SUBDIR)
+        model = model.to(target_dtype)
+        model.config.dtype = target_dtype
+
+        log(f"[3/3] writing the Hugging Face model ({str(target_dtype)[6:]} safetensors, tokenizer, generation config)")
+        model.save_pretrained(str(final), safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(staging)).save_pretrained(str(final))
+        if info.is_lora:
+            shutil.copytree(staging / ADAPTER_SUBDIR, final / ADAPTER_SUBDIR)
+        export_info = {
+            "source_checkpoint": str(step_dir.resolve()),
+            "global_step": info.global_step,
+            "fsdp_world_size": info.world_size,
+            "lora": info.lora,
+            "lora_merged": info.is_lora,
+            "dtype": str(target_dtype)[6:],
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        with contextlib.suppress(ImportError):
+            import verl
+
+            export_info["verl_version"] = verl.__version__
+        (final / EXPORT_INFO_FILE).write_text(json.dumps(export_info, indent=2) + "\n")
+
+        from verl.model_merger.output_validation import validate_hf_model_output
+
+        validate_hf_model_output(final)
+        _make_world_readable(final)
+        # Swap in two renames; the old export is deleted only once the new one is in place.
+        previous = tmp_dir / "previous"
+        if output_dir.exists():
+            os.replace(output_dir, previous)
+        try:
+            os.replace(final, output_dir)
+        except BaseException:
+            if previous.exists():
+                os.replace(previous, output_dir)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    log(
+        f"exported global_step_{info.global_step} to {output_dir} ({_dir_size_mb(output_dir):.1f} MiB"
+        + (f", LoRA merged, adapter in {ADAPTER_SUBDIR}/" if info.is_lora else "")
+        + f") in {time.time() - started:.1f}s"
+    )
+    return output_dir
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None/False ones, whose help text already says what unset means."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sft.export",
+        description="Export a verl FSDP checkpoint (full or LoRA) as a Hugging Face model directory.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "checkpoint",
+        help="a step directory (OUTPUT_DIR/global_step_N) or the training output directory "
+        f"(its {TRACKER_FILE} picks the latest step)",
+    )
+    parser.add_argument(
+        "--output-dir", "-o", default=None,
+        help=f"where to write the model (default: <step dir>/{DEFAULT_EXPORT_SUBDIR})",
+    )
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="auto",
+        help="weight dtype of the export; auto = the dtype the base model's config declares",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing output directory")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        export_checkpoint(args.checkpoint, args.output_dir, dtype=args.dtype, force=args.force)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
