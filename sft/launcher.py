@@ -271,8 +271,7 @@ def resolve_settings(env: dict[str, str] | None = None) -> Settings:
         sources["VAL_FILE"] = "auto: sibling val.parquet" if val_file else "auto: none beside TRAIN_FILE"
     else:
         val_file = Path(env["VAL_FILE"].strip()).expanduser() if env["VAL_FILE"].strip() else None
-    if val_file is not None:
-        read_parquet_facts(val_file, "VAL_FILE")
+    val_rows = read_parquet_facts(val_file, "VAL_FILE") if val_file is not None else 0
 
     manifest_tokens = read_manifest_tokens(train_file)
     max_length_raw = get("MAX_LENGTH")
@@ -313,6 +312,12 @@ def resolve_settings(env: dict[str, str] | None = None) -> Settings:
         raise LaunchError(
             f"TRAIN_FILE has {train_rows} rows, fewer than TRAIN_BATCH_SIZE={train_batch_size}: verl drops the last "
             f"incomplete batch, so nothing would train. Set TRAIN_BATCH_SIZE<={train_rows - train_rows % world_size or world_size}."
+        )
+    if val_file is not None and val_rows < train_batch_size:
+        raise LaunchError(
+            f"VAL_FILE has {val_rows} rows, fewer than TRAIN_BATCH_SIZE={train_batch_size}: verl validates in batches "
+            "of TRAIN_BATCH_SIZE and drops incomplete ones, so val/loss would be nan. Use a larger validation split, "
+            "a smaller TRAIN_BATCH_SIZE, or VAL_FILE= (empty) to skip validation."
         )
     epochs = _int("EPOCHS", get("EPOCHS"), minimum=1)
     learning_rate = _float("LEARNING_RATE", get("LEARNING_RATE"), minimum=0.0)

@@ -65,9 +65,10 @@ def chat_data_dir(tmp_path_factory) -> Path:
 
 
 def launcher_env(**settings: str) -> dict[str, str]:
-    """The current environment without launcher settings, plus `settings` (CPU by default)."""
+    """The current environment without launcher settings, plus `settings` (CPU, 16 samples per step by default)."""
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARIABLES}
-    env.update({"DEVICE": "cpu", "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"})
+    # 16 samples per step: the fixtures' val set (16 rows) is one full validation batch.
+    env.update({"DEVICE": "cpu", "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1", "TRAIN_BATCH_SIZE": "16"})
     env.update({k: str(v) for k, v in settings.items()})
     return env
 

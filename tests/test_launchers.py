@@ -152,6 +152,7 @@ def no_messages_parquet(tmp_path_factory) -> Path:
         ({"TRAIN_FILE": "missing/train.parquet"}, "TRAIN_FILE not found: missing/train.parquet. Run sft/prepare_data.py first"),
         ({"VAL_FILE": "missing/val.parquet"}, "VAL_FILE not found"),
         ({"TRAIN_FILE": "<no-messages>"}, "has no `messages` column"),
+        ({"VAL_FILE": "<tiny-val>", "TRAIN_BATCH_SIZE": "16"}, "VAL_FILE has 4 rows, fewer than TRAIN_BATCH_SIZE=16"),
         ({"TRAIN_FILE": "<not-parquet>"}, "is not a readable Parquet file"),
         ({"EPOCHS": "three"}, "EPOCHS must be an integer, got 'three'"),
         ({"LEARNING_RATE": "fast"}, "LEARNING_RATE must be a number, got 'fast'"),
@@ -171,7 +172,9 @@ def test_preflight_errors_name_the_problem_and_the_fix(tmp_path, tiny_model_dir,
                                                        settings, expected):
     not_parquet = tmp_path / "train.parquet"
     not_parquet.write_text("id,prompt\n1,hello\n")
-    replacements = {"<no-messages>": str(no_messages_parquet), "<not-parquet>": str(not_parquet)}
+    tiny_val = write_chat_parquet(tmp_path / "tiny_val.parquet", 4)
+    replacements = {"<no-messages>": str(no_messages_parquet), "<not-parquet>": str(not_parquet),
+                    "<tiny-val>": str(tiny_val)}
     settings = {k: replacements.get(v, v) for k, v in settings.items()}
     defaults = {"MODEL_NAME": tiny_model_dir, "TRAIN_FILE": chat_data_dir / "train.parquet", "OUTPUT_DIR": tmp_path / "out"}
     env = launcher_env(**{**defaults, **settings})
