@@ -23,14 +23,21 @@ memory (GPU: verl's max allocated; CPU: peak resident memory of all training pro
 each configuration's ratio to the first one.
 
 Configurations (--configs, comma separated; first is the baseline of the ratios):
-    original   the original design: fixed micro batch (BATCH_SIZE), no dynamic batching, no
-               remove-padding (each micro batch padded to its longest sample; verl 0.9.1's
-               engine no longer pads to max_length), FSDP1 on GPU
+    original   the original design: every sample padded to MAX_LENGTH (sft/padded_dataset.py
+               emulates it; verl 0.9.1's engine only takes unpadded samples), fixed micro batch
+               (BATCH_SIZE=4), no dynamic batching, no remove-padding, gradient checkpointing,
+               FSDP1 on GPU
     ours       the launcher's defaults, unchanged
-    ours-bf16 / ours-fp32   our defaults with COMPUTE_DTYPE forced
-    ours-no-gc our defaults without gradient checkpointing
-    ours-liger our defaults with Liger kernels (+model.use_liger; needs requirements-gpu.txt)
-    ours-fsdp1 our defaults with engine.strategy=fsdp (GPU only)
+    ours-bf16 / ours-fp32      our defaults with COMPUTE_DTYPE forced
+    ours-gc / ours-no-gc       our defaults with GRADIENT_CHECKPOINTING forced on / off
+    ours-rmpad / ours-no-rmpad our defaults with REMOVE_PADDING forced on / off
+    ours-micro1                our defaults with one sample per micro batch, no dynamic batching
+    ours-liger                 our defaults with Liger kernels (+model.use_liger; requirements-gpu.txt)
+    ours-fsdp1                 our defaults with engine.strategy=fsdp (GPU only)
+
+Tokens/s count real tokens only. verl's sampler is seeded, so every configuration sees the same
+samples at each step; the benchmark replays the sampler to count each step's real tokens (and
+checks that count against verl's own where verl's count excludes padding).
 """
 
 from __future__ import annotations
@@ -66,13 +73,20 @@ SHAPES = {
 }
 QWEN_VOCAB_SIZE = 151936  # the models' embedding rows (the tokenizer has 151,665 tokens)
 
+_PADDED = str(REPO_ROOT / "sft" / "padded_dataset.py")
 CONFIGS: dict[str, dict] = {
-    "original": {"env": {}, "overrides": ["data.use_dynamic_bsz=False", "model.use_remove_padding=False"],
+    "original": {"env": {"REMOVE_PADDING": "0", "GRADIENT_CHECKPOINTING": "1"},
+                 "overrides": [f"data.custom_cls.path={_PADDED}", "data.custom_cls.name=PadToMaxLengthDataset",
+                               "data.use_dynamic_bsz=False"],
                  "gpu_overrides": ["engine.strategy=fsdp"]},
     "ours": {"env": {}, "overrides": []},
     "ours-bf16": {"env": {"COMPUTE_DTYPE": "bf16"}, "overrides": []},
     "ours-fp32": {"env": {"COMPUTE_DTYPE": "fp32"}, "overrides": []},
-    "ours-no-gc": {"env": {}, "overrides": ["model.enable_gradient_checkpointing=False"]},
+    "ours-gc": {"env": {"GRADIENT_CHECKPOINTING": "1"}, "overrides": []},
+    "ours-no-gc": {"env": {"GRADIENT_CHECKPOINTING": "0"}, "overrides": []},
+    "ours-rmpad": {"env": {"REMOVE_PADDING": "1"}, "overrides": []},
+    "ours-no-rmpad": {"env": {"REMOVE_PADDING": "0"}, "overrides": []},
+    "ours-micro1": {"env": {"BATCH_SIZE": "1"}, "overrides": ["data.use_dynamic_bsz=False"]},
     "ours-liger": {"env": {}, "overrides": ["model.use_liger=True"]},
     "ours-fsdp1": {"env": {}, "overrides": ["engine.strategy=fsdp"]},
 }
@@ -212,6 +226,25 @@ def flops_per_token(config: dict, mean_context: float) -> float:
     return 6 * linear + attention
 
 
+def real_tokens_per_step(lengths: list[int], world: int, train_batch_size: int, steps: int) -> dict[int, int]:
+    """{step: real tokens} as verl's trainer batches them: DistributedSampler(seed 0), epoch 0."""
+    from torch.utils.data import DistributedSampler
+
+    per_rank = train_batch_size // world
+    tokens = {}
+    samplers = [DistributedSampler(range(len(lengths)), num_replicas=world, rank=rank, shuffle=True, seed=0,
+                                   drop_last=True) for rank in range(world)]
+    rank_indices = []
+    for sampler in samplers:
+        sampler.set_epoch(0)
+        rank_indices.append(list(sampler))
+    steps_per_epoch = len(rank_indices[0]) // per_rank
+    for step in range(1, min(steps, steps_per_epoch) + 1):
+        window = slice((step - 1) * per_rank, step * per_rank)
+        tokens[step] = sum(lengths[i] for indices in rank_indices for i in indices[window])
+    return tokens
+
+
 def _process_tree_rss(pid: int) -> int:
     import psutil
 
@@ -230,17 +263,18 @@ def _process_tree_rss(pid: int) -> int:
 
 
 def run_config(name: str, args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path,
-               device: str, world: int) -> tuple[RunResult, dict]:
+               device: str, world: int, step_tokens: dict[int, int]) -> tuple[RunResult, dict]:
     spec = CONFIGS[name]
     total_steps = args.warmup_steps + args.steps
     overrides = list(spec["overrides"]) + (spec.get("gpu_overrides", []) if device == "cuda" else [])
     overrides += [f"trainer.total_training_steps={total_steps + 1}", "trainer.save_freq=-1"]
-    env = {**os.environ, **spec["env"], "PYTHONUNBUFFERED": "1", "MODEL_NAME": str(model_dir),
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, "MODEL_NAME": str(model_dir),
            "TRAIN_FILE": str(train_file), "VAL_FILE": "", "OUTPUT_DIR": str(work / "runs" / name),
            "TRAIN_BATCH_SIZE": str(args.train_batch_size), "EPOCHS": "1000", "LOGGER": "console",
            "DEVICE": device, "NPROC_PER_NODE": str(args.nproc), "EXPERIMENT_NAME": f"benchmark-{name}"}
     if args.max_tokens_per_gpu:
         env["MAX_TOKENS_PER_GPU"] = str(args.max_tokens_per_gpu)
+    env.update(spec["env"])
     for key in ("DRY_RUN", "SFT_MODE"):
         env.pop(key, None)
     shutil.rmtree(work / "runs" / name, ignore_errors=True)
@@ -292,7 +326,12 @@ def run_config(name: str, args: argparse.Namespace, model_dir: Path, train_file:
     result.ok = True
     result.steps = len(measured)
     result.step_seconds = [arrivals[s] - arrivals[s - 1] for s in measured]
-    result.tokens = int(sum(metrics[s].get("train/global_tokens", 0) for s in measured))
+    result.tokens = sum(step_tokens[s] for s in measured)
+    verl_tokens = int(sum(metrics[s].get("train/global_tokens", 0) for s in measured))
+    if name != "original" and verl_tokens != result.tokens:
+        result.error = (f"replayed sampler counted {result.tokens} tokens, verl {verl_tokens}: the data order "
+                        "assumption does not hold; tokens/s uses verl's count")
+        result.tokens = verl_tokens
     elapsed = sum(result.step_seconds)
     result.tokens_per_s_per_device = result.tokens / elapsed / world
     result.mfu_verl = sum(metrics[s].get("train/mfu", 0.0) for s in measured) / len(measured)
@@ -375,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
 
     counts = pq.read_table(train_file, columns=["sft_num_tokens"]).column(0).to_numpy().astype(float)
     mean_context = float((counts**2).sum() / counts.sum())  # the context a token attends over, on average
+    step_tokens = real_tokens_per_step([int(c) for c in counts], args.nproc, args.train_batch_size,
+                                       args.warmup_steps + args.steps)
+    if len(step_tokens) < args.warmup_steps + args.steps:
+        print(f"error: {len(counts)} samples give only {len(step_tokens)} steps of {args.train_batch_size}; "
+              f"raise --rows or lower --steps/--train-batch-size", file=sys.stderr)
+        return 2
     per_token = flops_per_token(model_config, mean_context)
     print(f"[benchmark] {len(counts)} samples, tokens p50 {int(sorted(counts)[len(counts) // 2])} max {int(max(counts))}; "
           f"{per_token / 1e9:.3f} GFLOP per token; {peak_label}", flush=True)
@@ -382,9 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.configs.split(","):
         print(f"[benchmark] running {name} ({args.warmup_steps} warm-up + {args.steps} measured steps)", flush=True)
-        result, _ = run_config(name, args, model_dir, train_file, work, device, args.nproc)
+        result, _ = run_config(name, args, model_dir, train_file, work, device, args.nproc, step_tokens)
         if result.ok:
             result.mfu_ours = result.tokens_per_s_per_device * per_token / peak
+            if result.error:
+                print(f"[benchmark]   warning: {result.error}", flush=True)
             print(f"[benchmark]   {result.tokens_per_s_per_device:,.0f} tokens/s/device, "
                   f"{sum(result.step_seconds) / result.steps:.2f} s/step, wall {result.wall_seconds:.0f}s", flush=True)
         else:

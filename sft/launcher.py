@@ -74,6 +74,8 @@ class Settings:
     experiment_name: str
     attn_implementation: str
     compute_dtype: str
+    remove_padding: bool
+    gradient_checkpointing: bool
     dry_run: bool
     verl_dir: Path | None
     lora_rank: int = 0
@@ -370,6 +372,21 @@ def resolve_settings(env: dict[str, str] | None = None) -> Settings:
     elif compute_dtype not in ("bf16", "fp32"):
         raise LaunchError(f"COMPUTE_DTYPE must be auto, bf16 or fp32, got {compute_dtype!r}.")
 
+    remove_padding_raw = get("REMOVE_PADDING").lower()
+    if remove_padding_raw == "auto":
+        # Packed samples need varlen attention: flash-attn has it; sdpa would attend across the
+        # whole pack (a block-diagonal mask over MAX_TOKENS_PER_GPU^2 scores).
+        remove_padding = attn.startswith("flash")
+        sources["REMOVE_PADDING"] = f"auto: {attn}"
+    else:
+        remove_padding = _bool("REMOVE_PADDING", remove_padding_raw)
+    checkpointing_raw = get("GRADIENT_CHECKPOINTING").lower()
+    if checkpointing_raw == "auto":
+        gradient_checkpointing = device == "cuda"
+        sources["GRADIENT_CHECKPOINTING"] = f"auto: {device}"
+    else:
+        gradient_checkpointing = _bool("GRADIENT_CHECKPOINTING", checkpointing_raw)
+
     verl_dir_raw = env.get("VERL_DIR", "").strip()
     verl_dir = None
     if verl_dir_raw:
@@ -408,6 +425,8 @@ def resolve_settings(env: dict[str, str] | None = None) -> Settings:
         experiment_name=experiment_name,
         attn_implementation=attn,
         compute_dtype=compute_dtype,
+        remove_padding=remove_padding,
+        gradient_checkpointing=gradient_checkpointing,
         dry_run=_bool("DRY_RUN", get("DRY_RUN")),
         verl_dir=verl_dir,
         notes=notes,
@@ -451,7 +470,8 @@ def hydra_overrides(s: Settings) -> list[str]:
         f"data.val_files={hydra_quote(str(s.val_file)) if s.val_file else 'null'}",
         "data.pad_mode=no_padding",
         "data.use_dynamic_bsz=True",
-        "model.use_remove_padding=True",
+        f"model.use_remove_padding={s.remove_padding}",
+        f"model.enable_gradient_checkpointing={s.gradient_checkpointing}",
         f"data.max_length={s.max_length}",
         f"data.max_token_len_per_gpu={s.max_tokens_per_gpu}",
         f"data.micro_batch_size_per_gpu={s.batch_size}",
@@ -542,6 +562,8 @@ def format_settings(s: Settings) -> str:
         ("PROJECT_NAME / EXPERIMENT_NAME", f"{s.project_name} / {s.experiment_name}"),
         ("ATTN_IMPLEMENTATION", s.attn_implementation),
         ("COMPUTE_DTYPE", s.compute_dtype),
+        ("REMOVE_PADDING", str(int(s.remove_padding))),
+        ("GRADIENT_CHECKPOINTING", str(int(s.gradient_checkpointing))),
         ("TRUST_REMOTE_CODE", str(int(s.trust_remote_code))),
     ]
     if s.mode == "lora":
@@ -601,7 +623,8 @@ def compose_config(overrides: list[str], verl_dir: Path | None = None):
 EFFECTIVE_KEYS = (
     "model.path", "model.lora_rank", "model.lora_alpha", "model.target_modules", "optim.lr",
     "optim.lr_scheduler_type", "optim.weight_decay", "data.train_files", "data.val_files", "data.max_length",
-    "data.max_token_len_per_gpu", "data.train_batch_size", "engine.strategy", "engine.mixed_precision",
+    "data.max_token_len_per_gpu", "data.train_batch_size", "model.use_remove_padding",
+    "model.enable_gradient_checkpointing", "engine.strategy", "engine.mixed_precision",
     "trainer.total_epochs", "trainer.default_local_dir", "trainer.resume_mode", "trainer.save_freq",
     "trainer.test_freq", "trainer.logger",
 )

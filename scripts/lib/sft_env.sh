@@ -41,6 +41,9 @@
 #                              composes with every override, and exit without training
 #   ATTN_IMPLEMENTATION auto   auto: flash_attention_2 on a GPU with flash-attn installed, else sdpa
 #   COMPUTE_DTYPE    auto      auto | bf16 | fp32 compute (auto: bf16 on GPU, fp32 on CPU, where bf16 is emulated)
+#   REMOVE_PADDING   auto      1: pack samples without padding; auto: on with flash attention, off with sdpa
+#                              (sdpa attends over the whole pack, quadratic in MAX_TOKENS_PER_GPU)
+#   GRADIENT_CHECKPOINTING auto  recompute activations in the backward pass; auto: on for GPU, off for CPU
 #   VERL_DIR         (unset)   a verl source checkout to use instead of the installed package
 #   PYTHON           .venv/bin/python if present, else python3
 
@@ -75,6 +78,8 @@ LOGGER="${LOGGER:-console}"  # works offline; add wandb or tensorboard when want
 DRY_RUN="${DRY_RUN:-0}"
 ATTN_IMPLEMENTATION="${ATTN_IMPLEMENTATION:-auto}"
 COMPUTE_DTYPE="${COMPUTE_DTYPE:-auto}"
+REMOVE_PADDING="${REMOVE_PADDING:-auto}"
+GRADIENT_CHECKPOINTING="${GRADIENT_CHECKPOINTING:-auto}"
 VERL_DIR="${VERL_DIR:-}"
 if [[ -x "$SFT_REPO_ROOT/.venv/bin/python" ]]; then
   PYTHON="${PYTHON:-$SFT_REPO_ROOT/.venv/bin/python}"
@@ -85,7 +90,7 @@ fi
 export NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT RDZV_ID DEVICE MODEL_NAME TRAIN_FILE \
   TRUST_REMOTE_CODE MAX_LENGTH MAX_TOKENS_PER_GPU BATCH_SIZE TRAIN_BATCH_SIZE EPOCHS LR_SCHEDULER \
   WARMUP_RATIO WEIGHT_DECAY SEED PROJECT_NAME EXPERIMENT_NAME OUTPUT_DIR SAVE_FREQ TEST_FREQ LOGGER \
-  DRY_RUN ATTN_IMPLEMENTATION COMPUTE_DTYPE VERL_DIR LEARNING_RATE SFT_MODE
+  DRY_RUN ATTN_IMPLEMENTATION COMPUTE_DTYPE REMOVE_PADDING GRADIENT_CHECKPOINTING VERL_DIR LEARNING_RATE SFT_MODE
 # VAL_FILE is exported only when set: unset (auto) and empty (none) mean different things.
 if [[ -n "${VAL_FILE+set}" ]]; then export VAL_FILE; fi
 
