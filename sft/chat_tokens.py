@@ -214,6 +214,14 @@ class ChatTokenCounter:
     def verify(self, prompts: Sequence[str], responses: Sequence[str], system_prompt: str | None = None) -> None:
         """Raise if `count` differs from verl's own per-message tokenization on these samples."""
         fast = self.count(prompts, responses, system_prompt)
+        saved = self.tokenizer.model_max_length  # long samples are fine here: silence the length warning
+        self.tokenizer.model_max_length = 1 << 62
+        try:
+            self._verify(fast, prompts, responses, system_prompt)
+        finally:
+            self.tokenizer.model_max_length = saved
+
+    def _verify(self, fast, prompts, responses, system_prompt) -> None:
         for i, (prompt, response) in enumerate(zip(prompts, responses)):
             messages = ([{"role": "system", "content": system_prompt}] if system_prompt is not None else []) + [
                 {"role": "user", "content": prompt},

@@ -98,6 +98,40 @@ class JsonlChunk:
         return len(self.rows) + len(self.bad)
 
 
+def file_sha256(path: str | os.PathLike, block_bytes: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(block_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def line_boundaries(path: str | os.PathLike, every: int) -> list[int]:
+    """Byte offsets that start a line, about `every` bytes apart (0 first, the file size last)."""
+    size = os.path.getsize(path)
+    bounds = [0]
+    with open(path, "rb") as handle:
+        position = every
+        while position < size:
+            handle.seek(position)
+            while True:
+                window = handle.read(1 << 16)
+                if not window:
+                    position = size
+                    break
+                newline = window.find(b"\n")
+                if newline >= 0:
+                    position += newline + 1
+                    break
+                position += len(window)
+            if position >= size:
+                break
+            bounds.append(position)
+            position += every
+    bounds.append(size)
+    return bounds
+
+
 def _has_surrogate(value: Any) -> bool:
     """True when a parsed JSON value holds a lone UTF-16 surrogate (not encodable as UTF-8)."""
     if isinstance(value, str):
@@ -167,19 +201,25 @@ def parse_line_slow(raw: bytes, path: str, lineno: int, unterminated: bool) -> d
 class JsonlReader:
     """Iterate over a JSONL file in chunks of parsed rows; see the module docstring."""
 
-    def __init__(self, path: str | os.PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+    def __init__(self, path: str | os.PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 start: int = 0, end: int | None = None):
+        """Read the whole file, or only bytes [start, end) when both fall on line starts (then
+        line numbers count from the start of that range and no sha256 is computed)."""
         self.path = str(path)
         self.chunk_bytes = max(1, int(chunk_bytes))
+        if os.path.isdir(self.path):
+            raise InputError(f"input {self.path} is a directory; pass JSONL files or a glob such as '{self.path}/*.jsonl'")
         try:
             self.size = os.path.getsize(self.path)
         except OSError as exc:
             raise InputError(f"cannot read input file {self.path}: {exc.strerror}") from exc
-        if os.path.isdir(self.path):
-            raise InputError(f"input {self.path} is a directory; pass JSONL files or a glob such as '{self.path}/*.jsonl'")
-        self._digest = hashlib.sha256()
+        self.start = start
+        self.end = self.size if end is None else end
+        self._digest = hashlib.sha256() if start == 0 and end is None else None
         self.sha256: str | None = None
         self.rows_read = 0
         self.blank_lines = 0
+        self.lines = 0
 
     def _blocks(self) -> Iterator[bytes]:
         """Raw blocks of the file, read and hashed on a background thread."""
@@ -193,9 +233,12 @@ class JsonlReader:
         def produce() -> None:
             try:
                 with handle:
+                    handle.seek(self.start)
+                    left = self.end - self.start
                     while not stop.is_set():
-                        block = handle.read(self.chunk_bytes)
-                        if block:
+                        block = handle.read(min(self.chunk_bytes, left)) if left > 0 else b""
+                        left -= len(block)
+                        if block and self._digest is not None:
                             self._digest.update(block)  # hashlib releases the GIL on large blocks
                         while not stop.is_set():
                             try:
@@ -216,7 +259,8 @@ class JsonlReader:
                 if isinstance(block, Exception):
                     raise block
                 if not block:
-                    self.sha256 = self._digest.hexdigest()
+                    if self._digest is not None:
+                        self.sha256 = self._digest.hexdigest()
                     return
                 yield block
         finally:
@@ -283,6 +327,7 @@ class JsonlReader:
                 rows.append(value)
                 lines.append(lineno)
             next_line += len(pieces)
+            self.lines += len(pieces)
             self.rows_read += chunk.rows_read
             self.blank_lines += chunk.blank_lines
             yield chunk

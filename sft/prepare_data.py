@@ -7,7 +7,7 @@ Usage:
         --require-final-answer --dedup --max-per-problem 4 --on-error skip
     python sft/prepare_data.py data.jsonl -o data/sft --answers answers.jsonl   # keep correct solutions only
 
-Writes, in the output directory (each file atomically; a stale file a new run does not produce
+Writes, in the output directory (each file atomically; a stale file this run does not produce
 is removed; manifest.json is written last, so its presence means the run completed):
     train.parquet    `messages` ([system?], user=prompt, assistant=response) + the input's fields
                      (+ `sft_num_tokens`, the exact token count verl will see, with --tokenizer)
@@ -17,15 +17,15 @@ is removed; manifest.json is written last, so its presence means the run complet
                      add up to the rows read), split and shuffle details, token summary with
                      `tokens.recommended_max_length` and `tokens.recommended_max_tokens_per_gpu`
 
-Rows are validated, then filtered in this order, each drop counted under its reason:
-duplicates (--dedup), missing final answer (--require-final-answer, or implied by answer
-checking), wrong answer (--answer-key / --answers), token-length filters (--min-tokens,
---max-tokens, --max-length), then --max-per-problem (the first K remaining solutions of each
-problem in input order). The train/val split is by problem (all rows with the same id, or the
-same prompt when a row has no id, go to one side), exactly round(val_split x problems) problems
-to val, chosen by a seeded hash. Rows are shuffled uniformly at random (seeded) with bounded
-memory: each row goes to a hashed bucket on disk, each bucket is permuted in memory. See
-sft/README.md ("Data preparation") for details.
+Every non-blank line is a row; each row ends in exactly one place: rejected (bad row, by
+reason), filtered (by reason, in this order: no_final_answer, no_reference_answer,
+wrong_answer, no_token_count, too_few_tokens, too_many_tokens, over_max_length), deduplicated,
+filtered as over_max_per_problem (the first K remaining solutions of a problem in input order
+are kept), train or val. The split is by problem (same id, or same prompt when a row has no
+id), exactly round(val_split x problems) problems in val, chosen by a seeded hash. Rows are
+shuffled uniformly at random (seeded) with bounded memory: each row goes to a hashed bucket on
+disk, each bucket is permuted in memory. Parsing runs in --workers processes; the output does
+not depend on their number. See sft/README.md ("Data preparation") for details.
 """
 
 from __future__ import annotations
@@ -40,60 +40,58 @@ import argparse
 import collections
 import contextlib
 import datetime
-import hashlib
 import importlib.metadata
 import math
+import multiprocessing
 import os
 import platform
+import queue
 import shutil
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from sft import data_scan
+from sft.data_scan import (
+    GROUP_COLUMN,
+    INTERNAL_COLUMNS,
+    MESSAGES_COLUMN,
+    ORDER_COLUMN,
+    ROW_FILTERS,
+    TOKENS_COLUMN,
+    ConfigurationError,
+    ScanSettings,
+    Scanner,
+    SpillInfo,
+    TaskResult,
+    plan_tasks,
+)
 from sft.jsonl_io import (
     DEFAULT_CHUNK_BYTES,
     BadLine,
     InputError,
     JsonlReader,
-    SchemaTracker,
-    atomic_path,
     conform_table,
     ensure_writable_dir,
     expand_inputs,
-    rows_to_table,
+    file_sha256,
+    widen_type,
     write_json_atomic,
 )
 
 MANIFEST_VERSION = 1
-GROUP_COLUMN = "__sft_group"
-TOKENS_COLUMN = "sft_num_tokens"
-MESSAGES_COLUMN = "messages"
-MAX_BUCKETS = 1024
-
-# Reject reasons added by validation (parse failures come from sft.jsonl_io).
-REASON_MISSING = "missing_field"
-REASON_NULL = "null_value"
-REASON_NOT_STRING = "not_a_string"
-REASON_EMPTY = "empty_string"
-REASON_BAD_ID = "invalid_id"
-
-# Filter reasons, in the order the filters run.
-FILTER_ORDER = (
-    "no_final_answer",
-    "no_reference_answer",
-    "wrong_answer",
-    "no_token_count",
-    "too_few_tokens",
-    "too_many_tokens",
-    "over_max_length",
-    "over_max_per_problem",
-)
-STAGE_ORDER = ["read", "rejected", "deduplicated", "filtered", "train", "val"]
+MAX_BUCKETS = 512
+FILTER_ORDER = ROW_FILTERS + ("over_max_per_problem",)
+STAGE_ORDER = ["read", "rejected", *ROW_FILTERS, "deduplicated", "over_max_per_problem", "train", "val"]
+SLICE_BYTES = 16 << 20
+"""Rows are taken, templated and written in slices of about this much text (bounds memory)."""
 
 
 class DataError(Exception):
@@ -126,8 +124,12 @@ class PrepareConfig:
     on_error: str = "fail"
     tokenizer: str | None = None
     max_length: int | None = None
-    shuffle_buffer_mb: float = 128.0
+    compression: str = "snappy"
+    workers: int = 0
+    """0 = one per CPU core."""
+    shuffle_buffer_mb: float = 256.0
     chunk_mb: float = DEFAULT_CHUNK_BYTES / (1 << 20)
+    task_mb: float = data_scan.TASK_BYTES / (1 << 20)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -151,37 +153,16 @@ class PrepareConfig:
             )
         if self.answer_key and self.answers:
             raise InputError("use either --answer-key (a field of each row) or --answers FILE, not both")
-        if self.shuffle_buffer_mb <= 0 or self.chunk_mb <= 0:
-            raise InputError("--shuffle-buffer-mb and --chunk-mb must be positive")
+        if min(self.shuffle_buffer_mb, self.chunk_mb, self.task_mb) <= 0:
+            raise InputError("--shuffle-buffer-mb, --chunk-mb and --task-mb must be positive")
+        if self.workers < 0:
+            raise InputError(f"--workers must be 0 (one per core) or more, got {self.workers}")
+        if self.compression not in ("snappy", "zstd", "lz4", "gzip", "none"):
+            raise InputError(f"--compression must be snappy, zstd, lz4, gzip or none, got {self.compression!r}")
 
     @property
     def check_answers(self) -> bool:
         return bool(self.answer_key or self.answers)
-
-
-# ---------------------------------------------------------------------------------------
-# Helpers
-
-
-def _hash_key(seed: int, purpose: str) -> str:
-    """A 16-character SipHash key for pandas' hash_array, derived from the seed."""
-    return hashlib.sha256(f"verl-sft:{purpose}:{seed}".encode()).hexdigest()[:16]
-
-
-def _hash_strings(values: list[str], key: str) -> np.ndarray:
-    from pandas.util import hash_array
-
-    return hash_array(np.array(values, dtype=object), hash_key=key, categorize=False)
-
-
-def _hash_ints(values: np.ndarray, key: str) -> np.ndarray:
-    from pandas.util import hash_array
-
-    return hash_array(np.asarray(values, dtype=np.uint64), hash_key=key)
-
-
-def _normalise_ws(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _versions(names: Iterable[str]) -> dict[str, str]:
@@ -192,6 +173,13 @@ def _versions(names: Iterable[str]) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return found
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
 
 
 def load_answers(path: str, id_key: str) -> dict[str, str]:
@@ -211,12 +199,9 @@ def load_answers(path: str, id_key: str) -> dict[str, str]:
             answers[str(record[id_key])] = ref
 
     if path.endswith(".json"):
-        import json
-
         try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except (OSError, ValueError) as exc:
+            data = orjson.loads(Path(path).read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
             raise InputError(f"cannot read --answers file {path}: {exc}") from exc
         if isinstance(data, dict):
             for key, value in data.items():
@@ -237,41 +222,6 @@ def load_answers(path: str, id_key: str) -> dict[str, str]:
     return answers
 
 
-class _BucketSpill:
-    """Arrow IPC files on disk, one series per shuffle bucket; a new file when the schema widens."""
-
-    def __init__(self, directory: Path, buckets: int):
-        self.directory = directory
-        self.buckets = buckets
-        self.files: list[list[Path]] = [[] for _ in range(buckets)]
-        self.writers: dict[int, tuple[ipc.RecordBatchStreamWriter, pa.Schema]] = {}
-
-    def write(self, bucket: int, table: pa.Table) -> None:
-        current = self.writers.get(bucket)
-        if current is None or current[1] != table.schema:
-            if current is not None:
-                current[0].close()
-            path = self.directory / f"bucket{bucket:04d}-{len(self.files[bucket]):03d}.arrow"
-            self.files[bucket].append(path)
-            current = (ipc.new_stream(str(path), table.schema), table.schema)
-            self.writers[bucket] = current
-        current[0].write_table(table)
-
-    def close(self) -> None:
-        for writer, _ in self.writers.values():
-            writer.close()
-        self.writers.clear()
-
-    def read(self, bucket: int, schema: pa.Schema) -> pa.Table:
-        tables = []
-        for path in self.files[bucket]:
-            with pa.memory_map(str(path)) as source:
-                tables.append(conform_table(ipc.open_stream(source).read_all(), schema))
-        if not tables:
-            return schema.empty_table()
-        return pa.concat_tables(tables)
-
-
 def build_messages(prompts: pa.Array, responses: pa.Array, system_prompt: str | None) -> pa.Array:
     """list<struct<role, content>> per row: [system?], user=prompt, assistant=response."""
     n = len(prompts)
@@ -281,15 +231,25 @@ def build_messages(prompts: pa.Array, responses: pa.Array, system_prompt: str | 
         roles.insert(0, "system")
     width = len(parts)
     order = (np.arange(n)[:, None] + np.arange(width)[None, :] * n).ravel()
-    contents = pa.concat_arrays([p.cast(pa.string()) for p in parts]).take(pa.array(order))
+    contents = pa.concat_arrays(parts).take(pa.array(order))
     role_array = pa.array(np.tile(np.array(roles, dtype=object), n), type=pa.string())
     items = pa.StructArray.from_arrays([role_array, contents], names=["role", "content"])
     offsets = pa.array(np.arange(0, width * n + 1, width, dtype=np.int32))
     return pa.ListArray.from_arrays(offsets, items)
 
 
-# ---------------------------------------------------------------------------------------
-# The run
+def merge_spill_schemas(spills: list[SpillInfo]) -> pa.Schema:
+    """One schema for all workers' spill files: widest types, columns in first-seen input order."""
+    types: dict[str, pa.DataType] = {}
+    first: dict[str, int] = {}
+    for spill in spills:
+        if spill.schema is None:
+            continue
+        for f in spill.schema:
+            types[f.name] = widen_type(types[f.name], f.type) if f.name in types else f.type
+            first[f.name] = min(first.get(f.name, 1 << 63), spill.first_seen.get(f.name, 1 << 62))
+    rank = {name: (name in INTERNAL_COLUMNS or name == TOKENS_COLUMN, first[name], name) for name in types}
+    return pa.schema([(name, types[name]) for name in sorted(types, key=rank.get)])
 
 
 @dataclass
@@ -327,262 +287,178 @@ class _Preparer:
         self.output_dir = output_dir
         self.config = config
         self.counts = _Counts()
-        self.tracker = SchemaTracker()
-        self.inputs: list[dict] = []
         self.warnings: list[str] = []
-        self.group_key = _hash_key(config.seed, "group")
-        self.prompt_key_hash = _hash_key(config.seed, "prompt")
-        self.bucket_key = _hash_key(config.seed, "bucket")
-        self.dedup_seen: set[bytes] = set()
-        self.per_problem: collections.Counter = collections.Counter()
-        self.kept_groups: list[np.ndarray] = []
-        self.kept_prompts: list[np.ndarray] = []
-        self.kept_tokens: list[np.ndarray] = []
-        self.counted_tokens: list[np.ndarray] = []
         self.answers: dict[str, str] | None = None
         self.counter = None
-        self.rejects_handle = None
-        self.rejects_count = 0
 
     # -- setup ------------------------------------------------------------------------
     def _load_tokenizer(self) -> None:
-        from transformers import AutoTokenizer
-
-        from sft.chat_tokens import ChatTokenCounter
-
         path = self.config.tokenizer
         if not os.path.exists(path):
             raise InputError(f"--tokenizer {path} does not exist; pass a local model or tokenizer directory")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            self.counter = data_scan.load_counter(path)
         except (OSError, ValueError) as exc:
-            raise InputError(f"cannot load a tokenizer from {path}: {exc}") from exc
-        try:
-            self.counter = ChatTokenCounter(tokenizer)
-        except ValueError as exc:
-            raise InputError(f"--tokenizer {path}: {exc}") from exc
+            raise InputError(f"cannot use the tokenizer in {path}: {exc}") from exc
         if "render" in self.counter.modes.values():
             self.warnings.append(
                 f"the chat template of {path} rewrites message content, so tokens are counted by rendering "
                 "every message (exact but slow)"
             )
-        self._verified = False
 
-    # -- pass 1 -----------------------------------------------------------------------
-    def _reject(self, bad: BadLine) -> None:
-        self.counts.rejected[bad.reason] += 1
-        if self.rejects_handle is not None:
-            self.rejects_handle.write(bad.to_json())
-            self.rejects_count += 1
+    def _settings(self, spill_dir: Path, buckets: int) -> ScanSettings:
+        c = self.config
+        return ScanSettings(
+            spill_dir=str(spill_dir), buckets=buckets, seed=c.seed, prompt_key=c.prompt_key,
+            response_key=c.response_key, id_key=c.id_key, group_by=c.group_by, system_prompt=c.system_prompt,
+            require_final_answer=c.require_final_answer, answer_key=c.answer_key, check_answers=c.check_answers,
+            min_tokens=c.min_tokens, max_tokens=c.max_tokens, max_length=c.max_length,
+            num_tokens_key=c.num_tokens_key, dedup=c.dedup, on_error=c.on_error,
+            chunk_bytes=int(c.chunk_mb * (1 << 20)),
+        )
 
-    def _validate(self, path: str, line: int, row: dict) -> BadLine | None:
-        cfg = self.config
-        for key in (cfg.prompt_key, cfg.response_key):
-            if key not in row:
-                present = ", ".join(list(row)[:12]) or "none"
-                flag = "--prompt-key" if key == cfg.prompt_key else "--response-key"
-                return BadLine(path, line, REASON_MISSING,
-                               f"field {key!r} is missing (fields present: {present}); fix the row or pass {flag} "
-                               "to name the field that holds it", row=row)
-            value = row[key]
-            if value is None:
-                return BadLine(path, line, REASON_NULL, f"field {key!r} is null; it must be a non-empty string", row=row)
-            if type(value) is not str:
-                return BadLine(path, line, REASON_NOT_STRING,
-                               f"field {key!r} is a {type(value).__name__}, not a string", row=row)
-            if not value or value.isspace():
-                return BadLine(path, line, REASON_EMPTY, f"field {key!r} is empty", row=row)
-        ident = row.get(cfg.id_key)
-        if ident is not None and type(ident) not in (str, int, float):
-            return BadLine(path, line, REASON_BAD_ID,
-                           f"field {cfg.id_key!r} is a {type(ident).__name__}; an id must be a string or a number",
-                           row=row)
-        return None
+    # -- pass 1: scan in parallel ---------------------------------------------------------
+    def _scan_in_process(self, tasks, settings, progress) -> tuple[list[TaskResult], list[SpillInfo]]:
+        scanner = Scanner(settings, self.answers, self.counter)
+        results = []
+        for task in tasks:
+            result = scanner.scan(task, progress.update)
+            results.append(result)
+            if result.first_bad is not None:
+                break
+        return results, [scanner.finish()]
 
-    def _group_keys(self, rows: list[dict]) -> list[str]:
-        cfg = self.config
-        if cfg.group_by == "prompt":
-            return ["p\x1f" + row[cfg.prompt_key] for row in rows]
-        keys = []
-        for row in rows:
-            ident = row.get(cfg.id_key)
-            keys.append("p\x1f" + row[cfg.prompt_key] if ident is None else "i\x1f" + str(ident))
-        return keys
-
-    def _reference(self, row: dict) -> str | None:
-        from sft.math_answers import reference_answer
-
-        if self.config.answer_key:
-            value = row.get(self.config.answer_key)
-            return reference_answer(None if value is None else str(value))
-        ident = row.get(self.config.id_key)
-        return None if ident is None else self.answers.get(str(ident))
-
-    def _process_chunk(self, file_index: int, chunk) -> None:
-        cfg = self.config
-        counts = self.counts
-        counts.read += chunk.rows_read
-        counts.blank_lines += chunk.blank_lines
-        bad = list(chunk.bad)
-        rows: list[dict] = []
-        lines: list[int] = []
-        for line, row in zip(chunk.lines, chunk.rows):
-            if MESSAGES_COLUMN in row:
-                raise InputError(
-                    f"{chunk.path}:{line}: the row already has a {MESSAGES_COLUMN!r} field; prepare_data builds it "
-                    "from --prompt-key/--response-key, so rename or drop that field first"
-                )
-            problem = self._validate(chunk.path, line, row)
-            if problem is None:
-                rows.append(row)
-                lines.append(line)
-            else:
-                bad.append(problem)
-        if bad:
-            if cfg.on_error == "fail":
-                raise DataError(min(bad, key=lambda b: b.line))
-            for item in sorted(bad, key=lambda b: b.line):
-                self._reject(item)
-
-        keep = list(range(len(rows)))
-
-        def drop(indices: list[int], reason: str | None) -> None:
-            nonlocal keep
-            gone = set(indices)
-            if reason == "duplicate":
-                counts.deduplicated += len(gone)
-            elif reason:
-                counts.filtered[reason] += len(gone)
-            keep = [i for i in keep if i not in gone]
-
-        if cfg.dedup:
-            duplicates = []
-            for i in keep:
-                row = rows[i]
-                digest = hashlib.blake2b(
-                    (_normalise_ws(row[cfg.prompt_key]) + "\x00" + _normalise_ws(row[cfg.response_key])).encode(),
-                    digest_size=16,
-                ).digest()
-                if digest in self.dedup_seen:
-                    duplicates.append(i)
-                else:
-                    self.dedup_seen.add(digest)
-            drop(duplicates, "duplicate")
-
-        if cfg.require_final_answer or cfg.check_answers:
-            from sft.math_answers import answers_match, extract_final_answer
-
-            no_answer, no_reference, wrong = [], [], []
-            for i in keep:
-                row = rows[i]
-                predicted = extract_final_answer(row[cfg.response_key])
-                if predicted is None:
-                    no_answer.append(i)
+    def _scan_in_workers(self, tasks, settings, workers, progress, start_hashing):
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        forked = context.get_start_method() == "fork"
+        if forked:  # workers inherit the loaded tokenizer and answers instead of loading them again
+            data_scan._INHERITED.update(counter=self.counter, answers=self.answers)
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        task_queue, result_queue = context.Queue(), context.Queue()
+        stop_after = context.Value("q", 1 << 62)
+        processes = [
+            context.Process(
+                target=data_scan.worker_main, daemon=True, name=f"prepare-data-{i}",
+                args=(i, settings, None if forked else self.config.tokenizer, None if forked else self.answers,
+                      task_queue, result_queue, stop_after),
+            )
+            for i in range(workers)
+        ]
+        try:
+            for process in processes:
+                process.start()
+        finally:
+            data_scan._INHERITED.clear()
+        hashing = start_hashing()
+        for task in tasks:
+            task_queue.put(task)
+        for _ in processes:
+            task_queue.put(None)
+        results, spills, done = [], [], 0
+        try:
+            while done < len(processes):
+                try:
+                    message = result_queue.get(timeout=1.0)
+                except queue.Empty:
+                    dead = [p for p in processes if p.exitcode not in (None, 0)]
+                    if dead:
+                        raise RuntimeError(f"worker {dead[0].name} died (exit code {dead[0].exitcode}); "
+                                           "out of memory? try fewer --workers") from None
                     continue
-                if cfg.check_answers:
-                    reference = self._reference(row)
-                    if reference is None:
-                        no_reference.append(i)
-                    elif not answers_match(predicted, reference):
-                        wrong.append(i)
-            drop(no_answer, "no_final_answer")
-            drop(no_reference, "no_reference_answer")
-            drop(wrong, "wrong_answer")
-
-        tokens = None
-        if self.counter is not None and keep:
-            prompts = [rows[i][cfg.prompt_key] for i in keep]
-            responses = [rows[i][cfg.response_key] for i in keep]
-            if not self._verified:  # prove the fast count equals verl's on real rows once per run
-                self.counter.verify(prompts[:8], responses[:8], cfg.system_prompt)
-                self._verified = True
-            counted = self.counter.count(prompts, responses, cfg.system_prompt)
-            self.counted_tokens.append(counted)
-            tokens = dict(zip(keep, counted.tolist()))
-        elif cfg.min_tokens or cfg.max_tokens:
-            tokens, missing = {}, []
-            for i in keep:
-                value = rows[i].get(cfg.num_tokens_key)
-                if type(value) in (int, float) and not (isinstance(value, float) and math.isnan(value)):
-                    tokens[i] = value
+                kind = message[0]
+                if kind == "progress":
+                    progress.update(message[1])
+                elif kind == "task":
+                    result = message[1]
+                    results.append(result)
+                    if result.first_bad is not None:
+                        with stop_after.get_lock():
+                            stop_after.value = min(stop_after.value, result.index)
+                elif kind == "done":
+                    spills.append(message[2])
+                    done += 1
+                elif kind == "config":
+                    raise ConfigurationError(message[2])
                 else:
-                    missing.append(i)
-            drop(missing, "no_token_count")
-        if tokens is not None:
-            for reason, limit, test in (
-                ("too_few_tokens", cfg.min_tokens, lambda n, lim: n < lim),
-                ("too_many_tokens", cfg.max_tokens, lambda n, lim: n > lim),
-                ("over_max_length", cfg.max_length, lambda n, lim: n > lim),
-            ):
-                if limit is not None:
-                    drop([i for i in keep if test(tokens[i], limit)], reason)
+                    raise RuntimeError(f"worker {message[1]} failed:\n{message[2]}")
+        finally:
+            for process in processes:
+                if process.is_alive() and done < len(processes):
+                    process.terminate()
+                process.join(timeout=10)
+        results.sort(key=lambda r: r.index)
+        return results, spills, hashing
 
-        if not keep:
-            return
-        kept_rows = [rows[i] for i in keep]
-        groups = _hash_strings(self._group_keys(kept_rows), self.group_key)
-        if cfg.max_per_problem is not None:
-            over, selected = [], []
-            for position, (i, group) in enumerate(zip(keep, groups.tolist())):
-                self.per_problem[group] += 1
-                if self.per_problem[group] > cfg.max_per_problem:
-                    over.append(i)
-                else:
-                    selected.append(position)
-            if over:
-                drop(over, "over_max_per_problem")
-                kept_rows = [kept_rows[p] for p in selected]
-                groups = groups[selected]
-        if not keep:
-            return
+    def _hash_inputs(self) -> tuple[threading.Thread, dict[str, str]]:
+        digests: dict[str, str] = {}
 
-        self.kept_groups.append(groups)
-        self.kept_prompts.append(_hash_strings([row[cfg.prompt_key] for row in kept_rows], self.prompt_key_hash))
-        table = rows_to_table(kept_rows)
-        if TOKENS_COLUMN in table.column_names:
-            table = table.drop_columns([TOKENS_COLUMN])
-        if tokens is not None and self.counter is not None:
-            token_array = np.array([tokens[i] for i in keep], dtype=np.int64)
-            self.kept_tokens.append(token_array)
-            table = table.append_column(TOKENS_COLUMN, pa.array(token_array))
-        table = table.append_column(GROUP_COLUMN, pa.array(groups, type=pa.uint64()))
-        table = self.tracker.conform(table)
+        def work() -> None:
+            for path in self.files:
+                digests[path] = file_sha256(path)  # hashlib releases the GIL: overlaps the scan
 
-        kept_lines = np.array([lines[i] for i in keep], dtype=np.uint64)
-        buckets = (_hash_ints((np.uint64(file_index) << np.uint64(40)) | kept_lines, self.bucket_key)
-                   % np.uint64(self.spill.buckets)).astype(np.int64)
-        if self.spill.buckets == 1:
-            self.spill.write(0, table)
-            return
-        order = np.argsort(buckets, kind="stable")
-        sorted_table = table.take(pa.array(order))
-        bounds = np.searchsorted(buckets[order], np.arange(self.spill.buckets + 1))
-        for bucket in range(self.spill.buckets):
-            start, end = int(bounds[bucket]), int(bounds[bucket + 1])
-            if end > start:
-                self.spill.write(bucket, sorted_table.slice(start, end - start))
+        thread = threading.Thread(target=work, name="sha256", daemon=True)
+        thread.start()
+        return thread, digests
 
-    def _pass1(self, progress) -> None:
-        chunk_bytes = int(self.config.chunk_mb * (1 << 20))
-        for file_index, path in enumerate(self.files):
-            reader = JsonlReader(path, chunk_bytes=chunk_bytes)
-            rows_before, rejected_before = self.counts.read, sum(self.counts.rejected.values())
-            for chunk in reader:
-                self._process_chunk(file_index, chunk)
-                progress.update(chunk.nbytes)
-            self.inputs.append({
-                "path": os.path.abspath(path),
-                "bytes": reader.size,
-                "sha256": reader.sha256,
-                "rows": self.counts.read - rows_before,
-                "blank_lines": reader.blank_lines,
-                "rejected": sum(self.counts.rejected.values()) - rejected_before,
-            })
+    # -- between the passes: what needs all rows in input order -----------------------------
+    def _absolute_line(self, results: list[TaskResult], index: int, relative: int) -> int:
+        file_index = results[index].file_index
+        before = sum(r.lines for r in results[:index] if r.file_index == file_index)
+        return before + relative
 
-    # -- split ------------------------------------------------------------------------
+    def _write_rejects(self, results: list[TaskResult], path: Path) -> int:
+        count = 0
+        with open(path, "wb") as out:
+            for position, result in enumerate(results):
+                if not result.rejects_path:
+                    continue
+                offset = self._absolute_line(results, position, 0)
+                with open(result.rejects_path, "rb") as source:
+                    for line in source:
+                        record = orjson.loads(line)
+                        record["line"] += offset
+                        out.write(orjson.dumps(record) + b"\n")
+                        count += 1
+        return count
+
+    def _global_filters(self, results: list[TaskResult]) -> None:
+        cfg = self.config
+
+        def gather(name: str, dtype, width: int | None = None) -> np.ndarray:
+            parts = [getattr(r, name) for r in results if getattr(r, name) is not None]
+            if parts:
+                return np.concatenate(parts)
+            return np.zeros((0, width) if width else 0, dtype=dtype)
+
+        order, groups, prompts = gather("order", np.uint64), gather("groups", np.uint64), gather("prompts", np.uint64)
+        tokens = gather("tokens", np.int64) if self.counter is not None else None
+        self.counted_tokens = gather("counted_tokens", np.int64)
+        dropped = np.zeros(len(order), dtype=bool)
+        if cfg.dedup and len(order):
+            digests = gather("digests", np.uint64, 2)
+            _, first = np.unique(digests, axis=0, return_index=True)
+            duplicate = np.ones(len(order), dtype=bool)
+            duplicate[first] = False
+            self.counts.deduplicated = int(duplicate.sum())
+            dropped |= duplicate
+        if cfg.max_per_problem is not None and len(order):
+            alive = np.flatnonzero(~dropped)
+            by_group = alive[np.argsort(groups[alive], kind="stable")]  # input order within each group
+            sorted_groups = groups[by_group]
+            starts = np.r_[0, np.flatnonzero(sorted_groups[1:] != sorted_groups[:-1]) + 1]
+            rank = np.arange(len(by_group)) - np.repeat(starts, np.diff(np.r_[starts, len(by_group)]))
+            over = by_group[rank >= cfg.max_per_problem]
+            self.counts.filtered["over_max_per_problem"] = int(len(over))
+            dropped[over] = True
+        self.dropped_order = np.sort(order[dropped])
+        keep = ~dropped
+        self.kept_groups, self.kept_prompts = groups[keep], prompts[keep]
+        self.kept_tokens = tokens[keep] if tokens is not None else None
+
     def _split(self) -> dict:
         cfg = self.config
-        groups = np.concatenate(self.kept_groups) if self.kept_groups else np.zeros(0, np.uint64)
+        groups, prompts = self.kept_groups, self.kept_prompts
         unique = np.unique(groups)
         n_groups = len(unique)
         val_groups = 0
@@ -595,17 +471,15 @@ class _Preparer:
                     "so no val.parquet was written"
                 )
         # val = the val_groups problems with the smallest seeded hashes (np.unique sorts them)
-        self.threshold = np.uint64(unique[val_groups]) if val_groups else None
+        self.threshold = unique[val_groups] if val_groups else None
+        self.is_val = groups < self.threshold if val_groups else np.zeros(len(groups), dtype=bool)
         info = {
-            "by": cfg.group_by if cfg.group_by == "prompt" else f"{cfg.id_key} (prompt text when a row has no {cfg.id_key})",
+            "by": "prompt" if cfg.group_by == "prompt" else f"{cfg.id_key} (the prompt for rows without {cfg.id_key})",
             "problems": int(n_groups),
             "val_problems": int(val_groups),
             "seed": cfg.seed,
         }
-        # Leak checks: the same prompt text on both sides (possible when grouping by id).
-        prompts = np.concatenate(self.kept_prompts) if self.kept_prompts else np.zeros(0, np.uint64)
-        is_val = groups < self.threshold if val_groups else np.zeros(len(groups), bool)
-        shared = np.intersect1d(prompts[is_val], prompts[~is_val]) if val_groups else np.zeros(0)
+        shared = np.intersect1d(prompts[self.is_val], prompts[~self.is_val]) if val_groups else np.zeros(0)
         info["val_prompts_also_in_train"] = int(len(shared))
         if len(shared):
             self.warnings.append(
@@ -614,24 +488,21 @@ class _Preparer:
             )
         if cfg.group_by == "id" and len(groups):
             pairs = np.unique(np.stack([groups, prompts], axis=1), axis=0)
-            group_values, per_group = np.unique(pairs[:, 0], return_counts=True)
+            _, per_group = np.unique(pairs[:, 0], return_counts=True)
             several = int((per_group > 1).sum())
             info["ids_with_several_prompts"] = several
             if several:
                 self.warnings.append(
-                    f"{several} id(s) have more than one distinct prompt (ids may restart in every file); they are "
-                    "kept together (no leak, but --max-per-problem counts them as one problem). "
+                    f"{several} id(s) have more than one distinct prompt (ids may restart in every file); their rows "
+                    "are kept on one side (no leak) and --max-per-problem counts them as one problem. "
                     "Pass --group-by prompt if ids are not problem ids"
                 )
-        self.is_val_all = is_val
         return info
 
-    # -- pass 2 -----------------------------------------------------------------------
+    # -- pass 2: shuffle and write ------------------------------------------------------
     def _output_schema(self) -> pa.Schema:
         fields = [pa.field(MESSAGES_COLUMN, pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))]
-        fields += [f for f in self.tracker.schema if f.name not in (GROUP_COLUMN, TOKENS_COLUMN)]
-        if TOKENS_COLUMN in self.tracker.schema.names:
-            fields.append(self.tracker.schema.field(TOKENS_COLUMN))
+        fields += [f for f in self.spill_schema if f.name not in INTERNAL_COLUMNS]
         return pa.schema(fields)
 
     def _to_output(self, table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -642,35 +513,80 @@ class _Preparer:
         columns = [messages] + [table.column(name) for name in schema.names[1:]]
         return pa.Table.from_arrays(columns, schema=schema)
 
+    def _read_bucket(self, bucket: int) -> pa.Table:
+        tables = []
+        for spill in self.spills:
+            for path in spill.files.get(bucket, []):
+                with pa.memory_map(path) as source:
+                    tables.append(conform_table(ipc.open_stream(source).read_all(), self.spill_schema))
+        if not tables:
+            return self.spill_schema.empty_table()
+        # One contiguous copy: taking rows from a many-chunk column would concatenate it on every take.
+        return pa.concat_tables(tables).combine_chunks()
+
     def _pass2(self, tmp_dir: Path, progress_factory) -> dict[str, Path]:
         cfg = self.config
         schema = self._output_schema()
         outputs = {"train": tmp_dir / "train.parquet"}
         if self.threshold is not None:
             outputs["val"] = tmp_dir / "val.parquet"
-        writers = {name: pq.ParquetWriter(str(path), schema) for name, path in outputs.items()}
+        compression = None if cfg.compression == "none" else cfg.compression
+        writers = {name: pq.ParquetWriter(str(path), schema, compression=compression) for name, path in outputs.items()}
+        # One thread writes Parquet (compression dominates) while this one prepares the next slice;
+        # both spend their time in Arrow's C++ code, which releases the GIL.
+        pending: queue.Queue = queue.Queue(maxsize=2)
+        failure: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                while (item := pending.get()) is not None:
+                    name, table = item
+                    writers[name].write_table(table)
+            except BaseException as exc:  # handed to the main thread
+                failure.append(exc)
+                while pending.get() is not None:
+                    pass
+
+        writer_thread = threading.Thread(target=write, name="parquet-writer", daemon=True)
+        writer_thread.start()
+        progress = progress_factory(total=self.buckets, desc="shuffle+write", unit="bucket")
         try:
-            progress = progress_factory(total=self.spill.buckets, desc="shuffle+write", unit="bucket")
-            for bucket in range(self.spill.buckets):
-                table = self.spill.read(bucket, self.tracker.schema)
+            for bucket in range(self.buckets):
+                table = self._read_bucket(bucket)
                 if table.num_rows:
-                    rng = np.random.default_rng([cfg.seed, bucket])
-                    table = table.take(pa.array(rng.permutation(table.num_rows)))
-                    groups = table.column(GROUP_COLUMN).to_numpy()
-                    is_val = groups < self.threshold if self.threshold is not None else np.zeros(len(groups), bool)
-                    for name, mask in (("train", ~is_val), ("val", is_val)):
-                        if name in writers and mask.any():
-                            part = table.filter(pa.array(mask))
-                            writers[name].write_table(self._to_output(part, schema))
-                            setattr(self.counts, name, getattr(self.counts, name) + part.num_rows)
-                for path in self.spill.files[bucket]:
-                    path.unlink()
+                    self._emit_bucket(bucket, table, schema, pending, failure)
+                del table
+                for spill in self.spills:
+                    for path in spill.files.get(bucket, []):
+                        os.unlink(path)
                 progress.update(1)
-            progress.close()
         finally:
+            pending.put(None)
+            writer_thread.join()
+            progress.close()
             for writer in writers.values():
                 writer.close()
+        if failure:
+            raise failure[0]
         return outputs
+
+    def _emit_bucket(self, bucket: int, table: pa.Table, schema: pa.Schema, pending: queue.Queue, failure: list) -> None:
+        cfg = self.config
+        keys = table.column(ORDER_COLUMN).to_numpy()
+        rows = np.flatnonzero(~np.isin(keys, self.dropped_order, assume_unique=True)) if len(self.dropped_order) \
+            else np.arange(len(keys))
+        rows = rows[np.argsort(keys[rows], kind="stable")]  # input order, whichever worker wrote what
+        rows = rows[np.random.default_rng([cfg.seed, bucket]).permutation(len(rows))]
+        groups = table.column(GROUP_COLUMN).to_numpy()[rows]
+        is_val = groups < self.threshold if self.threshold is not None else np.zeros(len(rows), dtype=bool)
+        per_slice = max(1, int(SLICE_BYTES * table.num_rows / max(1, table.nbytes)))
+        for name, selected in (("train", rows[~is_val]), ("val", rows[is_val])):
+            for start in range(0, len(selected), per_slice):
+                if failure:
+                    raise failure[0]
+                part = table.take(pa.array(selected[start : start + per_slice]))
+                pending.put((name, self._to_output(part, schema)))
+            setattr(self.counts, name, getattr(self.counts, name) + len(selected))
 
     # -- tokens -----------------------------------------------------------------------
     def _token_summary(self) -> dict | None:
@@ -679,18 +595,17 @@ class _Preparer:
         from sft.chat_tokens import length_summary, recommend
 
         cfg = self.config
-        counted = np.concatenate(self.counted_tokens) if self.counted_tokens else np.zeros(0, np.int64)
-        kept = np.concatenate(self.kept_tokens) if self.kept_tokens else np.zeros(0, np.int64)
+        kept = self.kept_tokens
         summary: dict[str, Any] = {
             "tokenizer": os.path.abspath(cfg.tokenizer),
             "counted_as": "verl MultiTurnSFTDataset: each message templated alone, default system block cut "
             "from every non-first non-system message; chat template and EOS included",
             "template_modes": self.counter.modes,
             "max_length": cfg.max_length,
-            "before_length_filters": length_summary(counted, cfg.max_length),
+            "before_length_filters": length_summary(self.counted_tokens, cfg.max_length),
             "kept": length_summary(kept),
-            "train": length_summary(kept[~self.is_val_all]) if len(kept) else {"samples": 0},
-            "val": length_summary(kept[self.is_val_all]) if len(kept) else {"samples": 0},
+            "train": length_summary(kept[~self.is_val]),
+            "val": length_summary(kept[self.is_val]),
         }
         if len(kept):
             max_length, per_gpu = recommend(int(kept.max()), cfg.max_length)
@@ -710,61 +625,94 @@ class _Preparer:
         return summary
 
     # -- everything -------------------------------------------------------------------
-    def run(self, argv_record: dict) -> dict:
+    def run(self, command: dict) -> dict:
         from tqdm import tqdm
 
         cfg = self.config
         out = self.output_dir
         total_bytes = sum(os.path.getsize(p) for p in self.files)
-        buckets = int(min(MAX_BUCKETS, max(1, math.ceil(total_bytes / (cfg.shuffle_buffer_mb * (1 << 20))))))
+        self.buckets = int(min(MAX_BUCKETS, max(1, math.ceil(total_bytes / (cfg.shuffle_buffer_mb * (1 << 20))))))
         if cfg.check_answers and cfg.answers:
             self.answers = load_answers(cfg.answers, cfg.id_key)
         if cfg.tokenizer:
             self._load_tokenizer()
+        tasks = plan_tasks(self.files, int(cfg.task_mb * (1 << 20)))
+        workers = min(cfg.workers or _cpu_count(), len(tasks))
 
         def progress_factory(**kwargs):
             return tqdm(disable=not cfg.progress, dynamic_ncols=True, mininterval=1.0, **kwargs)
 
         tmp_dir = Path(tempfile.mkdtemp(prefix=".prepare_data-", dir=out))
         try:
-            self.spill = _BucketSpill(tmp_dir, buckets)
-            if cfg.on_error == "skip":
-                self.rejects_handle = open(tmp_dir / "rejects.jsonl", "wb")  # noqa: SIM115 - closed below
-            progress = progress_factory(total=total_bytes, desc="reading", unit="B", unit_scale=True)
+            settings = self._settings(tmp_dir, self.buckets)
+            progress = _LazyBar(total_bytes, cfg.progress)
             try:
-                self._pass1(progress)
+                if workers > 1:  # the workers fork before this process starts any thread
+                    scan = self._scan_in_workers(tasks, settings, workers, progress, self._hash_inputs)
+                else:
+                    hashing = self._hash_inputs()
+                    scan = self._scan_in_process(tasks, settings, progress) + (hashing,)
             finally:
                 progress.close()
-                self.spill.close()
-                if self.rejects_handle is not None:
-                    self.rejects_handle.close()
+            results, self.spills, (hash_thread, digests) = scan
+            first_bad = next((r for r in results if r.first_bad is not None), None)
+            if first_bad is not None:
+                bad = first_bad.first_bad
+                position = results.index(first_bad)
+                bad.line = self._absolute_line(results, position, bad.line)
+                raise DataError(bad)
+            for result in results:
+                self.counts.read += result.rows_read
+                self.counts.blank_lines += result.blank_lines
+                self.counts.rejected.update(result.rejected)
+                self.counts.filtered.update(result.filtered)
+            self.spill_schema = merge_spill_schemas(self.spills)
+            self._global_filters(results)
             split = self._split()
-            produced = self._pass2(tmp_dir, progress_factory) if self.kept_groups else {}
+            produced: dict[str, Path] = {}
+            if len(self.kept_groups):
+                produced = self._pass2(tmp_dir, progress_factory)
             tokens = self._token_summary()
             if not self.counts.balanced():  # a bug, never bad input: every row must be accounted for
                 raise RuntimeError(f"internal error: stage counts do not add up: {self.counts.as_dict()}")
+            rejects_count = self._write_rejects(results, tmp_dir / "rejects.jsonl") if cfg.on_error == "skip" else 0
+            if rejects_count:
+                produced["rejects"] = tmp_dir / "rejects.jsonl"
+            hash_thread.join()
 
-            manifest = {
+            inputs = []
+            for file_index, path in enumerate(self.files):
+                mine = [r for r in results if r.file_index == file_index]
+                inputs.append({
+                    "path": os.path.abspath(path),
+                    "bytes": os.path.getsize(path),
+                    "sha256": digests[path],
+                    "rows": sum(r.rows_read for r in mine),
+                    "blank_lines": sum(r.blank_lines for r in mine),
+                    "rejected": sum(sum(r.rejected.values()) for r in mine),
+                })
+            manifest: dict[str, Any] = {
                 "manifest_version": MANIFEST_VERSION,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "command": argv_record,
+                "command": command,
                 "config": asdict(cfg),
-                "inputs": self.inputs,
+                "inputs": inputs,
                 "versions": _versions(
-                    ["pyarrow", "numpy", "pandas", "orjson"]
+                    ["pyarrow", "numpy", "orjson"]
                     + (["transformers", "tokenizers"] if cfg.tokenizer else [])
                     + (["math-verify"] if cfg.require_final_answer or cfg.check_answers else [])
                     + ["verl"]
                 ),
                 "stage_order": STAGE_ORDER,
-                "filter_order": list(FILTER_ORDER),
                 "counts": self.counts.as_dict(),
                 "split": split,
                 "shuffle": {
-                    "buckets": buckets,
-                    "guarantee": "uniform random permutation for the seed: each row goes to a bucket by a seeded "
-                    "hash of (file, line), each bucket is permuted with a seeded RNG",
+                    "buckets": self.buckets,
+                    "guarantee": "a uniform random permutation for the seed: each row goes to a bucket by a seeded "
+                    "hash of its position in the input, each bucket is permuted with a seeded RNG; the same inputs, "
+                    "seed and --shuffle-buffer-mb give the same order",
                 },
+                "workers": workers,
                 "outputs": {},
                 "warnings": self.warnings,
             }
@@ -772,34 +720,55 @@ class _Preparer:
                 manifest["tokens"] = tokens
 
             # Publish: drop the old manifest first so a crash mid-publish never leaves a manifest
-            # describing files from two different runs; then data files; the manifest last.
+            # describing files from two different runs; then the data files; the manifest last.
             with contextlib.suppress(FileNotFoundError):
                 (out / "manifest.json").unlink()
-            finals = {"train": out / "train.parquet", "val": out / "val.parquet", "rejects": out / "rejects.jsonl"}
             if self.counts.train == 0:
-                produced = {}
-            if self.rejects_count:
-                produced["rejects"] = tmp_dir / "rejects.jsonl"
+                produced.pop("train", None)
+                produced.pop("val", None)
+            finals = {"train": out / "train.parquet", "val": out / "val.parquet", "rejects": out / "rejects.jsonl"}
             for name, final in finals.items():
                 if name in produced:
                     os.replace(produced[name], final)
-                    manifest["outputs"][name] = {"path": str(final.resolve()), "bytes": final.stat().st_size,
-                                                 "rows": self.rejects_count if name == "rejects" else getattr(self.counts, name)}
+                    rows = rejects_count if name == "rejects" else getattr(self.counts, name)
+                    manifest["outputs"][name] = {"path": str(final.resolve()), "bytes": final.stat().st_size, "rows": rows}
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         final.unlink()
             write_json_atomic(out / "manifest.json", manifest)
             return manifest
+        except ConfigurationError as exc:
+            raise InputError(str(exc)) from exc
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+class _LazyBar:
+    """A tqdm bar created on its first update: with worker processes that is after they forked
+    (tqdm starts a monitor thread, and forking a process that has threads is unsafe)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.bar = total, enabled, None
+
+    def update(self, n: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc="reading", unit="B", unit_scale=True, disable=not self.enabled,
+                            dynamic_ncols=True, mininterval=1.0)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def prepare_data(inputs: list[str], output_dir: str | os.PathLike, config: PrepareConfig | None = None,
                  command: dict | None = None) -> dict:
     """Run the whole preparation; returns the manifest (also written to output_dir/manifest.json).
 
-    Raises InputError for unusable inputs/outputs and DataError for the first bad row under
-    on_error="fail"; nothing is written to output_dir in either case.
+    Raises InputError for unusable inputs, options or output directory, and DataError for the
+    first bad row under on_error="fail"; nothing is written to output_dir in either case.
     """
     config = config or PrepareConfig()
     files = expand_inputs(list(inputs))
@@ -830,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what makes rows one problem for the split and --max-per-problem: the id field "
                        "(the prompt text for rows without one), or always the prompt text")
     split.add_argument("--shuffle-buffer-mb", type=float, default=defaults.shuffle_buffer_mb,
-                       help="approximate input size per shuffle bucket, in MiB (memory use grows with it)")
+                       help="input per shuffle bucket, in MiB: each bucket is held in memory once while it is written")
     fields = parser.add_argument_group("fields")
     fields.add_argument("--prompt-key", default=defaults.prompt_key, help="field with the problem text (user message)")
     fields.add_argument("--response-key", default=defaults.response_key, help="field with the solution (assistant message)")
@@ -864,7 +833,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("errors and progress")
     run.add_argument("--on-error", choices=["fail", "skip"], default=defaults.on_error,
                      help="bad row: fail = stop at the first with file, line and reason; skip = set it aside in rejects.jsonl")
-    run.add_argument("--chunk-mb", type=float, default=defaults.chunk_mb, help="input read per step, in MiB")
+    run.add_argument("--workers", type=int, default=defaults.workers,
+                     help="processes that parse and filter rows (0 = one per CPU core); the output does not depend on it")
+    run.add_argument("--compression", default=defaults.compression, choices=["snappy", "zstd", "lz4", "gzip", "none"],
+                     help="Parquet compression of the outputs")
+    run.add_argument("--chunk-mb", type=float, default=defaults.chunk_mb, help="input parsed per step, in MiB")
+    run.add_argument("--task-mb", type=float, default=defaults.task_mb,
+                     help="input per worker task, in MiB (changes the shuffle order, like --shuffle-buffer-mb)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -877,7 +852,7 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
         min_tokens=args.min_tokens, max_tokens=args.max_tokens, num_tokens_key=args.num_tokens_key,
         answer_key=args.answer_key, answers=args.answers, on_error=args.on_error, tokenizer=args.tokenizer,
         max_length=args.max_length, shuffle_buffer_mb=args.shuffle_buffer_mb, chunk_mb=args.chunk_mb,
-        progress=not args.no_progress,
+        task_mb=args.task_mb, workers=args.workers, compression=args.compression, progress=not args.no_progress,
     )
 
 

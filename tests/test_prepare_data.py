@@ -440,7 +440,7 @@ def test_verl_dataset_reads_output_and_masks_only_the_response(tmp_path, data_ti
 
 
 def test_cli_runs_as_a_script(tmp_path):
-    source = write_jsonl(tmp_path / "a.jsonl", make_rows(problems=5))
+    write_jsonl(tmp_path / "a.jsonl", make_rows(problems=5))
     script = REPO / "sft" / "prepare_data.py"
     help_text = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert help_text.returncode == 0 and "--val-split" in help_text.stdout and "--max-length" in help_text.stdout
@@ -461,3 +461,45 @@ def test_main_exit_codes(tmp_path, capsys):
     assert main([str(bad), "-o", str(tmp_path / "o2"), "--no-progress", "--on-error", "skip"]) == 0
     assert main([str(bad), "-o", str(tmp_path / "o3"), "--max-length", "10"]) == 2  # needs --tokenizer
     assert "needs --tokenizer" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# Parallel workers
+
+
+def _padded_rows(problems: int) -> list[dict]:
+    return [{**r, "pad": "y" * 200} for r in make_rows(problems=problems, per_problem=3)]
+
+
+def test_workers_do_not_change_the_output(tmp_path):
+    source = write_jsonl(tmp_path / "a.jsonl", _padded_rows(100))  # ~120 KB: many 8 KB tasks
+    small = dict(task_mb=0.008, chunk_mb=0.002, shuffle_buffer_mb=0.03, dedup=True, max_per_problem=2)
+    one = prepare_data([str(source)], tmp_path / "one", PrepareConfig(workers=1, progress=False, **small))
+    two = prepare_data([str(source)], tmp_path / "two", PrepareConfig(workers=2, progress=False, **small))
+    assert two["workers"] == 2 and one["workers"] == 1
+    for name in ("train.parquet", "val.parquet"):
+        assert read(tmp_path / "one" / name) == read(tmp_path / "two" / name)
+    assert one["counts"] == two["counts"] and one["split"] == two["split"]
+    assert one["counts"]["filtered"] == {"over_max_per_problem": 100}
+    assert_balanced(two, source)
+
+
+def test_bad_rows_in_later_tasks_get_absolute_line_numbers(tmp_path):
+    rows = [json.dumps(r) for r in _padded_rows(60)]
+    bad_lines = [5, 77, 150]
+    for line in bad_lines:
+        rows[line - 1] = '{"prompt": "broken'
+    source = tmp_path / "a.jsonl"
+    source.write_text("\n".join(rows) + "\n")
+    small = dict(task_mb=0.008, chunk_mb=0.002, workers=2)
+    manifest = run(tmp_path, [source], on_error="skip", **small)
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == bad_lines
+    assert all(r["raw"] == '{"prompt": "broken' for r in rejects)
+    assert manifest["counts"]["rejected"] == {"malformed_json": 3}
+    assert_balanced(manifest, source)
+    with pytest.raises(DataError, match=rf"{source}:5: not valid JSON"):
+        run(tmp_path, [source], **small)
+    source.write_text("\n".join(rows[5:]) + "\n")  # now the first bad row is line 72, in a later task
+    with pytest.raises(DataError, match=rf"{source}:72: not valid JSON"):
+        run(tmp_path, [source], **small)
