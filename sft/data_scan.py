@@ -298,7 +298,7 @@ class Scanner:
             if arrays[name]:
                 setattr(result, name, np.concatenate(arrays[name]))
         if arrays["digests"]:
-            result.digests = np.frombuffer(b"".join(arrays["digests"]), dtype=np.uint64).reshape(-1, 2)
+            result.digests = np.frombuffer(b"".join(arrays["digests"]), dtype=np.uint64)
         return result
 
     def _filter_and_spill(self, task: ScanTask, rows: list[dict], lines: list[int], result: TaskResult,
@@ -381,7 +381,7 @@ class Scanner:
                 hashlib.blake2b(
                     (_normalise_ws(row[s.prompt_key]) + "\x00" + _normalise_ws(row[s.response_key])).encode(
                         "utf-8", "surrogatepass"),
-                    digest_size=16,
+                    digest_size=8,
                 ).digest()
                 for row in kept
             )

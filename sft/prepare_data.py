@@ -335,6 +335,8 @@ class _Preparer:
         if forked:  # workers inherit the loaded tokenizer and answers instead of loading them again
             data_scan._INHERITED.update(counter=self.counter, answers=self.answers)
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if forked:
+            pa.array(["x"])  # pyarrow imports pandas on its first conversion: once here, not in every worker
         task_queue, result_queue = context.Queue(), context.Queue()
         stop_after = context.Value("q", 1 << 62)
         processes = [
@@ -425,19 +427,17 @@ class _Preparer:
     def _global_filters(self, results: list[TaskResult]) -> None:
         cfg = self.config
 
-        def gather(name: str, dtype, width: int | None = None) -> np.ndarray:
+        def gather(name: str, dtype) -> np.ndarray:
             parts = [getattr(r, name) for r in results if getattr(r, name) is not None]
-            if parts:
-                return np.concatenate(parts)
-            return np.zeros((0, width) if width else 0, dtype=dtype)
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
         order, groups, prompts = gather("order", np.uint64), gather("groups", np.uint64), gather("prompts", np.uint64)
         tokens = gather("tokens", np.int64) if self.counter is not None else None
         self.counted_tokens = gather("counted_tokens", np.int64)
         dropped = np.zeros(len(order), dtype=bool)
         if cfg.dedup and len(order):
-            digests = gather("digests", np.uint64, 2)
-            _, first = np.unique(digests, axis=0, return_index=True)
+            # 64-bit digests of the normalised (prompt, response): a false match needs ~4e9 rows
+            _, first = np.unique(gather("digests", np.uint64), return_index=True)
             duplicate = np.ones(len(order), dtype=bool)
             duplicate[first] = False
             self.counts.deduplicated = int(duplicate.sum())
@@ -487,8 +487,9 @@ class _Preparer:
                 "several ids; pass --group-by prompt for a split by prompt text"
             )
         if cfg.group_by == "id" and len(groups):
-            pairs = np.unique(np.stack([groups, prompts], axis=1), axis=0)
-            _, per_group = np.unique(pairs[:, 0], return_counts=True)
+            pair_keys = data_scan.mix64(groups ^ data_scan.mix64(prompts, 1), 2)  # one key per (id, prompt)
+            first_pair = np.unique(pair_keys, return_index=True)[1]
+            _, per_group = np.unique(groups[first_pair], return_counts=True)
             several = int((per_group > 1).sum())
             info["ids_with_several_prompts"] = several
             if several:
@@ -531,46 +532,26 @@ class _Preparer:
         if self.threshold is not None:
             outputs["val"] = tmp_dir / "val.parquet"
         compression = None if cfg.compression == "none" else cfg.compression
-        writers = {name: pq.ParquetWriter(str(path), schema, compression=compression) for name, path in outputs.items()}
-        # One thread writes Parquet (compression dominates) while this one prepares the next slice;
-        # both spend their time in Arrow's C++ code, which releases the GIL.
-        pending: queue.Queue = queue.Queue(maxsize=2)
-        failure: list[BaseException] = []
-
-        def write() -> None:
-            try:
-                while (item := pending.get()) is not None:
-                    name, table = item
-                    writers[name].write_table(table)
-            except BaseException as exc:  # handed to the main thread
-                failure.append(exc)
-                while pending.get() is not None:
-                    pass
-
-        writer_thread = threading.Thread(target=write, name="parquet-writer", daemon=True)
-        writer_thread.start()
+        writers = {name: _WriterThread(path, schema, compression) for name, path in outputs.items()}
         progress = progress_factory(total=self.buckets, desc="shuffle+write", unit="bucket")
         try:
             for bucket in range(self.buckets):
                 table = self._read_bucket(bucket)
                 if table.num_rows:
-                    self._emit_bucket(bucket, table, schema, pending, failure)
+                    self._emit_bucket(bucket, table, schema, writers)
                 del table
                 for spill in self.spills:
                     for path in spill.files.get(bucket, []):
                         os.unlink(path)
                 progress.update(1)
         finally:
-            pending.put(None)
-            writer_thread.join()
             progress.close()
-            for writer in writers.values():
-                writer.close()
-        if failure:
-            raise failure[0]
+            errors = [error for error in (writer.close() for writer in writers.values()) if error is not None]
+        if errors:
+            raise errors[0]
         return outputs
 
-    def _emit_bucket(self, bucket: int, table: pa.Table, schema: pa.Schema, pending: queue.Queue, failure: list) -> None:
+    def _emit_bucket(self, bucket: int, table: pa.Table, schema: pa.Schema, writers: dict) -> None:
         cfg = self.config
         keys = table.column(ORDER_COLUMN).to_numpy()
         rows = np.flatnonzero(~np.isin(keys, self.dropped_order, assume_unique=True)) if len(self.dropped_order) \
@@ -582,10 +563,8 @@ class _Preparer:
         per_slice = max(1, int(SLICE_BYTES * table.num_rows / max(1, table.nbytes)))
         for name, selected in (("train", rows[~is_val]), ("val", rows[is_val])):
             for start in range(0, len(selected), per_slice):
-                if failure:
-                    raise failure[0]
                 part = table.take(pa.array(selected[start : start + per_slice]))
-                pending.put((name, self._to_output(part, schema)))
+                writers[name].put(self._to_output(part, schema))
             setattr(self.counts, name, getattr(self.counts, name) + len(selected))
 
     # -- tokens -----------------------------------------------------------------------
@@ -741,6 +720,37 @@ class _Preparer:
             raise InputError(str(exc)) from exc
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+class _WriterThread:
+    """A Parquet file written on its own thread, so compressing one slice overlaps preparing the
+    next (and train overlaps val): Arrow's C++ code releases the GIL."""
+
+    def __init__(self, path: Path, schema: pa.Schema, compression: str | None):
+        self.writer = pq.ParquetWriter(str(path), schema, compression=compression)
+        self.pending: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"write-{path.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (table := self.pending.get()) is not None:
+            if self.error is None:
+                try:
+                    self.writer.write_table(table)
+                except BaseException as exc:  # raised in the main thread by put() or close()
+                    self.error = exc
+
+    def put(self, table: pa.Table) -> None:
+        if self.error is not None:
+            raise self.error
+        self.pending.put(table)
+
+    def close(self) -> BaseException | None:
+        self.pending.put(None)
+        self.thread.join()
+        self.writer.close()
+        return self.error
 
 
 class _LazyBar:
