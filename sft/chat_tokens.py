@@ -204,7 +204,13 @@ class ChatTokenCounter:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not len(prompts):
             return np.zeros(0, dtype=np.int64)
-        total = self._message_lengths("user", prompts) + self._message_lengths("assistant", responses)
+        unique = list(dict.fromkeys(prompts))  # several solutions per problem share one prompt
+        if len(unique) < len(prompts):
+            known = dict(zip(unique, self._message_lengths("user", unique).tolist()))
+            user = np.fromiter((known[p] for p in prompts), dtype=np.int64, count=len(prompts))
+        else:
+            user = self._message_lengths("user", prompts)
+        total = user + self._message_lengths("assistant", responses)
         if system_prompt is not None:
             total += int(self._message_lengths("system", [system_prompt])[0]) - 2 * self.strip
         else:

@@ -127,7 +127,7 @@ class PrepareConfig:
     compression: str = "snappy"
     workers: int = 0
     """0 = one per CPU core."""
-    shuffle_buffer_mb: float = 256.0
+    shuffle_buffer_mb: float = 128.0
     chunk_mb: float = DEFAULT_CHUNK_BYTES / (1 << 20)
     task_mb: float = data_scan.TASK_BYTES / (1 << 20)
     progress: bool = True
