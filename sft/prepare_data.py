@@ -328,13 +328,15 @@ class _Preparer:
                 break
         return results, [scanner.finish()]
 
-    def _scan_in_workers(self, tasks, settings, workers, progress, start_hashing):
+    def _scan_in_workers(self, tasks, settings, workers, progress):
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         forked = context.get_start_method() == "fork"
+        saved_parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
         if forked:  # workers inherit the loaded tokenizer and answers instead of loading them again
             data_scan._INHERITED.update(counter=self.counter, answers=self.answers)
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            # one core per worker; set before forking, which is when tokenizers checks it
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
         if forked:
             pa.array(["x"])  # pyarrow imports pandas on its first conversion: once here, not in every worker
         task_queue, result_queue = context.Queue(), context.Queue()
@@ -352,7 +354,10 @@ class _Preparer:
                 process.start()
         finally:
             data_scan._INHERITED.clear()
-        hashing = start_hashing()
+            if saved_parallelism is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = saved_parallelism
         for task in tasks:
             task_queue.put(task)
         for _ in processes:
@@ -390,14 +395,14 @@ class _Preparer:
                     process.terminate()
                 process.join(timeout=10)
         results.sort(key=lambda r: r.index)
-        return results, spills, hashing
+        return results, spills
 
     def _hash_inputs(self) -> tuple[threading.Thread, dict[str, str]]:
         digests: dict[str, str] = {}
 
         def work() -> None:
             for path in self.files:
-                digests[path] = file_sha256(path)  # hashlib releases the GIL: overlaps the scan
+                digests[path] = file_sha256(path)  # hashlib releases the GIL
 
         thread = threading.Thread(target=work, name="sha256", daemon=True)
         thread.start()
@@ -627,13 +632,12 @@ class _Preparer:
             progress = _LazyBar(total_bytes, cfg.progress)
             try:
                 if workers > 1:  # the workers fork before this process starts any thread
-                    scan = self._scan_in_workers(tasks, settings, workers, progress, self._hash_inputs)
+                    scan = self._scan_in_workers(tasks, settings, workers, progress)
                 else:
-                    hashing = self._hash_inputs()
-                    scan = self._scan_in_process(tasks, settings, progress) + (hashing,)
+                    scan = self._scan_in_process(tasks, settings, progress)
             finally:
                 progress.close()
-            results, self.spills, (hash_thread, digests) = scan
+            results, self.spills = scan
             first_bad = next((r for r in results if r.first_bad is not None), None)
             if first_bad is not None:
                 bad = first_bad.first_bad
@@ -645,6 +649,9 @@ class _Preparer:
                 self.counts.blank_lines += result.blank_lines
                 self.counts.rejected.update(result.rejected)
                 self.counts.filtered.update(result.filtered)
+            # sha256 of the inputs runs beside the write pass, which leaves a core partly idle
+            # (the scan keeps every core busy)
+            hash_thread, digests = self._hash_inputs()
             self.spill_schema = merge_spill_schemas(self.spills)
             self._global_filters(results)
             split = self._split()

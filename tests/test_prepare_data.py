@@ -503,3 +503,18 @@ def test_bad_rows_in_later_tasks_get_absolute_line_numbers(tmp_path):
     source.write_text("\n".join(rows[5:]) + "\n")  # now the first bad row is line 72, in a later task
     with pytest.raises(DataError, match=rf"{source}:72: not valid JSON"):
         run(tmp_path, [source], **small)
+
+
+def test_token_counting_in_workers_matches_one_process(tmp_path, data_tiny_model_dir):
+    source = write_jsonl(tmp_path / "a.jsonl", _padded_rows(60))
+    parallelism_before = os.environ.get("TOKENIZERS_PARALLELISM")
+    small = dict(task_mb=0.008, chunk_mb=0.002, tokenizer=str(data_tiny_model_dir), progress=False)
+    one = prepare_data([str(source)], tmp_path / "one", PrepareConfig(workers=1, **small))
+    longest = one["tokens"]["kept"]["max"]
+    small["max_length"] = longest - 1  # drop the longest few, in whichever worker they are
+    one = prepare_data([str(source)], tmp_path / "one", PrepareConfig(workers=1, **small))
+    two = prepare_data([str(source)], tmp_path / "two", PrepareConfig(workers=2, **small))
+    assert one["counts"]["filtered"]["over_max_length"] >= 1
+    assert one["tokens"] == {**two["tokens"], "tokenizer": one["tokens"]["tokenizer"]}
+    assert read(tmp_path / "one" / "train.parquet") == read(tmp_path / "two" / "train.parquet")
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == parallelism_before  # the caller's setting is restored
