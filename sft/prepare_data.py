@@ -337,7 +337,6 @@ class _Preparer:
             data_scan._INHERITED.update(counter=self.counter, answers=self.answers)
             # one core per worker; set before forking, which is when tokenizers checks it
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        if forked:
             pa.array(["x"])  # pyarrow imports pandas on its first conversion: once here, not in every worker
         task_queue, result_queue = context.Queue(), context.Queue()
         stop_after = context.Value("q", 1 << 62)
@@ -821,7 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     fields.add_argument("--prompt-key", default=defaults.prompt_key, help="field with the problem text (user message)")
     fields.add_argument("--response-key", default=defaults.response_key, help="field with the solution (assistant message)")
     fields.add_argument("--id-key", default=defaults.id_key, help="field with the problem id")
-    fields.add_argument("--system-prompt", default=None, help="system message to put first in every sample (default: none)")
+    fields.add_argument("--system-prompt", default=None, help="system message to put first in every sample (unset: none)")
     filters = parser.add_argument_group("quality filters (all off by default; every drop is counted)")
     filters.add_argument("--dedup", action="store_true",
                          help="drop exact duplicate (prompt, response) pairs after whitespace normalisation; the first is kept")
