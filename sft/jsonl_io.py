@@ -179,13 +179,13 @@ def parse_line_slow(raw: bytes, path: str, lineno: int, unterminated: bool) -> d
         if unterminated:
             return BadLine(
                 path, lineno, REASON_TRUNCATED_LAST_LINE,
-                f"the last line has no newline and is not valid JSON ({exc.msg} at column {exc.colno}): "
+                f"the last line has no newline and is not valid JSON ({exc.msg}: column {exc.colno}): "
                 "the file was probably cut off while being written; delete that line or regenerate it",
                 raw=_show(raw),
             )
         return BadLine(
             path, lineno, REASON_MALFORMED_JSON,
-            f"not valid JSON ({exc.msg} at column {exc.colno}); fix or delete the line",
+            f"not valid JSON ({exc.msg}: column {exc.colno}); fix or delete the line",
             raw=_show(raw),
         )
     if _has_surrogate(value):
