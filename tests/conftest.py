@@ -99,3 +99,19 @@ def pytest_configure(config):
         "markers",
         "slow: trains a tiny model with verl on CPU (tens of seconds each); skip with -m 'not slow'",
     )
+
+
+@pytest.fixture(scope="session")
+def data_tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def data_qwen_tokenizer_dir(request):
+    """The Qwen2.5-style tokenizer (real 151k vocabulary), built once and kept in pytest's cache
+    directory between runs (building takes 10-30 s on a busy 2-core machine)."""
+    from sft.qwen_tokenizer import build_qwen_tokenizer
+
+    return build_qwen_tokenizer(request.config.cache.mkdir("verl-sft-qwen-tokenizer") / "tokenizer")

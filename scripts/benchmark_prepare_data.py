@@ -1,0 +1,314 @@
+"""Benchmark sft/prepare_data.py against a naive pandas baseline, and its token counting against the
+tokenizer library, side by side in one run. Prints figures; asserts nothing.
+
+Usage:
+    python scripts/benchmark_prepare_data.py                      # 500,000 rows (about 1.3 GB), both parts
+    python scripts/benchmark_prepare_data.py --rows 50000 --token-rows 2000   # a quick look
+    python scripts/benchmark_prepare_data.py --skip-pipeline      # token counting only
+
+Part 1, pipeline: a synthetic JSONL of `--rows` math-solution rows of realistic, long-tailed
+sizes (a few hundred to several thousand tokens; several solutions per problem) is generated
+once (reused when present), then each tool runs in its own subprocess on the same file:
+  - prepare_data: `python sft/prepare_data.py FILE -o OUT` with default settings (validation,
+    leak-free split by id, uniform shuffle, manifest with sha256);
+  - baseline: `pandas.read_json(lines=True)`, then a shuffled random 10% split and
+    `to_parquet` for each side.
+Each runs --repeats times, alternating, and the fastest run of each counts (other jobs share
+the CPUs; the load average is printed). Wall time (process start to exit), CPU time, peak
+memory (sum over the process and its worker processes, sampled every 50 ms), rows/s, MB/s and
+the ratios are printed. Goals: >= 1.5x the baseline's throughput, <= half its peak memory.
+
+Part 2, token counting: on the first `--token-rows` rows of the same file, with a tokenizer of
+Qwen's real 151k vocabulary and Qwen2.5 chat template (sft/qwen_tokenizer.py), times
+ChatTokenCounter.count (exact verl count, chat template included) and the library's own
+batched encoding (`encode_batch_fast`) of the same samples rendered through the template; both
+must produce the same token total. Medians of alternating rounds. Goals: >= 1,000,000
+tokens/s and >= 70% of the library's throughput.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+
+import argparse
+import json
+import os
+import subprocess
+import time
+
+GENERATOR_VERSION = 1
+WORDS = (
+    "the of and to a in is that we so then let be number sum product total each find value equation solve "
+    "step first second next therefore thus hence since because multiply divide add subtract compute simplify "
+    "fraction square root area triangle circle radius angle degrees probability remainder integer prime "
+    "divisible factor common denominator numerator substitute expand both sides check"
+).split()
+
+
+def _sentences(rng, count: int) -> list[str]:
+    """A pool of math-solution sentences: words, numbers, LaTeX fractions and equations."""
+    out = []
+    for _ in range(count):
+        parts = []
+        for k in rng.random(int(rng.integers(6, 22))):
+            if k < 0.12:
+                parts.append(str(int(rng.integers(0, 10_000))))
+            elif k < 0.17:
+                parts.append(f"$\\frac{{{int(rng.integers(1, 99))}}}{{{int(rng.integers(2, 99))}}}$")
+            elif k < 0.20:
+                parts.append(f"$x^{int(rng.integers(2, 5))} + {int(rng.integers(1, 50))}x = {int(rng.integers(1, 500))}$")
+            else:
+                parts.append(WORDS[int(rng.integers(len(WORDS)))])
+        out.append(" ".join(parts).capitalize() + ".")
+    return out
+
+
+def generate_jsonl(path: Path, rows: int, seed: int = 0) -> None:
+    """Write `rows` synthetic rows: 1-8 solutions per problem; sentence counts log-normal
+    (prompt median 3 sentences, solution median 16, tail to 400), so samples run from about a
+    hundred to over ten thousand tokens."""
+    import numpy as np
+    import orjson
+
+    rng = np.random.default_rng(seed)
+    pool = _sentences(rng, 20_000)
+    solution_sentences = np.clip(rng.lognormal(np.log(16), 0.8, rows), 3, 400).astype(int)
+    prompt_sentences = np.clip(rng.lognormal(np.log(3), 0.6, rows), 1, 30).astype(int)
+    picks = rng.integers(0, len(pool), int(solution_sentences.sum() + prompt_sentences.sum())).tolist()
+    answers = rng.integers(0, 1000, rows).tolist()
+    per_problem = rng.integers(1, 9, rows).tolist()
+    tmp = path.with_suffix(".tmp")
+    position, problem, left, prompt = 0, -1, 0, ""
+    with open(tmp, "wb") as handle:
+        for i in range(rows):
+            if left == 0:
+                problem += 1
+                left = per_problem[problem % rows]
+                n = int(prompt_sentences[i])
+                prompt = "Solve: " + " ".join(pool[j] for j in picks[position : position + n])
+                position += n
+            left -= 1
+            n = int(solution_sentences[i])
+            steps = "\n".join(f"Step {k + 1}: {pool[j]}" for k, j in enumerate(picks[position : position + n]))
+            position += n
+            solution = f"{steps}\nTherefore, the final answer is $\\boxed{{{answers[i]}}}$."
+            handle.write(orjson.dumps({"id": problem, "prompt": prompt, "generated_solution": solution,
+                                       "num_tokens": n * 30}) + b"\n")
+    os.replace(tmp, path)
+
+
+def baseline(input_path: str, output_dir: str, val_split: float = 0.1, seed: int = 0) -> None:
+    """The naive way: load everything with pandas, shuffle, split rows at random, write Parquet."""
+    import pandas as pd
+
+    frame = pd.read_json(input_path, lines=True)
+    frame = frame.sample(frac=1.0, random_state=seed)
+    n_val = int(len(frame) * val_split)
+    os.makedirs(output_dir, exist_ok=True)
+    frame.iloc[n_val:].to_parquet(os.path.join(output_dir, "train.parquet"))
+    frame.iloc[:n_val].to_parquet(os.path.join(output_dir, "val.parquet"))
+
+
+def measure(command: list[str]) -> dict:
+    """Run `command`; its wall time, CPU time (its own and its workers') and peak memory.
+
+    Peak memory is the largest sum of the resident set sizes of the process and all its
+    descendants, sampled every 50 ms (prepare_data runs worker processes, so one process's
+    ru_maxrss would understate it); the kernel's ru_maxrss of the largest single process is
+    reported beside it.
+    """
+    import psutil
+
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    output = bytearray()
+    peak_tree = 0
+
+    def drain() -> None:
+        for line in process.stdout:
+            output.extend(line)
+
+    import threading
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    root = psutil.Process(process.pid)
+    while True:
+        try:
+            tree = [root] + root.children(recursive=True)
+            total = 0
+            for proc in tree:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak_tree = max(peak_tree, total)
+        except psutil.Error:
+            pass
+        try:
+            if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                break
+        except ChildProcessError:
+            break
+        time.sleep(0.05)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    reader.join()
+    code = os.waitstatus_to_exitcode(status)
+    process.returncode = code
+    if code != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({code}):\n{output.decode(errors='replace')[-3000:]}")
+    return {"wall_s": wall, "peak_rss_mb": peak_tree / 2**20, "max_single_rss_mb": usage.ru_maxrss / 1024,
+            "cpu_s": usage.ru_utime + usage.ru_stime, "output": output.decode(errors="replace")}
+
+
+def pipeline_benchmark(data: Path, work: Path, rows: int, repeats: int) -> dict:
+    size_mb = data.stat().st_size / 1e6
+    runs: dict[str, list[dict]] = {"prepare_data": [], "baseline": []}
+    commands = {
+        "prepare_data": [sys.executable, str(REPO / "sft" / "prepare_data.py"), str(data), "-o", str(work / "prepared"),
+                         "--no-progress"],
+        "baseline": [sys.executable, str(Path(__file__).resolve()), "--_baseline", str(data), str(work / "baseline")],
+    }
+    for _ in range(repeats):
+        for name, command in commands.items():
+            print(f"running {name} ...", flush=True)
+            result = measure(command)
+            runs[name].append(result)
+            print(f"  {result['wall_s']:.1f} s wall, {result['cpu_s']:.1f} s CPU, peak RSS {result['peak_rss_mb']:,.0f} MB "
+                  f"(all processes; largest single process {result['max_single_rss_mb']:,.0f} MB), "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    best = {name: min(r, key=lambda x: x["wall_s"]) for name, r in runs.items()}
+    manifest = json.loads((work / "prepared" / "manifest.json").read_text())
+    assert manifest["counts"]["train"] + manifest["counts"]["val"] == rows, manifest["counts"]
+    figures = {}
+    for name, result in best.items():
+        figures[name] = {"wall_s": round(result["wall_s"], 2), "cpu_s": round(result["cpu_s"], 2),
+                         "rows_per_s": round(rows / result["wall_s"]), "mb_per_s": round(size_mb / result["wall_s"], 1),
+                         "peak_rss_mb": round(result["peak_rss_mb"]), "max_single_rss_mb": round(result["max_single_rss_mb"]),
+                         "all_wall_s": [round(r["wall_s"], 1) for r in runs[name]]}
+    figures["throughput_ratio"] = round(figures["prepare_data"]["rows_per_s"] / figures["baseline"]["rows_per_s"], 2)
+    figures["memory_ratio"] = round(figures["prepare_data"]["peak_rss_mb"] / figures["baseline"]["peak_rss_mb"], 3)
+    figures["input_mb"] = round(size_mb, 1)
+    figures["rows"] = rows
+    return figures
+
+
+def token_benchmark(data: Path, work: Path, token_rows: int, repeats: int) -> dict:
+    import orjson
+
+    from sft.chat_tokens import BATCH_TEXTS, ChatTokenCounter
+    from sft.qwen_tokenizer import build_qwen_tokenizer, load_qwen_tokenizer
+
+    tokenizer = load_qwen_tokenizer(build_qwen_tokenizer(REPO / "outputs" / "qwen-tokenizer"))
+    prompts, responses = [], []
+    with open(data, "rb") as handle:
+        for _, line in zip(range(token_rows), handle):
+            row = orjson.loads(line)
+            prompts.append(row["prompt"])
+            responses.append(row["generated_solution"])
+    counter = ChatTokenCounter(tokenizer)
+    rendered = [tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                                              tokenize=False) for p, r in zip(prompts, responses)]
+    backend = tokenizer.backend_tokenizer
+
+    def library() -> int:
+        total = 0
+        for start in range(0, len(rendered), BATCH_TEXTS):
+            total += sum(len(e) for e in backend.encode_batch_fast(rendered[start : start + BATCH_TEXTS], add_special_tokens=False))
+        return total
+
+    def ours() -> int:
+        return int(counter.count(prompts, responses).sum())
+
+    counter.verify(prompts[:20], responses[:20])
+    times: dict[str, list[float]] = {"ours": [], "library": []}
+    totals = {}
+    for _ in range(repeats):
+        for name, fn in (("ours", ours), ("library", library)):
+            start = time.perf_counter()
+            totals[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    if totals["ours"] != totals["library"]:
+        raise AssertionError(f"token totals differ: ours {totals['ours']}, library {totals['library']}")
+    best = {name: sorted(t)[len(t) // 2] for name, t in times.items()}  # medians of alternating runs
+    per_sample = counter.count(prompts, responses)
+    return {
+        "samples": len(prompts),
+        "tokens": totals["ours"],
+        "tokens_per_sample": {"median": int(sorted(per_sample)[len(per_sample) // 2]), "min": int(per_sample.min()),
+                              "max": int(per_sample.max())},
+        "ours_tokens_per_s": round(totals["ours"] / best["ours"]),
+        "library_tokens_per_s": round(totals["library"] / best["library"]),
+        "ratio_to_library": round(best["library"] / best["ours"], 3),
+        "all_times_s": {k: [round(t, 2) for t in v] for k, v in times.items()},
+        "template_modes": counter.modes,
+        "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "(unset: on)"),
+        "cpus": os.cpu_count(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--rows", type=int, default=500_000, help="rows in the synthetic JSONL")
+    parser.add_argument("--token-rows", type=int, default=4000, help="rows used for the token-counting benchmark")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="alternating runs of each pipeline (the fastest of each is reported); the token part runs "
+                        "max(5, this) alternating rounds and reports medians")
+    parser.add_argument("--workdir", default=str(REPO / "outputs" / "benchmark_prepare_data"), help="where data and outputs go")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    parser.add_argument("--skip-pipeline", action="store_true", help="only the token-counting part")
+    parser.add_argument("--skip-tokens", action="store_true", help="only the pipeline part")
+    parser.add_argument("--_baseline", nargs=2, metavar=("INPUT", "OUTDIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._baseline:
+        baseline(*args._baseline)
+        return 0
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / f"synthetic-{args.rows}-seed{args.seed}-v{GENERATOR_VERSION}.jsonl"
+    if not data.exists():
+        print(f"generating {args.rows:,} rows into {data} ...", flush=True)
+        start = time.perf_counter()
+        generate_jsonl(data, args.rows, args.seed)
+        print(f"  {data.stat().st_size / 1e6:,.0f} MB in {time.perf_counter() - start:.0f} s", flush=True)
+    results: dict = {"input": str(data), "input_mb": round(data.stat().st_size / 1e6, 1), "load_average": os.getloadavg()}
+    if not args.skip_pipeline:
+        results["pipeline"] = pipeline_benchmark(data, work, args.rows, args.repeats)
+    if not args.skip_tokens:
+        print("token counting ...", flush=True)
+        results["tokens"] = token_benchmark(data, work, args.token_rows, max(5, args.repeats))
+    results["load_average_after"] = os.getloadavg()
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+
+    print("\n== results ==")
+    if "pipeline" in results:
+        p = results["pipeline"]
+        print(f"input: {p['rows']:,} rows, {p['input_mb']:,} MB")
+        print(f"{'':14}{'wall s':>9}{'CPU s':>9}{'rows/s':>10}{'MB/s':>8}{'peak RSS MB':>13}   all runs (wall s)")
+        for name in ("prepare_data", "baseline"):
+            f = p[name]
+            print(f"{name:14}{f['wall_s']:>9.1f}{f['cpu_s']:>9.1f}{f['rows_per_s']:>10,}{f['mb_per_s']:>8.1f}"
+                  f"{f['peak_rss_mb']:>13,}   {f['all_wall_s']}")
+        print(f"throughput ratio (prepare_data / baseline): {p['throughput_ratio']:.2f}x   (goal >= 1.5x)")
+        print(f"peak memory ratio (prepare_data / baseline): {p['memory_ratio']:.3f}   (goal <= 0.5)")
+    if "tokens" in results:
+        t = results["tokens"]
+        print(f"token counting on {t['samples']:,} samples ({t['tokens']:,} tokens, median {t['tokens_per_sample']['median']}"
+              f"/sample), Qwen vocabulary, {t['cpus']} CPUs:")
+        print(f"  ours (exact verl count)   {t['ours_tokens_per_s']:>12,} tokens/s   (goal >= 1,000,000)")
+        print(f"  library encode_batch_fast {t['library_tokens_per_s']:>12,} tokens/s")
+        print(f"  ratio {t['ratio_to_library']:.2f}   (goal >= 0.70)")
+    print(f"load average before/after: {results['load_average']} / {results['load_average_after']} (other jobs share these CPUs)")
+    print(f"results written to {work / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Convert one JSONL file to one Parquet file with the same columns, streaming.
+
+Usage:
+    python scripts/convert_jsonl_to_parquet.py outputs/run1.jsonl                 # -> outputs/run1.parquet
+    python scripts/convert_jsonl_to_parquet.py in.jsonl -o out.parquet --on-error skip   # bad rows -> out.parquet.rejects.jsonl
+
+Every JSON field becomes a column with the type Arrow infers (integers stay int64, floats
+double, strings string, objects struct, arrays list); a row without a field gets null there.
+A field whose type differs between rows (say `id` is 7 in one row and "a7" in another) is
+stored as JSON text in every row, so nothing is lost and the file has one schema. Memory does
+not grow with the file: rows are parsed and written one chunk (about --chunk-mb) at a time.
+Blank lines are skipped and counted; a UTF-8 BOM and CRLF line ends are accepted. A bad row
+(invalid JSON or UTF-8, not an object, a truncated last line) stops the conversion with its
+file, line and reason (--on-error fail, the default) or is written to the rejects file with
+them (--on-error skip). The Parquet file is written to a temporary name and renamed into place,
+so an interrupted run never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python scripts/convert_jsonl_to_parquet.py`: make `import sft.x` work
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import collections
+import contextlib
+import os
+import shutil
+import tempfile
+
+import pyarrow.parquet as pq
+
+from sft.jsonl_io import (
+    DEFAULT_CHUNK_BYTES,
+    BadLine,
+    InputError,
+    JsonlReader,
+    SchemaTracker,
+    atomic_path,
+    conform_table,
+    ensure_writable_dir,
+    rows_to_table,
+)
+
+
+class DataError(Exception):
+    """A bad row under --on-error fail."""
+
+    def __init__(self, bad: BadLine):
+        super().__init__(bad.message())
+        self.bad = bad
+
+
+def convert_jsonl_to_parquet(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    on_error: str = "fail",
+    rejects_path: str | os.PathLike | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: bool = True,
+) -> dict:
+    """Convert `input_path` to `output_path`; returns counts and the schema as a dict.
+
+    Raises InputError (unreadable input, unwritable output, no rows) or DataError (first bad
+    row under on_error="fail"); in both cases no output file is left behind.
+    """
+    from tqdm import tqdm
+
+    if on_error not in ("fail", "skip"):
+        raise InputError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    input_path, output_path = str(input_path), Path(output_path)
+    if not os.path.isfile(input_path):
+        raise InputError(f"input file {input_path} does not exist" if not os.path.exists(input_path)
+                         else f"input {input_path} is not a file")
+    ensure_writable_dir(output_path.parent if str(output_path.parent) else ".")
+    if rejects_path is None:
+        rejects_path = Path(str(output_path) + ".rejects.jsonl")
+    reader = JsonlReader(input_path, chunk_bytes=chunk_bytes)
+    tracker = SchemaTracker()
+    rejected: collections.Counter = collections.Counter()
+    rows_written = 0
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
+    parts: list[Path] = []
+    writer = writer_schema = None
+    rejects_handle = open(tmp_dir / "rejects.jsonl", "wb") if on_error == "skip" else None  # noqa: SIM115
+    bar = tqdm(total=reader.size, unit="B", unit_scale=True, desc="converting", disable=not progress, mininterval=1.0)
+    try:
+        for chunk in reader:
+            bar.update(chunk.nbytes)
+            for bad in chunk.bad:
+                if on_error == "fail":
+                    raise DataError(bad)
+                rejected[bad.reason] += 1
+                rejects_handle.write(bad.to_json())
+            if not chunk.rows:
+                continue
+            table = tracker.conform(rows_to_table(chunk.rows))
+            if writer is None or writer_schema != tracker.schema:
+                # the schema widened: finish this part; the parts are merged at the end
+                if writer is not None:
+                    writer.close()
+                parts.append(tmp_dir / f"part{len(parts):04d}.parquet")
+                writer_schema = tracker.schema
+                writer = pq.ParquetWriter(str(parts[-1]), writer_schema)
+            writer.write_table(table)
+            rows_written += table.num_rows
+        if writer is not None:
+            writer.close()
+            writer = None
+        bar.close()
+        if rows_written == 0:
+            raise InputError(f"{input_path} has no rows to convert ({reader.blank_lines} blank lines, "
+                             f"{sum(rejected.values())} rejected)")
+        with atomic_path(output_path) as tmp:
+            if len(parts) == 1:
+                os.replace(parts[0], tmp)
+            else:
+                with pq.ParquetWriter(str(tmp), tracker.schema) as final:
+                    for part in parts:
+                        source = pq.ParquetFile(str(part))
+                        for group in range(source.num_row_groups):
+                            final.write_table(conform_table(source.read_row_group(group), tracker.schema))
+        if rejects_handle is not None:
+            rejects_handle.close()
+            if sum(rejected.values()):
+                with atomic_path(rejects_path) as tmp:
+                    os.replace(tmp_dir / "rejects.jsonl", tmp)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(rejects_path)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if rejects_handle is not None and not rejects_handle.closed:
+            rejects_handle.close()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return {
+        "input": input_path,
+        "output": str(output_path),
+        "rows_read": reader.rows_read,
+        "rows_written": rows_written,
+        "blank_lines": reader.blank_lines,
+        "rejected": dict(rejected),
+        "rejects_file": str(rejects_path) if sum(rejected.values()) else None,
+        "sha256": reader.sha256,
+        "schema": {f.name: str(f.type) for f in tracker.schema},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Convert one JSONL file to one Parquet file with the same columns (streaming).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("input", help="JSONL file")
+    parser.add_argument("-o", "--output", default=None, help="Parquet file to write (default: INPUT with .parquet)")
+    parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                        help="bad row: fail = stop with file, line and reason; skip = write it to the rejects file")
+    parser.add_argument("--rejects", default=None, help="rejects file for --on-error skip (default: OUTPUT.rejects.jsonl)")
+    parser.add_argument("--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / (1 << 20), help="input read per step, in MiB")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    output = args.output or str(Path(args.input).with_suffix(".parquet"))
+    if os.path.abspath(output) == os.path.abspath(args.input):
+        print(f"error: the output {output} would overwrite the input; pass -o", file=sys.stderr)
+        return 2
+    try:
+        stats = convert_jsonl_to_parquet(args.input, output, args.on_error, args.rejects,
+                                         int(args.chunk_mb * (1 << 20)), progress=not args.no_progress)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DataError as exc:
+        print(f"error: {exc}\nFix the line, or rerun with --on-error skip to write bad rows to a rejects file. "
+              "Nothing was written.", file=sys.stderr)
+        return 1
+    print(f"wrote {stats['output']}: {stats['rows_written']:,} rows "
+          f"(read {stats['rows_read']:,}, {stats['blank_lines']:,} blank lines skipped)")
+    print("columns: " + ", ".join(f"{name} ({kind})" for name, kind in stats["schema"].items()))
+    if stats["rejected"]:
+        detail = ", ".join(f"{k} {v:,}" for k, v in sorted(stats["rejected"].items()))
+        print(f"rejected {sum(stats['rejected'].values()):,} rows ({detail}): see {stats['rejects_file']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,466 @@
+"""The row-by-row half of sft/prepare_data.py, run in parallel worker processes.
+
+Usage (internal; prepare_data drives it):
+    tasks = plan_tasks(files)                       # ~32 MiB line-aligned byte ranges
+    scanner = Scanner(settings, answers, counter)   # one per worker process
+    result = scanner.scan(task)                     # parse, validate, filter, hash, spill
+    spill = scanner.finish()                        # the Arrow IPC bucket files it wrote
+
+Each task's rows are parsed (sft.jsonl_io), validated (bad rows become rejects with a reason),
+passed through the row-local filters (final answer, correctness, token limits) and written to
+the shuffle buckets on disk, tagged with an order key (task index << 32 | line in task) and
+the seeded hash of their problem. What needs every row in input order (dedup, the first K per
+problem, the split) is decided afterwards by prepare_data from the compact per-row arrays in
+the TaskResult, so any number of workers gives the same output.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from sft.jsonl_io import BadLine, JsonlReader, SchemaTracker, line_boundaries, rows_to_table
+
+TASK_BYTES = 32 << 20
+ORDER_COLUMN = "__sft_order"
+GROUP_COLUMN = "__sft_group"
+TOKENS_COLUMN = "sft_num_tokens"
+MESSAGES_COLUMN = "messages"
+INTERNAL_COLUMNS = (ORDER_COLUMN, GROUP_COLUMN)
+
+# Reject reasons added by validation (parse failures come from sft.jsonl_io).
+REASON_MISSING = "missing_field"
+REASON_NULL = "null_value"
+REASON_NOT_STRING = "not_a_string"
+REASON_EMPTY = "empty_string"
+REASON_BAD_ID = "invalid_id"
+
+# Row-local filter reasons, in the order they run.
+ROW_FILTERS = (
+    "no_final_answer",
+    "no_reference_answer",
+    "wrong_answer",
+    "no_token_count",
+    "too_few_tokens",
+    "too_many_tokens",
+    "over_max_length",
+)
+
+
+class ConfigurationError(Exception):
+    """The data does not fit the options (e.g. rows already have a `messages` field)."""
+
+
+@dataclass
+class ScanTask:
+    index: int
+    file_index: int
+    path: str
+    start: int
+    end: int
+
+
+@dataclass
+class ScanSettings:
+    """What a worker needs; picklable."""
+
+    spill_dir: str
+    buckets: int
+    seed: int = 0
+    prompt_key: str = "prompt"
+    response_key: str = "generated_solution"
+    id_key: str = "id"
+    group_by: str = "id"
+    system_prompt: str | None = None
+    require_final_answer: bool = False
+    answer_key: str | None = None
+    check_answers: bool = False
+    min_tokens: int | None = None
+    max_tokens: int | None = None
+    max_length: int | None = None
+    num_tokens_key: str = "num_tokens"
+    dedup: bool = False
+    on_error: str = "fail"
+    chunk_bytes: int = 8 << 20
+
+
+@dataclass
+class TaskResult:
+    index: int
+    file_index: int
+    nbytes: int = 0
+    lines: int = 0
+    rows_read: int = 0
+    blank_lines: int = 0
+    rejected: collections.Counter = field(default_factory=collections.Counter)
+    filtered: collections.Counter = field(default_factory=collections.Counter)
+    first_bad: BadLine | None = None
+    rejects_path: str | None = None
+    skipped: bool = False
+    # one entry per row that reached the spill, in input order
+    order: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    prompts: np.ndarray | None = None
+    digests: np.ndarray | None = None
+    tokens: np.ndarray | None = None
+    counted_tokens: np.ndarray | None = None
+    """token counts of every row that reached the length filters (for the summary)"""
+
+
+@dataclass
+class SpillInfo:
+    files: dict[int, list[str]]
+    schema: pa.Schema | None
+    first_seen: dict[str, int]
+    """order key of the first row with each column: fixes the output column order"""
+
+
+def plan_tasks(files: list[str], task_bytes: int = TASK_BYTES) -> list[ScanTask]:
+    tasks = []
+    for file_index, path in enumerate(files):
+        bounds = line_boundaries(path, task_bytes)
+        for start, end in zip(bounds[:-1], bounds[1:]):  # an empty file gets one empty task
+            tasks.append(ScanTask(len(tasks), file_index, path, start, end))
+    return tasks
+
+
+def _seed_key(seed: int, purpose: str) -> bytes:
+    return hashlib.sha256(f"verl-sft:{purpose}:{seed}".encode()).digest()[:32]
+
+
+def mix64(values: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded 64-bit mix (splitmix64 finaliser) of uint64 values, vectorised."""
+    x = np.asarray(values, dtype=np.uint64)
+    salt = np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF)
+    with np.errstate(over="ignore"):
+        z = x + salt
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def bucket_of(order: np.ndarray, seed: int, buckets: int) -> np.ndarray:
+    return (mix64(order, seed) % np.uint64(buckets)).astype(np.int64)
+
+
+class _HashCache:
+    """Seeded 64-bit hashes of strings, remembered for the current task (solutions of one
+    problem usually sit together, so most lookups hit)."""
+
+    def __init__(self, key: bytes):
+        self.key = key
+        self.cache: dict[str, int] = {}
+
+    def __call__(self, text: str) -> int:
+        value = self.cache.get(text)
+        if value is None:
+            digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=self.key).digest()
+            value = self.cache[text] = int.from_bytes(digest, "little")
+        return value
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+
+def _normalise_ws(text: str) -> str:
+    return " ".join(text.split())
+
+
+class Scanner:
+    """Runs tasks in one process and owns that process's spill files."""
+
+    def __init__(self, settings: ScanSettings, answers: dict[str, str] | None = None, counter=None,
+                 worker_id: int = 0):
+        self.s = settings
+        self.answers = answers
+        self.counter = counter
+        self.worker_id = worker_id
+        self.tracker = SchemaTracker()
+        self.first_seen: dict[str, int] = {}
+        self.files: dict[int, list[str]] = collections.defaultdict(list)
+        self.writers: dict[int, tuple[Any, pa.Schema]] = {}
+        self.group_hash = _HashCache(_seed_key(settings.seed, "group"))
+        self.prompt_hash = _HashCache(_seed_key(0, "prompt"))
+        self.verified = counter is None
+
+    # -- spill ------------------------------------------------------------------------
+    def _write(self, bucket: int, table: pa.Table) -> None:
+        current = self.writers.get(bucket)
+        if current is None or current[1] != table.schema:
+            if current is not None:
+                current[0].close()
+            name = f"b{bucket:04d}-w{self.worker_id:03d}-{len(self.files[bucket]):03d}.arrow"
+            path = os.path.join(self.s.spill_dir, name)
+            self.files[bucket].append(path)
+            current = (ipc.new_stream(path, table.schema), table.schema)
+            self.writers[bucket] = current
+        current[0].write_table(table)
+
+    def finish(self) -> SpillInfo:
+        for writer, _ in self.writers.values():
+            writer.close()
+        self.writers.clear()
+        return SpillInfo(dict(self.files), self.tracker.schema, self.first_seen)
+
+    # -- one task ---------------------------------------------------------------------
+    def _validate(self, path: str, line: int, row: dict) -> BadLine | None:
+        s = self.s
+        for key in (s.prompt_key, s.response_key):
+            value = row.get(key)
+            if type(value) is str and value and not value.isspace():
+                continue
+            if key not in row:
+                present = ", ".join(list(row)[:12]) or "none"
+                flag = "--prompt-key" if key == s.prompt_key else "--response-key"
+                return BadLine(path, line, REASON_MISSING,
+                               f"field {key!r} is missing (fields present: {present}); fix the row or pass {flag} "
+                               "to name the field that holds it", row=row)
+            if value is None:
+                return BadLine(path, line, REASON_NULL, f"field {key!r} is null; it must be a non-empty string", row=row)
+            if type(value) is not str:
+                return BadLine(path, line, REASON_NOT_STRING,
+                               f"field {key!r} is a {type(value).__name__}, not a string", row=row)
+            return BadLine(path, line, REASON_EMPTY, f"field {key!r} is empty", row=row)
+        ident = row.get(s.id_key)
+        if ident is not None and type(ident) not in (str, int, float):
+            return BadLine(path, line, REASON_BAD_ID,
+                           f"field {s.id_key!r} is a {type(ident).__name__}; an id must be a string or a number", row=row)
+        if MESSAGES_COLUMN in row:
+            raise ConfigurationError(
+                f"{path}:{line}: the row already has a {MESSAGES_COLUMN!r} field; prepare_data builds it from "
+                "--prompt-key/--response-key, so rename or drop that field first"
+            )
+        return None
+
+    def _reference(self, row: dict) -> str | None:
+        from sft.math_answers import reference_answer
+
+        if self.s.answer_key:
+            value = row.get(self.s.answer_key)
+            return reference_answer(None if value is None else str(value))
+        ident = row.get(self.s.id_key)
+        return None if ident is None or self.answers is None else self.answers.get(str(ident))
+
+    def scan(self, task: ScanTask, progress: Callable[[int], None] | None = None,
+             stop: Callable[[], bool] | None = None) -> TaskResult:
+        s = self.s
+        result = TaskResult(task.index, task.file_index)
+        rejects_handle = None
+        arrays: dict[str, list] = collections.defaultdict(list)
+        self.group_hash.clear()
+        self.prompt_hash.clear()
+        reader = JsonlReader(task.path, chunk_bytes=s.chunk_bytes, start=task.start, end=task.end)
+        try:
+            for chunk in reader:
+                result.nbytes += chunk.nbytes
+                if progress is not None:
+                    progress(chunk.nbytes)
+                bad = list(chunk.bad)
+                rows, lines = [], []
+                for line, row in zip(chunk.lines, chunk.rows):
+                    problem = self._validate(task.path, line, row)
+                    if problem is None:
+                        rows.append(row)
+                        lines.append(line)
+                    else:
+                        bad.append(problem)
+                if bad:
+                    bad.sort(key=lambda b: b.line)
+                    if s.on_error == "fail":
+                        result.first_bad = bad[0]
+                        break
+                    if rejects_handle is None:
+                        fd, result.rejects_path = tempfile.mkstemp(dir=s.spill_dir, prefix=f"rejects-{task.index:06d}-")
+                        rejects_handle = os.fdopen(fd, "wb")
+                    for item in bad:
+                        result.rejected[item.reason] += 1
+                        rejects_handle.write(item.to_json())
+                self._filter_and_spill(task, rows, lines, result, arrays)
+                if stop is not None and stop():
+                    result.skipped = True
+                    break
+        finally:
+            if rejects_handle is not None:
+                rejects_handle.close()
+        result.lines = reader.lines
+        result.rows_read = reader.rows_read
+        result.blank_lines = reader.blank_lines
+        for name in ("order", "groups", "prompts", "tokens", "counted_tokens"):
+            if arrays[name]:
+                setattr(result, name, np.concatenate(arrays[name]))
+        if arrays["digests"]:
+            result.digests = np.frombuffer(b"".join(arrays["digests"]), dtype=np.uint64)
+        return result
+
+    def _filter_and_spill(self, task: ScanTask, rows: list[dict], lines: list[int], result: TaskResult,
+                          arrays: dict[str, list]) -> None:
+        s = self.s
+        if not rows:
+            return
+        keep = list(range(len(rows)))
+
+        def drop(indices: list[int], reason: str) -> None:
+            nonlocal keep
+            if indices:
+                result.filtered[reason] += len(indices)
+                gone = set(indices)
+                keep = [i for i in keep if i not in gone]
+
+        if s.require_final_answer or s.check_answers:
+            from sft.math_answers import answers_match, extract_final_answer
+
+            no_answer, no_reference, wrong = [], [], []
+            for i in keep:
+                predicted = extract_final_answer(rows[i][s.response_key])
+                if predicted is None:
+                    no_answer.append(i)
+                elif s.check_answers:
+                    reference = self._reference(rows[i])
+                    if reference is None:
+                        no_reference.append(i)
+                    elif not answers_match(predicted, reference):
+                        wrong.append(i)
+            drop(no_answer, "no_final_answer")
+            drop(no_reference, "no_reference_answer")
+            drop(wrong, "wrong_answer")
+
+        tokens: dict[int, int] | None = None
+        if self.counter is not None and keep:
+            prompts = [rows[i][s.prompt_key] for i in keep]
+            responses = [rows[i][s.response_key] for i in keep]
+            if not self.verified:  # prove the fast count equals verl's on real rows, once per process
+                self.counter.verify(prompts[:4], responses[:4], s.system_prompt)
+                self.verified = True
+            counted = self.counter.count(prompts, responses, s.system_prompt)
+            arrays["counted_tokens"].append(counted)
+            tokens = dict(zip(keep, counted.tolist()))
+        elif (s.min_tokens or s.max_tokens) and keep:
+            tokens, missing = {}, []
+            for i in keep:
+                value = rows[i].get(s.num_tokens_key)
+                if type(value) in (int, float) and not (isinstance(value, float) and math.isnan(value)):
+                    tokens[i] = value
+                else:
+                    missing.append(i)
+            drop(missing, "no_token_count")
+        if tokens is not None:
+            for reason, limit, too_far in (
+                ("too_few_tokens", s.min_tokens, lambda n, lim: n < lim),
+                ("too_many_tokens", s.max_tokens, lambda n, lim: n > lim),
+                ("over_max_length", s.max_length, lambda n, lim: n > lim),
+            ):
+                if limit is not None:
+                    drop([i for i in keep if too_far(tokens[i], limit)], reason)
+        if not keep:
+            return
+
+        kept = [rows[i] for i in keep]
+        order = (np.uint64(task.index) << np.uint64(32)) | np.array([lines[i] for i in keep], dtype=np.uint64)
+        if s.group_by == "prompt":
+            groups = [self.group_hash("p\x1f" + row[s.prompt_key]) for row in kept]
+        else:
+            groups = [
+                self.group_hash("p\x1f" + row[s.prompt_key] if row.get(s.id_key) is None else "i\x1f" + str(row[s.id_key]))
+                for row in kept
+            ]
+        groups = np.array(groups, dtype=np.uint64)
+        arrays["order"].append(order)
+        arrays["groups"].append(groups)
+        arrays["prompts"].append(np.array([self.prompt_hash(row[s.prompt_key]) for row in kept], dtype=np.uint64))
+        if s.dedup:
+            arrays["digests"].extend(
+                hashlib.blake2b(
+                    (_normalise_ws(row[s.prompt_key]) + "\x00" + _normalise_ws(row[s.response_key])).encode(
+                        "utf-8", "surrogatepass"),
+                    digest_size=8,
+                ).digest()
+                for row in kept
+            )
+
+        table = rows_to_table(kept)
+        for name in table.column_names:
+            if name not in self.first_seen:
+                self.first_seen[name] = int(order[0])
+        if TOKENS_COLUMN in table.column_names:
+            table = table.drop_columns([TOKENS_COLUMN])
+        if tokens is not None and self.counter is not None:
+            token_array = np.array([tokens[i] for i in keep], dtype=np.int64)
+            arrays["tokens"].append(token_array)
+            table = table.append_column(TOKENS_COLUMN, pa.array(token_array))
+        table = table.append_column(GROUP_COLUMN, pa.array(groups, type=pa.uint64()))
+        table = table.append_column(ORDER_COLUMN, pa.array(order, type=pa.uint64()))
+        table = self.tracker.conform(table)
+
+        buckets = bucket_of(order, s.seed, s.buckets)
+        if s.buckets == 1:
+            self._write(0, table)
+            return
+        by_bucket = np.argsort(buckets, kind="stable")
+        sorted_table = table.take(pa.array(by_bucket))
+        bounds = np.searchsorted(buckets[by_bucket], np.arange(s.buckets + 1))
+        for bucket in range(s.buckets):
+            start, end = int(bounds[bucket]), int(bounds[bucket + 1])
+            if end > start:
+                self._write(bucket, sorted_table.slice(start, end - start))
+
+
+# ---------------------------------------------------------------------------------------
+# Worker processes
+
+_INHERITED: dict[str, Any] = {}
+"""Set by the parent before forking, so forked workers reuse its tokenizer and answers."""
+
+
+def load_counter(tokenizer_path: str):
+    from transformers import AutoTokenizer
+
+    from sft.chat_tokens import ChatTokenCounter
+
+    return ChatTokenCounter(AutoTokenizer.from_pretrained(tokenizer_path))
+
+
+def worker_main(worker_id: int, settings: ScanSettings, tokenizer_path: str | None, answers_path_or_map,
+                tasks, results, stop_after) -> None:
+    """Entry point of a worker process: scan tasks until a None arrives, then report the spill files."""
+    import traceback
+
+    try:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker process
+        counter = _INHERITED.get("counter")
+        if counter is None and tokenizer_path:
+            counter = load_counter(tokenizer_path)
+        answers = _INHERITED.get("answers", answers_path_or_map)
+        scanner = Scanner(settings, answers, counter, worker_id)
+        pending = 0
+
+        def progress(nbytes: int) -> None:
+            nonlocal pending
+            pending += nbytes
+            if pending >= 4 << 20:
+                results.put(("progress", pending))
+                pending = 0
+
+        while True:
+            task = tasks.get()
+            if task is None:
+                break
+            if task.index > stop_after.value:
+                results.put(("task", TaskResult(task.index, task.file_index, skipped=True)))
+                continue
+            result = scanner.scan(task, progress, stop=lambda: stop_after.value < task.index)
+            results.put(("task", result))
+        if pending:
+            results.put(("progress", pending))
+        results.put(("done", worker_id, scanner.finish()))
+    except BaseException as exc:  # report anything, the parent decides
+        kind = "config" if isinstance(exc, ConfigurationError) else "error"
+        results.put((kind, worker_id, str(exc) if kind == "config" else traceback.format_exc()))

@@ -1,0 +1,527 @@
+"""Streaming JSONL reading and Parquet/Arrow writing shared by the data scripts.
+
+Usage (as a library; the command-line tools are scripts/convert_jsonl_to_parquet.py and
+sft/prepare_data.py):
+    from sft.jsonl_io import JsonlReader, SchemaTracker, rows_to_table
+    reader = JsonlReader("outputs/run1.jsonl")
+    for chunk in reader:              # about `chunk_bytes` of input at a time
+        chunk.rows, chunk.lines       # parsed objects and their 1-based line numbers
+        chunk.bad                     # BadLine records: file, line, reason, detail, raw text
+    reader.sha256, reader.size        # known once the file has been read to the end
+
+What counts as what, identically in every tool:
+- a *row* is a non-blank line; a blank or whitespace-only line is counted in
+  `blank_lines` and is not a row;
+- a UTF-8 byte order mark at the start of a line is ignored; CRLF line ends are accepted;
+- a row that is not valid UTF-8, not valid JSON (NaN/Infinity and raw control characters are
+  accepted, as Python's json module writes and reads them), holds an unpaired UTF-16
+  surrogate escape, or is not a JSON object becomes a BadLine, never silently dropped;
+  a malformed last line with no newline after it is reported as `truncated_last_line`.
+
+Memory stays bounded by the chunk size whatever the file size (a single line longer than a
+chunk is held whole). The file is read and hashed (sha256) on a background thread, so
+hashing overlaps parsing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import json
+import os
+import queue
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+import pyarrow as pa
+
+DEFAULT_CHUNK_BYTES = 8 << 20
+
+# Reasons a line is not a row we can use; the keys of `rejected` counts in every manifest.
+REASON_INVALID_UTF8 = "invalid_utf8"
+REASON_MALFORMED_JSON = "malformed_json"
+REASON_TRUNCATED_LAST_LINE = "truncated_last_line"
+REASON_INVALID_UNICODE = "invalid_unicode_escape"
+REASON_NOT_AN_OBJECT = "not_an_object"
+
+_BOM = "\ufeff"
+
+
+@dataclass
+class BadLine:
+    """One input line that could not be used, with where it is and why."""
+
+    path: str
+    line: int
+    reason: str
+    detail: str
+    raw: str | None = None
+    """The line's text (undecodable bytes shown as \\xNN) when it could not be parsed."""
+    row: dict | None = None
+    """The parsed object, when it parsed but failed a later check."""
+
+    def message(self) -> str:
+        return f"{self.path}:{self.line}: {self.detail}"
+
+    def to_json(self) -> bytes:
+        record: dict[str, Any] = {"file": self.path, "line": self.line, "reason": self.reason, "detail": self.detail}
+        if self.raw is not None:
+            record["raw"] = self.raw
+        if self.row is not None:
+            record["row"] = self.row
+        return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY, default=str) + b"\n"
+
+
+class InputError(Exception):
+    """A problem with the inputs or the output location that the user has to fix."""
+
+
+@dataclass
+class JsonlChunk:
+    """The rows parsed from one piece of a file, in file order."""
+
+    path: str
+    rows: list[dict] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    bad: list[BadLine] = field(default_factory=list)
+    blank_lines: int = 0
+    nbytes: int = 0
+
+    @property
+    def rows_read(self) -> int:
+        """Non-blank lines in this chunk: parsed rows plus bad lines."""
+        return len(self.rows) + len(self.bad)
+
+
+def file_sha256(path: str | os.PathLike, block_bytes: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(block_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def line_boundaries(path: str | os.PathLike, every: int) -> list[int]:
+    """Byte offsets that start a line, about `every` bytes apart (0 first, the file size last)."""
+    size = os.path.getsize(path)
+    bounds = [0]
+    with open(path, "rb") as handle:
+        position = every
+        while position < size:
+            handle.seek(position)
+            while True:
+                window = handle.read(1 << 16)
+                if not window:
+                    position = size
+                    break
+                newline = window.find(b"\n")
+                if newline >= 0:
+                    position += newline + 1
+                    break
+                position += len(window)
+            if position >= size:
+                break
+            bounds.append(position)
+            position += every
+    bounds.append(size)
+    return bounds
+
+
+def _has_surrogate(value: Any) -> bool:
+    """True when a parsed JSON value holds a lone UTF-16 surrogate (not encodable as UTF-8)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    return False
+
+
+def _show(raw: bytes, limit: int | None = None) -> str:
+    text = raw.decode("utf-8", errors="backslashreplace")
+    if limit is not None and len(text) > limit:
+        return text[:limit] + f"... ({len(raw)} bytes)"
+    return text
+
+
+def parse_line_slow(raw: bytes, path: str, lineno: int, unterminated: bool) -> dict | BadLine | None:
+    """Parse a line that orjson refused; returns the object, a BadLine, or None for a blank line.
+
+    orjson is strict: it refuses NaN, raw control characters and byte order marks, which
+    Python's json module (and many writers built on it) produce, so those get a second chance
+    here; everything that still fails becomes a BadLine with the reason and the fix.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadLine(
+            path, lineno, REASON_INVALID_UTF8,
+            f"invalid UTF-8 byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line; "
+            "re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or drop the line",
+            raw=_show(raw),
+        )
+    text = text.lstrip(_BOM)
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text, strict=False)
+    except json.JSONDecodeError as exc:
+        if unterminated:
+            return BadLine(
+                path, lineno, REASON_TRUNCATED_LAST_LINE,
+                f"the last line has no newline and is not valid JSON ({exc.msg}: column {exc.colno}): "
+                "the file was probably cut off while being written; delete that line or regenerate it",
+                raw=_show(raw),
+            )
+        return BadLine(
+            path, lineno, REASON_MALFORMED_JSON,
+            f"not valid JSON ({exc.msg}: column {exc.colno}); fix or delete the line",
+            raw=_show(raw),
+        )
+    if _has_surrogate(value):
+        return BadLine(
+            path, lineno, REASON_INVALID_UNICODE,
+            "contains an unpaired UTF-16 surrogate escape such as \\ud800, which is not valid text; "
+            "fix the writer's escaping or drop the line",
+            raw=_show(raw),
+        )
+    return value
+
+
+class JsonlReader:
+    """Iterate over a JSONL file in chunks of parsed rows; see the module docstring."""
+
+    def __init__(self, path: str | os.PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 start: int = 0, end: int | None = None):
+        """Read the whole file, or only bytes [start, end) when both fall on line starts (then
+        line numbers count from the start of that range and no sha256 is computed)."""
+        self.path = str(path)
+        self.chunk_bytes = max(1, int(chunk_bytes))
+        if os.path.isdir(self.path):
+            raise InputError(f"input {self.path} is a directory; pass JSONL files or a glob such as '{self.path}/*.jsonl'")
+        try:
+            self.size = os.path.getsize(self.path)
+        except OSError as exc:
+            raise InputError(f"cannot read input file {self.path}: {exc.strerror}") from exc
+        self.start = start
+        self.end = self.size if end is None else end
+        self._digest = hashlib.sha256() if start == 0 and end is None else None
+        self.sha256: str | None = None
+        self.rows_read = 0
+        self.blank_lines = 0
+        self.lines = 0
+
+    def _blocks(self) -> Iterator[bytes]:
+        """Raw blocks of the file, read and hashed on a background thread."""
+        try:
+            handle = open(self.path, "rb")  # noqa: SIM115 - closed by the reader thread
+        except OSError as exc:
+            raise InputError(f"cannot read input file {self.path}: {exc.strerror}") from exc
+        blocks: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                with handle:
+                    handle.seek(self.start)
+                    left = self.end - self.start
+                    while not stop.is_set():
+                        block = handle.read(min(self.chunk_bytes, left)) if left > 0 else b""
+                        left -= len(block)
+                        if block and self._digest is not None:
+                            self._digest.update(block)  # hashlib releases the GIL on large blocks
+                        while not stop.is_set():
+                            try:
+                                blocks.put(block, timeout=0.1)
+                                break
+                            except queue.Full:
+                                continue
+                        if not block:
+                            return
+            except OSError as exc:
+                blocks.put(InputError(f"cannot read input file {self.path}: {exc.strerror}"))
+
+        thread = threading.Thread(target=produce, name="jsonl-reader", daemon=True)
+        thread.start()
+        try:
+            while True:
+                block = blocks.get()
+                if isinstance(block, Exception):
+                    raise block
+                if not block:
+                    if self._digest is not None:
+                        self.sha256 = self._digest.hexdigest()
+                    return
+                yield block
+        finally:
+            stop.set()
+            thread.join()
+
+    def __iter__(self) -> Iterator[JsonlChunk]:
+        loads = orjson.loads
+        decode_error = orjson.JSONDecodeError
+        path = self.path
+        carry = b""
+        next_line = 1
+        blocks = self._blocks()
+        at_end = False
+        while not at_end:
+            block = next(blocks, None)
+            if block is None:
+                at_end = True
+                data = carry
+                carry = b""
+                if not data:
+                    break
+                pieces = data.split(b"\n")
+                unterminated_last = not data.endswith(b"\n")
+            else:
+                data = carry + block if carry else block
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    carry = data  # a line longer than a block: keep reading
+                    continue
+                carry = data[cut + 1 :]
+                data = data[: cut + 1]
+                pieces = data.split(b"\n")
+                unterminated_last = False
+            if pieces and pieces[-1] == b"":
+                pieces.pop()  # the piece after the final newline is not a line
+            chunk = JsonlChunk(path=path, nbytes=len(data))
+            rows, lines, bad = chunk.rows, chunk.lines, chunk.bad
+            last_index = len(pieces) - 1
+            for index, raw in enumerate(pieces):
+                lineno = next_line + index
+                if not raw or raw.isspace():
+                    chunk.blank_lines += 1
+                    continue
+                try:
+                    value = loads(raw)
+                except decode_error:
+                    value = parse_line_slow(raw, path, lineno, unterminated_last and index == last_index)
+                    if value is None:
+                        chunk.blank_lines += 1
+                        continue
+                    if isinstance(value, BadLine):
+                        bad.append(value)
+                        continue
+                if type(value) is not dict:
+                    bad.append(
+                        BadLine(
+                            path, lineno, REASON_NOT_AN_OBJECT,
+                            f"expected a JSON object per line, found a JSON {type(value).__name__}",
+                            raw=_show(raw, 10_000),
+                        )
+                    )
+                    continue
+                rows.append(value)
+                lines.append(lineno)
+            next_line += len(pieces)
+            self.lines += len(pieces)
+            self.rows_read += chunk.rows_read
+            self.blank_lines += chunk.blank_lines
+            yield chunk
+
+
+# ---------------------------------------------------------------------------------------
+# Arrow conversion with types that may differ between rows and chunks.
+
+
+def _json_text(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _parquet_writable(data_type: pa.DataType) -> bool:
+    """Parquet cannot store a struct without fields (from `{}` values)."""
+    if pa.types.is_struct(data_type):
+        return data_type.num_fields > 0 and all(_parquet_writable(f.type) for f in data_type)
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        return _parquet_writable(data_type.value_type)
+    return True
+
+
+def values_to_array(values: list) -> pa.Array:
+    """Arrow array of Python values with the type Arrow infers (int64, double, string, struct,
+    list...); values of mixed, unrepresentable or out-of-range types become JSON text."""
+    try:
+        array = pa.array(values, from_pandas=False)
+        if _parquet_writable(array.type):
+            return array
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError):
+        pass
+    return pa.array([None if v is None else _json_text(v) for v in values], type=pa.string())
+
+
+def rows_to_table(rows: list[dict], keys: list[str] | None = None) -> pa.Table:
+    """A table with one column per key (first-seen order; missing keys are null)."""
+    if keys is None:
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+    return pa.table({k: values_to_array([row.get(k) for row in rows]) for k in keys}) if keys else pa.table({})
+
+
+def stringify_array(array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The values of `array` as JSON text (strings unchanged, numbers as written, objects as JSON)."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_string(array.type):
+        return array
+    if pa.types.is_null(array.type):
+        return pa.nulls(len(array), pa.string())
+    if pa.types.is_integer(array.type) or pa.types.is_boolean(array.type) or pa.types.is_large_string(array.type):
+        return array.cast(pa.string())
+    return pa.array([None if v is None else _json_text(v) for v in array.to_pylist()], type=pa.string())
+
+
+def widen_type(current: pa.DataType, new: pa.DataType) -> pa.DataType:
+    """The narrowest type that holds values of both types; JSON text when there is none."""
+    if current == new:
+        return current
+    try:
+        merged = pa.unify_schemas(
+            [pa.schema([("f", current)]), pa.schema([("f", new)])], promote_options="permissive"
+        ).field("f").type
+    except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.string()
+    if pa.types.is_large_string(merged):
+        return pa.string()
+    return merged
+
+
+def conform_table(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns, in order: missing ones null, others widened."""
+    columns = []
+    for target in schema:
+        if target.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, target.type))
+            continue
+        column = table.column(target.name)
+        if column.type == target.type:
+            columns.append(column)
+        elif pa.types.is_string(target.type):
+            columns.append(stringify_array(column))
+        else:
+            columns.append(column.cast(target.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class SchemaTracker:
+    """The schema that holds every table seen so far; it only ever widens.
+
+    Columns keep their first-seen order, new columns are appended. A column whose types cannot
+    be merged (say `id` is 7 in one file and "a7" in another) becomes JSON text for every row,
+    so no value is lost and every output file has a single schema.
+    """
+
+    def __init__(self) -> None:
+        self.schema: pa.Schema | None = None
+        self.version = 0
+
+    def observe(self, table: pa.Table) -> bool:
+        """Widen for `table`; returns True when the schema changed."""
+        if self.schema is None:
+            self.schema = pa.schema([pa.field(f.name, f.type) for f in table.schema])
+            self.version += 1
+            return True
+        fields = {f.name: f.type for f in self.schema}
+        changed = False
+        for new in table.schema:
+            if new.name not in fields:
+                fields[new.name] = new.type
+                changed = True
+            else:
+                merged = widen_type(fields[new.name], new.type)
+                if merged != fields[new.name]:
+                    fields[new.name] = merged
+                    changed = True
+        if changed:
+            self.schema = pa.schema(list(fields.items()))
+            self.version += 1
+        return changed
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        self.observe(table)
+        return conform_table(table, self.schema)
+
+
+# ---------------------------------------------------------------------------------------
+# Files in and out.
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Files named by globs or paths, in order, each once; an error names a pattern that matches nothing."""
+    files: list[str] = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            if not matches:
+                raise InputError(
+                    f"the pattern {pattern!r} matches no file (working directory {os.getcwd()}); "
+                    "check the path, and quote the pattern so the shell does not expand it"
+                )
+            files.extend(matches)
+        else:
+            if not os.path.exists(pattern):
+                raise InputError(f"input file {pattern} does not exist (working directory {os.getcwd()})")
+            if os.path.isdir(pattern):
+                raise InputError(f"input {pattern} is a directory; pass files or a glob such as '{pattern}/*.jsonl'")
+            files.append(pattern)
+    seen: set[str] = set()
+    unique = []
+    for path in files:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` if needed and prove a file can be written there, or raise InputError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise InputError(
+            f"cannot write to output directory {path}: {reason}; choose another directory or fix its permissions"
+        ) from exc
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike):
+    """Yield a temporary path beside `final`; on success it replaces `final`, on error it is removed."""
+    final = Path(final)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; outputs are ordinary files
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
