@@ -298,6 +298,8 @@ def test_time_limit_signal_requeues_a_bounded_number_of_times(tmp_path, tiny_mod
                                                               restart_count, expected_status, expected_log, requeued):
     env = _batch_env(tmp_path, trainer, MODEL_NAME=tiny_model_dir, TRAIN_FILE=chat_data_dir / "train.parquet",
                      OUTPUT_DIR=tmp_path / "out", MAX_REQUEUES=1, STOP_TIMEOUT=2, restart_count=restart_count)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".slurm_job_id").write_text("999\n")  # a finished job (squeue no longer lists it)
     batch = subprocess.Popen(["bash", str(REPO_ROOT / "slurm" / "sft_training.slurm")], env=env, cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60

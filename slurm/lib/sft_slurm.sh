@@ -25,7 +25,8 @@
 #   MASTER_PORT   auto      rendezvous port on the first node; auto: a free port there
 #   MAX_REQUEUES  3         times a job requeues itself after the time-limit signal
 #   STOP_TIMEOUT  240       seconds to wait for the checkpoint after the signal before requeueing
-#                           anyway; keep it below the lead time of --signal (600)
+#                           anyway; keep it below the lead time of --signal (600). Jobs with a
+#                           time limit under ~15 min also want a shorter lead: --signal=B:USR1@60
 # Set by this file from Slurm, not settable: NNODES, MASTER_ADDR, RDZV_ID, SFT_STOP_FILE.
 
 MAX_REQUEUES="${MAX_REQUEUES:-3}"  # bounds a job that can never finish in its time limit

@@ -12,6 +12,7 @@ set -euo pipefail
 
 PACKAGES=(slurm-wlm munge)  # slurm-wlm pulls slurmctld, slurmd and slurm-client
 COMMANDS=(sbatch srun scontrol squeue slurmctld slurmd munged munge)
+APT_OPTIONS=(-qq -o DPkg::Lock::Timeout=300)  # wait for another apt-get instead of failing at once
 
 missing() {
   local command
@@ -36,12 +37,13 @@ fi
 
 log="$(mktemp -t install_slurm.XXXXXX.log)"
 install_packages() {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >>"$log" 2>&1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${APT_OPTIONS[@]}" "${PACKAGES[@]}" \
+    >>"$log" 2>&1
 }
 start=$SECONDS
 echo "[install_slurm] installing ${PACKAGES[*]} with apt-get (log: $log)"
 # A fresh machine may have no package lists yet: update only when the first attempt fails.
-if ! install_packages && ! { apt-get update -qq >>"$log" 2>&1 && install_packages; }; then
+if ! install_packages && ! { apt-get update "${APT_OPTIONS[@]}" >>"$log" 2>&1 && install_packages; }; then
   echo "[install_slurm] warning: apt-get could not install ${PACKAGES[*]}; the Slurm tests will be skipped. Last lines of $log:" >&2
   tail -n 20 "$log" >&2
   exit 0
