@@ -115,3 +115,99 @@ def data_qwen_tokenizer_dir(request):
     from sft.qwen_tokenizer import build_qwen_tokenizer
 
     return build_qwen_tokenizer(request.config.cache.mkdir("verl-sft-qwen-tokenizer") / "tokenizer")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by tests/test_resume.py and tests/test_slurm.py: one uninterrupted reference run that
+# interrupted and requeued runs must reproduce exactly.
+
+from dataclasses import dataclass  # noqa: E402  (kept with the code that uses it)
+
+_LAUNCHER_VARIABLES.extend(["SFT_STOP_FILE", "MAX_REQUEUES", "STOP_TIMEOUT", "REPO_DIR", "SFT_TEST_STEP_DELAY"])
+
+# 64 rows / 16 per step = 4 steps per epoch, 2 epochs. One thread per process: the same
+# arithmetic in every run, so weights can be compared bit for bit.
+SLURM_RESUME_SETTINGS = {"TRAIN_BATCH_SIZE": "16", "EPOCHS": "2", "LEARNING_RATE": "1e-3", "VAL_FILE": "",
+                         "OMP_NUM_THREADS": "1", "SEED": "42"}
+SLURM_STEPS_PER_EPOCH = 4
+SLURM_TOTAL_STEPS = 8
+# Largest difference allowed between the final weights of an interrupted run and the reference.
+# Measured: 0 (bit-identical) on CPU, fp32, gloo, one thread per process; a resume that skipped,
+# repeated or reordered a single step moves weights by about the learning rate (1e-3).
+SLURM_WEIGHT_TOLERANCE = 1e-6
+
+
+def slurm_step_delay_env(seconds: float) -> dict[str, str]:
+    """Settings that load tests/hooks/sft_test_step_delay.py: each step sleeps `seconds` (timing only)."""
+    return {"PYTHONPATH": str(REPO_ROOT / "tests" / "hooks"), "VERL_USE_EXTERNAL_MODULES": "sft_test_step_delay",
+            "SFT_TEST_STEP_DELAY": str(seconds)}
+
+
+def slurm_model_shards(checkpoint: Path) -> dict[tuple[str, int], "object"]:
+    """{(parameter name, rank): local shard} of the model_world_size_*_rank_*.pt files in a checkpoint."""
+    import warnings
+
+    import torch
+
+    shards = {}
+    files = sorted(checkpoint.glob("model_world_size_*_rank_*.pt"))
+    assert files, f"no model shards in {checkpoint}"
+    for path in files:
+        rank = int(path.stem.rsplit("_", 1)[1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DTensor unpickled without a process group
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        for name, value in state.items():
+            shards[(name, rank)] = value.to_local() if hasattr(value, "to_local") else value
+    return shards
+
+
+def slurm_max_weight_difference(first: Path, second: Path) -> float:
+    """Largest absolute difference between the model weights of two checkpoints of one world size."""
+    a, b = slurm_model_shards(first), slurm_model_shards(second)
+    assert a.keys() == b.keys(), "the checkpoints hold different parameters or world sizes"
+    return max((a[key].double() - b[key].double()).abs().max().item() for key in a)
+
+
+@dataclass
+class SlurmReferenceRun:
+    output_dir: Path
+    logs: list[str]  # one per torchrun agent (node rank 0, 1)
+    returncodes: list[int]
+    losses: dict[int, float]
+
+
+@pytest.fixture(scope="session")
+def slurm_reference_run(tmp_path_factory, tiny_model_dir, chat_data_dir) -> SlurmReferenceRun:
+    """The reference run, trained by two torchrun agents on this machine as two "nodes" of one process each.
+
+    Each agent is started through scripts/run_sft_training.sh with NNODES=2 and its NODE_RANK,
+    meeting at a c10d rendezvous on loopback, as the Slurm batch files make them meet.
+    """
+    import socket
+
+    root = tmp_path_factory.mktemp("reference")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    processes, log_files = [], []
+    for node_rank in (0, 1):
+        env = launcher_env(MODEL_NAME=tiny_model_dir, TRAIN_FILE=chat_data_dir / "train.parquet",
+                           OUTPUT_DIR=root / "two nodes", SAVE_FREQ=SLURM_STEPS_PER_EPOCH, NNODES=2,
+                           NODE_RANK=node_rank, NPROC_PER_NODE=1, MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                           RDZV_ID="reference-run", **SLURM_RESUME_SETTINGS)
+        log_files.append(root / f"agent{node_rank}.log")
+        with open(log_files[-1], "w") as log:
+            processes.append(subprocess.Popen([str(REPO_ROOT / "scripts" / "run_sft_training.sh")], env=env,
+                                              cwd=root, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        returncodes = [process.wait(timeout=900) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    logs = [path.read_text() for path in log_files]
+    losses = {}
+    for log in logs:
+        losses.update(train_losses(log))
+    return SlurmReferenceRun(output_dir=root / "two nodes", logs=logs, returncodes=returncodes, losses=losses)

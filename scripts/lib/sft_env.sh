@@ -46,6 +46,8 @@
 #   GRADIENT_CHECKPOINTING auto  recompute activations in the backward pass; auto: on for GPU, off for CPU
 #   VERL_DIR         (unset)   a verl source checkout to use instead of the installed package
 #   PYTHON           .venv/bin/python if present, else python3
+#   SFT_STOP_FILE    (unset)   a path: once that file exists, the run saves a checkpoint at the end of
+#                              the current step and exits 0 (sft/verl_fixes.py; slurm/ batch files set it)
 
 SFT_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
