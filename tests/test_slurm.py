@@ -115,7 +115,13 @@ def wait_until_requeued(cluster: SlurmCluster, job_id: int, log: Path, restarts:
 
 
 def release_now(cluster: SlurmCluster, job_id: int) -> None:
-    """A requeued job waits about two minutes (Reason=BeginTime); make it eligible at once."""
+    """A requeued job waits about two minutes (Reason=BeginTime); make it eligible now.
+
+    Not at once: slurmd revoked the job's credential when it was requeued, and credentials carry
+    1-second timestamps, so a restart allocated within the same second is killed as "Job
+    credential revoked" (seen here). Waiting a few seconds is what the two-minute delay is for.
+    """
+    time.sleep(3)
     cluster.command(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
 
 
@@ -175,7 +181,8 @@ def test_both_batch_files_at_once_on_one_node_and_a_requeued_job_resumes_from_it
     repeated = max(first_steps) - resumed_from
     print(f"[measured] steps repeated after scontrol requeue: {repeated} (SAVE_FREQ={full_save_freq}; the last "
           f"checkpoint was step {resumed_from}, the first start had logged step {max(first_steps)})")
-    assert 0 <= repeated < full_save_freq
+    # At most SAVE_FREQ: the kill can land while the checkpoint after step k*SAVE_FREQ is being saved.
+    assert 0 <= repeated <= full_save_freq
 
     # No collision: one rendezvous port each, one stable default output directory each.
     lora_text = lora_log.read_text()

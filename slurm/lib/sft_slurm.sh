@@ -17,7 +17,7 @@
 #      SLURM_RESTART_COUNT < MAX_REQUEUES, and resumes from that step. Without a checkpoint
 #      within STOP_TIMEOUT seconds it requeues anyway (the last SAVE_FREQ checkpoint remains).
 #      Preemption and `scontrol requeue` by others stop the job at once: it resumes from the
-#      last SAVE_FREQ checkpoint, repeating at most SAVE_FREQ - 1 steps.
+#      last SAVE_FREQ checkpoint, repeating at most SAVE_FREQ steps (the kill can land mid-save).
 #
 # Settings of the batch files (environment variable, default, meaning), besides every setting
 # of the launchers (scripts/run_sft_training.sh --help):
