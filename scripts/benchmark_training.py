@@ -32,6 +32,7 @@ Configurations (--configs, comma separated; first is the baseline of the ratios)
     ours-gc / ours-no-gc       our defaults with GRADIENT_CHECKPOINTING forced on / off
     ours-rmpad / ours-no-rmpad our defaults with REMOVE_PADDING forced on / off
     ours-micro1                our defaults with one sample per micro batch, no dynamic batching
+    ours-dynamic               our defaults with DYNAMIC_BATCH=1 (micro batches packed to MAX_TOKENS_PER_GPU)
     ours-liger                 our defaults with Liger kernels (+model.use_liger; requirements-gpu.txt)
     ours-fsdp1                 our defaults with engine.strategy=fsdp (GPU only)
 
@@ -75,9 +76,9 @@ QWEN_VOCAB_SIZE = 151936  # the models' embedding rows (the tokenizer has 151,66
 
 _PADDED = str(REPO_ROOT / "sft" / "padded_dataset.py")
 CONFIGS: dict[str, dict] = {
-    "original": {"env": {"REMOVE_PADDING": "0", "GRADIENT_CHECKPOINTING": "1"},
-                 "overrides": [f"data.custom_cls.path={_PADDED}", "data.custom_cls.name=PadToMaxLengthDataset",
-                               "data.use_dynamic_bsz=False"],
+    "original": {"env": {"REMOVE_PADDING": "0", "GRADIENT_CHECKPOINTING": "1", "DYNAMIC_BATCH": "0",
+                         "BATCH_SIZE": "4"},
+                 "overrides": [f"data.custom_cls.path={_PADDED}", "data.custom_cls.name=PadToMaxLengthDataset"],
                  "gpu_overrides": ["engine.strategy=fsdp"]},
     "ours": {"env": {}, "overrides": []},
     "ours-bf16": {"env": {"COMPUTE_DTYPE": "bf16"}, "overrides": []},
@@ -86,7 +87,8 @@ CONFIGS: dict[str, dict] = {
     "ours-no-gc": {"env": {"GRADIENT_CHECKPOINTING": "0"}, "overrides": []},
     "ours-rmpad": {"env": {"REMOVE_PADDING": "1"}, "overrides": []},
     "ours-no-rmpad": {"env": {"REMOVE_PADDING": "0"}, "overrides": []},
-    "ours-micro1": {"env": {"BATCH_SIZE": "1"}, "overrides": ["data.use_dynamic_bsz=False"]},
+    "ours-micro1": {"env": {"BATCH_SIZE": "1", "DYNAMIC_BATCH": "0"}, "overrides": []},
+    "ours-dynamic": {"env": {"DYNAMIC_BATCH": "1"}, "overrides": []},
     "ours-liger": {"env": {}, "overrides": ["model.use_liger=True"]},
     "ours-fsdp1": {"env": {}, "overrides": ["engine.strategy=fsdp"]},
 }

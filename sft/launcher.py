@@ -75,6 +75,7 @@ class Settings:
     attn_implementation: str
     compute_dtype: str
     remove_padding: bool
+    dynamic_batch: bool
     gradient_checkpointing: bool
     dry_run: bool
     verl_dir: Path | None
@@ -302,7 +303,20 @@ def resolve_settings(env: dict[str, str] | None = None) -> Settings:
         )
 
     # Optimisation.
-    batch_size = _int("BATCH_SIZE", get("BATCH_SIZE"), minimum=1)
+    dynamic_raw = get("DYNAMIC_BATCH").lower()
+    if dynamic_raw == "auto":
+        # Measured by scripts/benchmark_training.py on CPU (sdpa): one sample per micro batch
+        # beats packed micro batches, which sdpa pads to their longest sample.
+        dynamic_batch = device == "cuda"
+        sources["DYNAMIC_BATCH"] = f"auto: {device}"
+    else:
+        dynamic_batch = _bool("DYNAMIC_BATCH", dynamic_raw)
+    batch_raw = get("BATCH_SIZE")
+    if batch_raw == "auto":
+        batch_size = 4 if device == "cuda" else 1
+        sources["BATCH_SIZE"] = f"auto: {device}"
+    else:
+        batch_size = _int("BATCH_SIZE", batch_raw, minimum=1)
     train_batch_size = _int("TRAIN_BATCH_SIZE", get("TRAIN_BATCH_SIZE"), minimum=1)
     world_size = nproc * nnodes
     if train_batch_size % world_size:
@@ -426,6 +440,7 @@ def resolve_settings(env: dict[str, str] | None = None) -> Settings:
         attn_implementation=attn,
         compute_dtype=compute_dtype,
         remove_padding=remove_padding,
+        dynamic_batch=dynamic_batch,
         gradient_checkpointing=gradient_checkpointing,
         dry_run=_bool("DRY_RUN", get("DRY_RUN")),
         verl_dir=verl_dir,
@@ -469,7 +484,7 @@ def hydra_overrides(s: Settings) -> list[str]:
         f"data.train_files={hydra_quote(str(s.train_file))}",
         f"data.val_files={hydra_quote(str(s.val_file)) if s.val_file else 'null'}",
         "data.pad_mode=no_padding",
-        "data.use_dynamic_bsz=True",
+        f"data.use_dynamic_bsz={s.dynamic_batch}",
         f"model.use_remove_padding={s.remove_padding}",
         f"model.enable_gradient_checkpointing={s.gradient_checkpointing}",
         f"data.max_length={s.max_length}",
@@ -554,6 +569,7 @@ def format_settings(s: Settings) -> str:
         ("MAX_LENGTH", str(s.max_length)),
         ("MAX_TOKENS_PER_GPU", str(s.max_tokens_per_gpu)),
         ("BATCH_SIZE / TRAIN_BATCH_SIZE", f"{s.batch_size} / {s.train_batch_size}"),
+        ("DYNAMIC_BATCH", str(int(s.dynamic_batch))),
         ("EPOCHS", str(s.epochs)),
         ("LEARNING_RATE", f"{s.learning_rate:g} ({s.lr_scheduler}, warmup {s.warmup_ratio:g}, weight decay {s.weight_decay:g})"),
         ("SEED", str(s.seed)),
@@ -623,7 +639,8 @@ def compose_config(overrides: list[str], verl_dir: Path | None = None):
 EFFECTIVE_KEYS = (
     "model.path", "model.lora_rank", "model.lora_alpha", "model.target_modules", "optim.lr",
     "optim.lr_scheduler_type", "optim.weight_decay", "data.train_files", "data.val_files", "data.max_length",
-    "data.max_token_len_per_gpu", "data.train_batch_size", "model.use_remove_padding",
+    "data.max_token_len_per_gpu", "data.micro_batch_size_per_gpu", "data.use_dynamic_bsz", "data.train_batch_size",
+    "model.use_remove_padding",
     "model.enable_gradient_checkpointing", "engine.strategy", "engine.mixed_precision",
     "trainer.total_epochs", "trainer.default_local_dir", "trainer.resume_mode", "trainer.save_freq",
     "trainer.test_freq", "trainer.logger",

@@ -22,7 +22,10 @@
 #   MAX_LENGTH       auto      longest sample in tokens; auto: manifest.json's recommendation, else 2048
 #   MAX_TOKENS_PER_GPU auto    tokens packed per micro batch per GPU (>= MAX_LENGTH); auto: manifest, else max(8192, MAX_LENGTH)
 # Optimisation:
-#   BATCH_SIZE       4         micro batch per GPU (used for validation; training packs MAX_TOKENS_PER_GPU)
+#   BATCH_SIZE       auto      micro batch per device when DYNAMIC_BATCH is off, and for validation;
+#                              auto: 4 on GPU, 1 on CPU (no padding at all)
+#   DYNAMIC_BATCH    auto      1: micro batches packed up to MAX_TOKENS_PER_GPU tokens; auto: on for GPU,
+#                              off for CPU (sdpa pads a packed micro batch; one sample at a time is 2-3x faster)
 #   TRAIN_BATCH_SIZE 64        global batch in samples (a multiple of NNODES*NPROC_PER_NODE)
 #   EPOCHS           3         passes over the training set
 #   LR_SCHEDULER     cosine    cosine | constant
@@ -63,7 +66,8 @@ TRAIN_FILE="${TRAIN_FILE:-data/sft/train.parquet}"  # what sft/prepare_data.py w
 TRUST_REMOTE_CODE="${TRUST_REMOTE_CODE:-0}"  # off: never run a model's code unasked
 MAX_LENGTH="${MAX_LENGTH:-auto}"  # sized from the data so verl's truncation=error never fires
 MAX_TOKENS_PER_GPU="${MAX_TOKENS_PER_GPU:-auto}"
-BATCH_SIZE="${BATCH_SIZE:-4}"
+BATCH_SIZE="${BATCH_SIZE:-auto}"
+DYNAMIC_BATCH="${DYNAMIC_BATCH:-auto}"
 TRAIN_BATCH_SIZE="${TRAIN_BATCH_SIZE:-64}"  # a common SFT batch; verl's 256 starves small data sets
 EPOCHS="${EPOCHS:-3}"
 LR_SCHEDULER="${LR_SCHEDULER:-cosine}"  # decays to 0 over the run; verl's default is constant
@@ -90,7 +94,7 @@ else
 fi
 
 export NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT RDZV_ID DEVICE MODEL_NAME TRAIN_FILE \
-  TRUST_REMOTE_CODE MAX_LENGTH MAX_TOKENS_PER_GPU BATCH_SIZE TRAIN_BATCH_SIZE EPOCHS LR_SCHEDULER \
+  TRUST_REMOTE_CODE MAX_LENGTH MAX_TOKENS_PER_GPU BATCH_SIZE DYNAMIC_BATCH TRAIN_BATCH_SIZE EPOCHS LR_SCHEDULER \
   WARMUP_RATIO WEIGHT_DECAY SEED PROJECT_NAME EXPERIMENT_NAME OUTPUT_DIR SAVE_FREQ TEST_FREQ LOGGER \
   DRY_RUN ATTN_IMPLEMENTATION COMPUTE_DTYPE REMOVE_PADDING GRADIENT_CHECKPOINTING VERL_DIR LEARNING_RATE SFT_MODE
 # VAL_FILE is exported only when set: unset (auto) and empty (none) mean different things.
