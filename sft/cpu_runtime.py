@@ -20,6 +20,14 @@ points, and nothing else, to close the gaps listed in shared/VERL_NOTES.md:
 3. Engines: verl registers its FSDP engines for "cuda" and "npu" only; the same classes are
    registered for "cpu" through `EngineRegistry.register`.
 
+4. Log-probs: with no flash-attn, verl's `logprobs_from_logits` falls back to
+   `logprobs_from_logits_v2`, which takes a separate `logsumexp` of every token's row of
+   logits in a Python loop (to bound GPU memory) and stacks the results: thousands of tiny
+   ops forward and backward per micro batch, a third or more of a CPU step for a small
+   model. It is replaced by the same arithmetic on blocks of rows (`_logprobs_by_blocks`);
+   losses match verl's to the printed digit and steps run about 1.6-2.5x faster (measured
+   with a 0.1M-parameter model, batch 32, 2 processes).
+
 FSDP2 (`engine.strategy=fsdp2`) and sdpa attention are chosen by the launcher's Hydra
 overrides, not here: FSDP1 wants an accelerator and flash-attn does not exist on CPU.
 """
@@ -183,6 +191,40 @@ def _register_cpu_engines() -> None:
             EngineRegistry.register(model_type=model_type, backend=backends, device="cpu")(engine_cls)
 
 
+_LOGSUMEXP_BLOCK_ELEMENTS = 1 << 26
+"""Logits per logsumexp block (256 MiB of fp32): bounds memory like verl's row loop does."""
+
+
+def _logprobs_by_blocks(logits: torch.Tensor, labels: torch.Tensor, _fallback=None) -> torch.Tensor:
+    """`log_softmax(logits)[labels]` as verl's `logprobs_from_logits_v2`, on blocks of rows.
+
+    verl computes float32 log-probs as `logit[label] - logsumexp(row)` one row at a time;
+    this does the same per block of rows. Other dtypes keep verl's own path.
+    """
+    if logits.dtype not in (torch.float32, torch.float64):
+        return _fallback(logits, labels)
+    vocab = logits.shape[-1]
+    rows = logits.reshape(-1, vocab)
+    picked = rows.gather(-1, labels.reshape(-1, 1)).squeeze(-1)
+    block = max(1, _LOGSUMEXP_BLOCK_ELEMENTS // vocab)
+    logsumexp = torch.cat([torch.logsumexp(part, dim=-1) for part in rows.split(block)])
+    return (picked - logsumexp).view(labels.shape)
+
+
+def _vectorise_logprobs() -> None:
+    import functools
+
+    import verl.utils.torch_functional as torch_functional
+
+    current = torch_functional.logprobs_from_logits_v2
+    if getattr(current, "_verl_sft_cpu", False):
+        return
+    # logprobs_from_logits looks this name up at call time, so the engines pick it up.
+    replacement = functools.partial(_logprobs_by_blocks, _fallback=current)
+    replacement._verl_sft_cpu = True  # type: ignore[attr-defined]
+    torch_functional.logprobs_from_logits_v2 = replacement
+
+
 def install() -> None:
     """Make verl run on CPU in this process. Idempotent."""
     import verl.utils.distributed
@@ -190,6 +232,7 @@ def install() -> None:
     set_platform(PlatformCPU())
     verl.utils.distributed.initialize_global_process_group = initialize_cpu_process_group
     _register_cpu_engines()
+    _vectorise_logprobs()
 
 
 install()
