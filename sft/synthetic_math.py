@@ -86,6 +86,10 @@ DEMO_RECIPE = {
     # Training, as the launcher's environment (scripts/run_sft_training.sh) ...
     "launcher_env": {
         "TRAIN_BATCH_SIZE": "16",
+        # The whole local batch in one micro batch: these sequences are short (under 100
+        # tokens), so the CPU default of one sample per micro batch (chosen for long ones)
+        # is 3x slower per step here, with the same loss (measured over 60 steps).
+        "BATCH_SIZE": "8",
         "EPOCHS": "2",
         "LEARNING_RATE": "7e-3",
         "LR_SCHEDULER": "cosine",
@@ -100,6 +104,7 @@ DEMO_RECIPE = {
     # (with model.path, data.*_files, trainer.device=cpu, engine.strategy=fsdp2, sdpa).
     "hydra_overrides": [
         "data.train_batch_size=16",
+        "data.micro_batch_size_per_gpu=8",
         "trainer.total_epochs=2",
         "optim.lr=7e-3",
         "optim.lr_scheduler_type=cosine",

@@ -1,0 +1,87 @@
+"""The end-to-end demo, sft/example_train.sh, in its shortened mode (QUICK=1).
+
+Run: .venv/bin/python -m pytest -q tests/test_demo.py      (about a minute on 2 cores)
+
+QUICK=1 runs every step of the real demo (synthetic data and tiny model, prepare_data, the full
+fine-tuning launcher, export, evaluation of both models, the loss plot) on 150 problems for one
+epoch: it checks the plumbing and that the loss falls, not the learned accuracy, which the full
+demo reports (sft/README.md, "The demo").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, launcher_env, train_losses
+from sft.synthetic_math import check_disjoint
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    demo_dir = tmp_path_factory.mktemp("demo") / "demo out"
+    env = launcher_env(QUICK="1", DEMO_DIR=str(demo_dir))
+    env.pop("TRAIN_BATCH_SIZE")  # the demo's recipe sets it
+    result = subprocess.run(
+        [str(REPO_ROOT / "sft" / "example_train.sh")],
+        env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-6000:]
+    return demo_dir, result.stdout
+
+
+def test_quick_demo_writes_every_artefact(quick_demo):
+    demo_dir, output = quick_demo
+    for name in ("problems.jsonl", "heldout.jsonl", "data/train.parquet", "data/val.parquet", "data/manifest.json",
+                 "train.log", "fine-tuned-model/config.json", "comparison.md", "loss.png",
+                 "eval/base/results.jsonl", "eval/fine-tuned/results.jsonl"):
+        assert (demo_dir / name).is_file(), name
+    assert (demo_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (demo_dir / "comparison.md").read_text()
+    assert "| accuracy |" in table and "| final-answer rate |" in table
+    assert table in output  # the table is printed at the end
+
+
+def test_quick_demo_evaluates_both_models_on_every_heldout_problem(quick_demo):
+    demo_dir, _ = quick_demo
+    heldout = [json.loads(line) for line in (demo_dir / "heldout.jsonl").read_text().splitlines()]
+    assert len(heldout) == 16
+    for model in ("base", "fine-tuned"):
+        summary = json.loads((demo_dir / "eval" / model / "summary.json").read_text())
+        assert summary["num_graded"] == len(heldout), model
+    fine_tuned = json.loads((demo_dir / "eval/fine-tuned/summary.json").read_text())
+    assert fine_tuned["model"] == str(demo_dir / "fine-tuned-model")
+
+
+def test_quick_demo_heldout_problems_never_appear_in_training(quick_demo):
+    demo_dir, _ = quick_demo
+    check_disjoint(demo_dir / "problems.jsonl", demo_dir / "heldout.jsonl")  # raises if one is shared
+    import pandas as pd
+
+    trained = set(pd.read_parquet(demo_dir / "data/train.parquet")["messages"].map(lambda m: m[0]["content"]))
+    heldout = {json.loads(line)["prompt"] for line in (demo_dir / "heldout.jsonl").read_text().splitlines()}
+    assert trained and not trained & heldout
+
+
+def test_quick_demo_training_loss_falls(quick_demo):
+    demo_dir, _ = quick_demo
+    losses = train_losses((demo_dir / "train.log").read_text())
+    steps = sorted(losses)
+    assert len(steps) >= 8, losses
+    first, last = losses[steps[0]], losses[steps[-1]]
+    assert last < 0.5 * first, (first, last)
+
+
+def test_demo_help_lists_its_settings():
+    result = subprocess.run([str(REPO_ROOT / "sft" / "example_train.sh"), "--help"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert result.returncode == 0
+    for name in ("DEMO_DIR", "MODEL_NAME", "DATA_GLOB", "EVAL_FILE", "QUICK", "MAX_NEW_TOKENS"):
+        assert name in result.stdout
