@@ -24,6 +24,7 @@ import re
 import shlex
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -501,6 +502,9 @@ def hydra_overrides(s: Settings) -> list[str]:
         "engine.strategy=fsdp2",
         f"+engine.mixed_precision={{param_dtype:{s.compute_dtype},reduce_dtype:fp32,buffer_dtype:fp32}}",
         f"trainer.default_local_dir={hydra_quote(str(s.output_dir))}",
+        # Hydra's record of the run (the composed config, the overrides, sft_trainer.log) goes
+        # with the checkpoints instead of an outputs/DATE/TIME directory in the working directory.
+        f"hydra.run.dir={hydra_quote(str(s.output_dir / 'hydra' / time.strftime('%Y%m%d-%H%M%S')))}",
         "trainer.resume_mode=auto",
         f"trainer.save_freq={s.save_freq}",
         f"trainer.test_freq={s.test_freq}",
