@@ -289,6 +289,14 @@ def resolve_settings(env: dict[str, str] | None = None) -> Settings:
             sources["MAX_LENGTH"] = "auto: no token summary in manifest.json (run prepare_data.py --tokenizer)"
     else:
         max_length = _int("MAX_LENGTH", max_length_raw, minimum=1)
+        longest = (manifest_tokens.get("train") or {}).get("max")
+        if isinstance(longest, int) and longest > max_length:
+            notes.append(
+                f"MAX_LENGTH={max_length} is shorter than the longest training sample ({longest} tokens by "
+                f"{manifest_tokens.get('tokenizer')}'s count in manifest.json): verl stops at the first longer one "
+                f"(\"sequence_length=... is larger than self.max_length=...\") unless data.truncation=left|right is "
+                "given. Use MAX_LENGTH=auto, or drop long samples with prepare_data.py --max-tokens."
+            )
     tokens_raw = get("MAX_TOKENS_PER_GPU")
     if tokens_raw == "auto":
         recommended = manifest_tokens.get("recommended_max_tokens_per_gpu")

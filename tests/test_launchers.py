@@ -200,6 +200,20 @@ def test_max_length_comes_from_the_prepare_data_manifest(tmp_path, tiny_model_di
     assert composed["trainer.test_freq"] == "-1"  # so verl does not iterate a missing val set
 
 
+
+def test_a_max_length_shorter_than_the_longest_sample_is_flagged(tmp_path, tiny_model_dir):
+    data = tmp_path / "data"
+    write_chat_parquet(data / "train.parquet", 32)
+    tokens = {"tokenizer": "tiny", "recommended_max_length": 768, "train": {"max": 600}}
+    (data / "manifest.json").write_text(json.dumps({"tokens": tokens}))
+    base = dict(MODEL_NAME=tiny_model_dir, TRAIN_FILE=data / "train.parquet", TRAIN_BATCH_SIZE=32,
+                OUTPUT_DIR=tmp_path / "out", DRY_RUN=1)
+    short = run_launcher("run_sft_training.sh", launcher_env(**base, MAX_LENGTH=512), cwd=tmp_path)
+    assert short.returncode == 0, short.stdout[-3000:]
+    assert "note: MAX_LENGTH=512 is shorter than the longest training sample (600 tokens" in short.stdout
+    enough = run_launcher("run_sft_training.sh", launcher_env(**base, MAX_LENGTH=600), cwd=tmp_path)
+    assert enough.returncode == 0 and "shorter than the longest" not in enough.stdout
+
 @pytest.mark.parametrize("script", ["run_sft_training.sh", "run_sft_peft.sh"])
 def test_help_documents_every_setting_the_launcher_reads(script):
     result = subprocess.run([str(REPO_ROOT / "scripts" / script), "--help"], capture_output=True, text=True,
