@@ -48,9 +48,11 @@ fi
 
 echo "[setup] installing ${requirement_files[*]} into $VENV_DIR (a few minutes the first time)"
 "$VENV_DIR/bin/python" -m pip install --quiet --upgrade pip
-pip_args=()
-for file in "${requirement_files[@]}"; do pip_args+=(-r "$file"); done
-"$VENV_DIR/bin/python" -m pip install --quiet "${pip_args[@]}"
+"$VENV_DIR/bin/python" -m pip install --quiet -r requirements.txt
+# Extra files (requirements-gpu.txt: flash-attn) build against the torch installed above.
+for file in "${requirement_files[@]:1}"; do
+  "$VENV_DIR/bin/python" -m pip install --quiet --no-build-isolation -r "$file"
+done
 "$VENV_DIR/bin/python" -c 'import torch, verl, transformers, peft; print(f"[setup] torch {torch.__version__}, verl {verl.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")' 2>/dev/null
 echo "$wanted_hash" >"$stamp"
 echo "[setup] done in $((SECONDS - start))s; the launchers use $VENV_DIR/bin/python"
