@@ -320,10 +320,12 @@ def run_config(name: str, args: argparse.Namespace, model_dir: Path, train_file:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
     result.wall_seconds = time.monotonic() - start
+    log_file = work / "runs" / f"{name}.log"
+    log_file.write_text("".join(log_lines))
     measured = [s for s in range(args.warmup_steps + 1, total_steps + 1) if s in arrivals and s - 1 in arrivals]
     if len(measured) < args.steps:
         tail = "".join(log_lines[-25:])
-        result.error = result.error or f"only {len(measured)} of {args.steps} measured steps ran; log tail:\n{tail}"
+        result.error = result.error or f"only {len(measured)} of {args.steps} measured steps ran (whole log: {log_file}); log tail:\n{tail}"
         return result, {}
     result.ok = True
     result.steps = len(measured)

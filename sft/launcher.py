@@ -333,6 +333,14 @@ def resolve_settings(env: dict[str, str] | None = None) -> Settings:
             f"TRAIN_BATCH_SIZE={train_batch_size} is not a multiple of the {world_size} processes "
             f"(NNODES={nnodes} x NPROC_PER_NODE={nproc}). Use a multiple of {world_size}."
         )
+    per_process = train_batch_size // world_size
+    if not dynamic_batch and per_process % batch_size:
+        raise LaunchError(
+            f"TRAIN_BATCH_SIZE={train_batch_size} gives {per_process} samples per process ({world_size} processes), "
+            f"not a multiple of the micro batch BATCH_SIZE={batch_size}: verl would stop with \"data size must be "
+            f"divisible by force_group_size * micro_batch_size_per_gpu\". Set BATCH_SIZE to a divisor of {per_process}, "
+            f"or TRAIN_BATCH_SIZE to a multiple of {world_size * batch_size}."
+        )
     if train_rows < train_batch_size:
         raise LaunchError(
             f"TRAIN_FILE has {train_rows} rows, fewer than TRAIN_BATCH_SIZE={train_batch_size}: verl drops the last "
@@ -510,9 +518,6 @@ def hydra_overrides(s: Settings) -> list[str]:
         "engine.strategy=fsdp2",
         f"+engine.mixed_precision={{param_dtype:{s.compute_dtype},reduce_dtype:fp32,buffer_dtype:fp32}}",
         f"trainer.default_local_dir={hydra_quote(str(s.output_dir))}",
-        # Hydra's record of the run (the composed config, the overrides, sft_trainer.log) goes
-        # with the checkpoints instead of an outputs/DATE/TIME directory in the working directory.
-        f"hydra.run.dir={hydra_quote(str(s.output_dir / 'hydra' / time.strftime('%Y%m%d-%H%M%S')))}",
         "trainer.resume_mode=auto",
         f"trainer.save_freq={s.save_freq}",
         f"trainer.test_freq={s.test_freq}",
@@ -523,6 +528,13 @@ def hydra_overrides(s: Settings) -> list[str]:
         f"trainer.nnodes={s.nnodes}",
         f"trainer.n_gpus_per_node={s.nproc_per_node}",
     ]
+    if not re.search(r"[$\\]", str(s.output_dir)):
+        # Hydra's record of the run (the composed config, the overrides, sft_trainer.log) goes
+        # with the checkpoints instead of an outputs/DATE/TIME directory in the working directory.
+        # Not for a path with `$` or `\`: Hydra re-reads its run directory as an OmegaConf string
+        # (hydra.runtime.output_dir), so escaping it once for the override is not enough.
+        run_dir = s.output_dir / "hydra" / time.strftime("%Y%m%d-%H%M%S")
+        overrides.append(f"hydra.run.dir={hydra_quote(str(run_dir))}")
     if s.device == "cpu":
         # Data loader worker processes only add start-up time and memory on a CPU run.
         overrides.append("data.num_workers=0")

@@ -24,7 +24,7 @@ def test_tiny_shape_compares_original_and_ours_on_cpu(tmp_path):
     work = tmp_path / "bench"
     command = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark_training.py"), "--shape", "tiny",
                "--tokenizer", "tiny", "--device", "cpu", "--configs", "original,ours", "--rows", "48",
-               "--median-words", "40", "--max-words", "150", "--max-length", "512", "--train-batch-size", "4",
+               "--median-words", "40", "--max-words", "150", "--max-length", "512", "--train-batch-size", "8",
                "--warmup-steps", "1", "--steps", "2", "--timeout", "600", "--work-dir", str(work)]
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-5000:]
@@ -40,6 +40,7 @@ def test_tiny_shape_compares_original_and_ours_on_cpu(tmp_path):
         assert run["peak_memory_gb"] > 0
     # Both configurations trained on the same samples, so they count the same real tokens.
     assert runs["original"]["tokens"] == runs["ours"]["tokens"]
+    assert (work / "runs" / "original.log").is_file()  # each configuration's whole training log is kept
     assert "ours / original:" in result.stdout and "tokens/s" in result.stdout
     table = (work / "benchmark_results.md").read_text()
     assert "| original |" in table and "| ours |" in table

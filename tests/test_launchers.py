@@ -74,6 +74,9 @@ def test_lora_trains_and_writes_lora_metadata(tmp_path, tiny_model_dir, chat_dat
     assert sorted(losses) == list(range(1, 9))
     assert losses[8] < losses[1] - 0.1, losses
     assert "val/loss" not in result.stdout
+    # Hydra's run record lands beside the checkpoints, not in the working directory.
+    assert list((output_dir / "hydra").glob("*/.hydra/config.yaml"))
+    assert not (tmp_path / "outputs").exists()
 
 
 def _composed(output: str) -> dict[str, str]:
@@ -158,6 +161,8 @@ def no_messages_parquet(tmp_path_factory) -> Path:
         ({"LEARNING_RATE": "fast"}, "LEARNING_RATE must be a number, got 'fast'"),
         ({"TRAIN_BATCH_SIZE": "15", "NPROC_PER_NODE": "2"}, "TRAIN_BATCH_SIZE=15 is not a multiple of the 2 processes"),
         ({"TRAIN_BATCH_SIZE": "128"}, "fewer than TRAIN_BATCH_SIZE=128"),
+        ({"TRAIN_BATCH_SIZE": "12", "NPROC_PER_NODE": "2", "BATCH_SIZE": "4", "DYNAMIC_BATCH": "0"},
+         "TRAIN_BATCH_SIZE=12 gives 6 samples per process (2 processes), not a multiple of the micro batch BATCH_SIZE=4"),
         ({"MAX_LENGTH": "4096", "MAX_TOKENS_PER_GPU": "1024"}, "Set MAX_TOKENS_PER_GPU>=4096"),
         ({"LOGGER": "console,wandbb"}, "unknown logger 'wandbb'"),
         ({"DEVICE": "tpu"}, "DEVICE must be auto, cuda or cpu"),
