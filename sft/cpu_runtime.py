@@ -23,10 +23,10 @@ points, and nothing else, to close the gaps listed in shared/VERL_NOTES.md:
 4. Log-probs: with no flash-attn, verl's `logprobs_from_logits` falls back to
    `logprobs_from_logits_v2`, which takes a separate `logsumexp` of every token's row of
    logits in a Python loop (to bound GPU memory) and stacks the results: thousands of tiny
-   ops forward and backward per micro batch, a third or more of a CPU step for a small
-   model. It is replaced by the same arithmetic on blocks of rows (`_logprobs_by_blocks`);
-   losses match verl's to the printed digit and steps run about 1.6-2.5x faster (measured
-   with a 0.1M-parameter model, batch 32, 2 processes).
+   ops forward and backward per micro batch, a large share of a CPU step for a small
+   model. It is replaced by the same arithmetic on blocks of rows (`_logprobs_by_blocks`),
+   which tests/test_cpu_runtime.py checks against verl's own function. (The speed-up was seen
+   while building the demo, not measured by a command in this repository, so no figure here.)
 
 FSDP2 (`engine.strategy=fsdp2`) and sdpa attention are chosen by the launcher's Hydra
 overrides, not here: FSDP1 wants an accelerator and flash-attn does not exist on CPU.

@@ -44,9 +44,9 @@ from pathlib import Path
 
 import os
 
-# OpenMP threads that spin while they wait make CPU decoding 10-30x slower as soon as another
-# process wants the same cores (measured on a shared 2-core machine: 36 s instead of 1.3 s for
-# the same generation). Sleeping waits cost little when the machine is idle. It only takes
+# OpenMP threads that spin while they wait make CPU decoding many times slower as soon as another
+# process wants the same cores (seen on the shared 2-core development machine; there is no
+# benchmark of it in this repository). Sleeping waits cost little when the machine is idle. It only takes
 # effect if torch is not imported yet (the CLI); set OMP_WAIT_POLICY yourself to choose.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
