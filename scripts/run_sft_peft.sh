@@ -18,7 +18,7 @@
 # Settings shared with scripts/run_sft_training.sh: see scripts/lib/sft_env.sh, or run with --help.
 set -euo pipefail
 
-SFT_MODE=lora
+export SFT_MODE=lora
 LEARNING_RATE="${LEARNING_RATE:-1e-4}"  # adapters start at zero and need larger steps
 LORA_RANK="${LORA_RANK:-32}"
 LORA_ALPHA="${LORA_ALPHA:-64}"  # scale 2, the common choice

@@ -16,7 +16,7 @@
 # Settings shared with scripts/run_sft_peft.sh: see scripts/lib/sft_env.sh, or run with --help.
 set -euo pipefail
 
-SFT_MODE=full
+export SFT_MODE=full
 LEARNING_RATE="${LEARNING_RATE:-1e-5}"  # full fine-tuning of a pretrained model; verl's 1e-3 diverges
 
 # shellcheck source=lib/sft_env.sh

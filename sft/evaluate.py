@@ -56,11 +56,12 @@ if __package__ in (None, ""):  # run as `python sft/evaluate.py`: make `import s
 import argparse
 import json
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from sft.cli import HelpFormatter
+from sft.jsonl_io import atomic_path
 from sft.math_answers import answers_match, extract_final_answer, reference_answer
 
 BACKENDS = ("transformers", "vllm")
@@ -546,20 +547,8 @@ def compare_summaries(base: dict, tuned: dict, base_label: str = "base", tuned_l
 def _atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and os.replace, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def evaluate(
@@ -666,20 +655,11 @@ def evaluate(
 # --------------------------------------------------------------------------- CLI
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None/False ones, whose help text already says what unset means."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sft.evaluate",
         description="Generate answers to held-out math problems, grade their final answers, and summarise.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("model", help="Hugging Face model directory (e.g. the output of python -m sft.export)")
     parser.add_argument("data", help="val Parquet or JSONL: a 'messages' column, or a prompt column (see --prompt-key)")

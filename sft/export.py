@@ -49,6 +49,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from sft.cli import HelpFormatter
+
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 LORA_META_FILE = "lora_train_meta.json"
 HF_CONFIG_SUBDIR = "huggingface"
@@ -416,20 +418,11 @@ def export_checkpoint(
 # --------------------------------------------------------------------------- CLI
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None/False ones, whose help text already says what unset means."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sft.export",
         description="Export a verl FSDP checkpoint (full or LoRA) as a Hugging Face model directory.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "checkpoint",

@@ -43,10 +43,15 @@ import os
 import random
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+if __package__ in (None, ""):  # run as `python sft/synthetic_math.py`: make `import sft.x` work
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sft.cli import HelpFormatter
+from sft.jsonl_io import atomic_path
 
 OPERATIONS = ("add", "sub", "mul")
 """Problem families: two-digit addition, two-digit subtraction (non-negative result),
@@ -314,15 +319,9 @@ def make_rows(
 
 def _write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
 
 
 def _token_counter(tokenizer) -> Callable[[str], int]:
@@ -406,18 +405,11 @@ def check_disjoint(train_path: str | os.PathLike, heldout_path: str | os.PathLik
         )
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None ones, whose help text says what unset means."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sft.synthetic_math",
         description="Write synthetic arithmetic problems with step-by-step solutions (seed JSONL format).",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     demo = DEMO_RECIPE
     parser.add_argument("--output", "-o", help="training problems JSONL to write (required unless --print-recipe)")
