@@ -286,18 +286,32 @@ class JsonlReader:
                 pieces = data.split(b"\n")
                 unterminated_last = not data.endswith(b"\n")
             else:
-                data = carry + block if carry else block
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    carry = data  # a line longer than a block: keep reading
-                    continue
-                carry = data[cut + 1 :]
-                data = data[: cut + 1]
-                pieces = data.split(b"\n")
+                # Split the block itself (no copy of it joined to the carry or cut at its last
+                # newline): the carry joins the first piece, the piece after the last newline
+                # becomes the next carry.
+                pieces = block.split(b"\n")
+                if carry:
+                    pieces[0] = carry + pieces[0]
+                nbytes = len(carry) + len(block)
+                carry = pieces.pop()
+                if not pieces:
+                    continue  # a line longer than a block: keep reading
+                nbytes -= len(carry)
                 unterminated_last = False
-            if pieces and pieces[-1] == b"":
-                pieces.pop()  # the piece after the final newline is not a line
-            chunk = JsonlChunk(path=path, nbytes=len(data))
+            if at_end:
+                nbytes = len(data)
+                if pieces and pieces[-1] == b"":
+                    pieces.pop()  # the piece after the final newline is not a line
+            chunk = JsonlChunk(path=path, nbytes=nbytes)
+            count = len(pieces)
+            try:  # the usual chunk: every line a JSON object orjson takes as it is
+                values = [loads(raw) for raw in pieces]
+            except decode_error:
+                values = None
+            if values is not None and set(map(type, values)) <= {dict}:
+                chunk.rows = values
+                chunk.lines = list(range(next_line, next_line + len(values)))
+                pieces = ()  # nothing left for the line-by-line loop
             rows, lines, bad = chunk.rows, chunk.lines, chunk.bad
             last_index = len(pieces) - 1
             for index, raw in enumerate(pieces):
@@ -326,8 +340,8 @@ class JsonlReader:
                     continue
                 rows.append(value)
                 lines.append(lineno)
-            next_line += len(pieces)
-            self.lines += len(pieces)
+            next_line += count
+            self.lines += count
             self.rows_read += chunk.rows_read
             self.blank_lines += chunk.blank_lines
             yield chunk

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -518,3 +519,66 @@ def test_token_counting_in_workers_matches_one_process(tmp_path, tiny_model_dir)
     assert one["tokens"] == {**two["tokens"], "tokenizer": one["tokens"]["tokenizer"]}
     assert read(tmp_path / "one" / "train.parquet") == read(tmp_path / "two" / "train.parquet")
     assert os.environ.get("TOKENIZERS_PARALLELISM") == parallelism_before  # the caller's setting is restored
+
+
+def _scan_everything(source: Path, spill_dir: Path, fast: bool, **settings) -> tuple[list, dict, pa.Schema, int]:
+    from sft import data_scan
+    from sft.jsonl_io import conform_table
+
+    spill_dir.mkdir()
+    scanner = data_scan.Scanner(data_scan.ScanSettings(spill_dir=str(spill_dir), buckets=3, chunk_bytes=600, **settings))
+    scanner.fast = fast
+    fast_chunks = 0
+    if fast:
+        original = scanner._spill_fast
+
+        def counting(*args):
+            nonlocal fast_chunks
+            taken = original(*args)
+            fast_chunks += taken
+            return taken
+
+        scanner._spill_fast = counting
+    results = [scanner.scan(task) for task in data_scan.plan_tasks([str(source)], task_bytes=3000)]
+    spill = scanner.finish()
+    buckets = {}
+    for bucket, paths in spill.files.items():
+        tables = [pa.ipc.open_stream(path).read_all() for path in paths]
+        buckets[bucket] = pa.concat_tables([conform_table(t, spill.schema) for t in tables]).to_pylist()
+    return results, buckets, spill.schema, fast_chunks
+
+
+@pytest.mark.parametrize("settings", [{}, {"group_by": "prompt"}, {"dedup": True}, {"id_key": "absent"}])
+def test_vectorised_scan_equals_the_row_by_row_scan(tmp_path, settings):
+    # Chunks of every kind: int, string, float and missing ids; prompts that start with
+    # whitespace or non-ASCII text; an extra field in some rows; and chunks with a blank
+    # response, which must leave the vectorised path for the row-by-row one.
+    rows = []
+    for i in range(240):
+        row = {"id": i // 3, "prompt": f"Solve problem {i // 3}", "generated_solution": _solution(i, i % 5), "n": i}
+        block = i // 40
+        if block == 1:
+            row["id"] = f"s{i // 3}"
+        elif block == 2:
+            row["id"] = float(i // 3) if i % 2 else i // 3
+        elif block == 3 and i % 4 == 0:
+            row["id"] = None
+        elif block == 4:
+            row["prompt"] = ("\u00a0 " if i % 2 else " \t") + row["prompt"]
+            if i % 5 == 0:
+                row["extra"] = {"k": i}
+        elif block == 5 and i % 13 == 0:
+            row["generated_solution"] = " \n "
+        rows.append(row)
+    source = write_jsonl(tmp_path / "a.jsonl", rows)
+    on_error = {"on_error": "skip"}
+    slow = _scan_everything(source, tmp_path / "slow", fast=False, **on_error, **settings)
+    fast = _scan_everything(source, tmp_path / "fast", fast=True, **on_error, **settings)
+    assert fast[3] >= 5, "the vectorised path was hardly taken"
+    assert fast[1] == slow[1] and fast[2] == slow[2]  # the same rows, values and types in every bucket
+    for a, b in zip(slow[0], fast[0]):
+        for name in ("order", "groups", "prompts", "digests"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)) if getattr(a, name) is not None \
+                else getattr(b, name) is None, name
+        assert (a.rows_read, a.rejected, a.filtered) == (b.rows_read, b.rejected, b.filtered)
+    assert sum(sum(r.rejected.values()) for r in fast[0]) == 3  # the three blank responses
