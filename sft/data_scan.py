@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import math
+import operator
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -335,7 +336,7 @@ class Scanner:
         order_in = (np.uint64(task.index) << np.uint64(32)) | np.asarray(lines, dtype=np.uint64)
         buckets = bucket_of(order_in, s.seed, s.buckets)
         perm = np.argsort(buckets, kind="stable")
-        ordered = [rows[i] for i in perm.tolist()]  # the table is built in bucket order: no take
+        ordered = list(map(rows.__getitem__, perm.tolist()))  # the table is built in bucket order: no take
         first = rows[0]
         keys = list(first) if len(set().union(*rows)) == len(first) else list(
             dict.fromkeys(k for row in rows for k in row))
@@ -343,7 +344,10 @@ class Scanner:
             return False
         columns = {}
         for key in keys:
-            values = [row.get(key) for row in ordered]
+            try:
+                values = list(map(operator.itemgetter(key), ordered))
+            except KeyError:  # not in every row
+                values = [row.get(key) for row in ordered]
             if key in (s.prompt_key, s.response_key):
                 try:  # raises on any value that is not a str
                     array = pa.array(values, type=pa.string())

@@ -400,6 +400,10 @@ class _Preparer:
         digests: dict[str, str] = {}
 
         def work() -> None:
+            # Below the write pass's threads in priority: this hash has time to spare, the
+            # train writer is what the run waits for (Linux: nice applies per thread).
+            with contextlib.suppress(AttributeError, OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
             for path in self.files:
                 digests[path] = file_sha256(path)  # hashlib releases the GIL
 
