@@ -260,6 +260,7 @@ def token_benchmark(data: Path, work: Path, token_rows: int, repeats: int) -> di
         "ratio_to_library": round(best["library"] / best["ours"], 3),
         "all_times_s": {k: [round(t, 2) for t in v] for k, v in times.items()},
         "template_modes": counter.modes,
+        "encoder": counter.encoder,
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "(unset: on)"),
         "cpus": os.cpu_count(),
     }

@@ -457,6 +457,7 @@ class Scanner:
             prompts = [rows[i][s.prompt_key] for i in keep]
             responses = [rows[i][s.response_key] for i in keep]
             if not self.verified:  # prove the fast count equals verl's on real rows, once per process
+                self.counter.check_fast_path(prompts[:256], responses[:256])
                 self.counter.verify(prompts[:4], responses[:4], s.system_prompt)
                 self.verified = True
             counted = self.counter.count(prompts, responses, s.system_prompt)

@@ -588,6 +588,7 @@ class _Preparer:
             "counted_as": "verl MultiTurnSFTDataset: each message templated alone, default system block cut "
             "from every non-first non-system message; chat template and EOS included",
             "template_modes": self.counter.modes,
+            "encoder": self.counter.encoder,
             "max_length": cfg.max_length,
             "before_length_filters": length_summary(self.counted_tokens, cfg.max_length),
             "kept": length_summary(kept),

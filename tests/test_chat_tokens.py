@@ -150,3 +150,50 @@ def test_length_summary():
     assert summary["percentiles"]["p50"] == 300
     assert sum(b["samples"] for b in summary["histogram"]) == 5
     assert summary["histogram"][-1]["to"] == 5000
+
+
+def _library_lengths(tokenizer, texts):
+    return [len(e) for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def test_tiktoken_fast_path_gives_the_library_counts(data_qwen_tokenizer_dir):
+    import random
+
+    from sft.qwen_tokenizer import load_qwen_tokenizer
+
+    tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
+    counter = ChatTokenCounter(tokenizer)
+    assert counter.fast is not None and counter.encoder.startswith("tiktoken")
+    rng = random.Random(1)
+    pieces = EDGE_PROMPTS + EDGE_RESPONSES + PROBE_CONTENTS + ["<|endoftext|>", "x<|im_start|>y", "é\u0301", "ﬁ ligature"]
+    texts = pieces + ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))) for _ in range(300)]
+    assert any(counter.fast.takes(t) for t in texts) and not all(counter.fast.takes(t) for t in texts)
+    assert counter._encode_lengths(texts).tolist() == _library_lengths(tokenizer, texts)
+    counter.check_fast_path(texts, texts[::-1])
+    assert counter.fast is not None  # nothing differed
+
+
+def test_fast_path_is_dropped_when_a_real_sample_differs(data_qwen_tokenizer_dir):
+    from sft.qwen_tokenizer import load_qwen_tokenizer
+
+    tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
+    counter = ChatTokenCounter(tokenizer)
+    right = counter.count(EDGE_PROMPTS, EDGE_RESPONSES).tolist()
+    exact = counter.fast.lengths
+    counter.fast.lengths = lambda texts: [n + 1 for n in exact(texts)]  # a fast path that miscounts
+    assert counter.count(EDGE_PROMPTS, EDGE_RESPONSES).tolist() != right
+    counter.check_fast_path(EDGE_PROMPTS, EDGE_RESPONSES)
+    assert counter.fast is None and counter.encoder == "tokenizers"
+    assert counter.count(EDGE_PROMPTS, EDGE_RESPONSES).tolist() == right
+
+
+def test_no_fast_path_for_a_tokenizer_that_changes_text(tiny_model_dir):
+    from tokenizers import normalizers
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert ChatTokenCounter(tokenizer).fast is not None  # byte-level BPE: the fast path applies
+    tokenizer.backend_tokenizer.normalizer = normalizers.Lowercase()
+    counter = ChatTokenCounter(tokenizer)
+    assert counter.fast is None
+    assert counter._encode_lengths(EDGE_RESPONSES).tolist() == _library_lengths(tokenizer, EDGE_RESPONSES)
