@@ -582,3 +582,15 @@ def test_vectorised_scan_equals_the_row_by_row_scan(tmp_path, settings):
                 else getattr(b, name) is None, name
         assert (a.rows_read, a.rejected, a.filtered) == (b.rows_read, b.rejected, b.filtered)
     assert sum(sum(r.rejected.values()) for r in fast[0]) == 3  # the three blank responses
+
+
+def test_long_texts_are_written_without_dictionary_or_statistics(tmp_path):
+    run(tmp_path, [write_jsonl(tmp_path / "a.jsonl", make_rows())])
+    chunks = {}
+    metadata = pq.ParquetFile(tmp_path / "out" / "train.parquet").metadata.row_group(0)
+    for i in range(metadata.num_columns):
+        column = metadata.column(i)
+        chunks[column.path_in_schema] = (column.has_dictionary_page, column.is_stats_set)
+    for text in ("messages.list.element.content", "prompt", "generated_solution"):
+        assert chunks.pop(text) == (False, False), text
+    assert chunks and all(chunks.values()), chunks  # ids, roles and the other fields keep both
