@@ -232,7 +232,7 @@ def build_messages(prompts: pa.Array, responses: pa.Array, system_prompt: str | 
     width = len(parts)
     order = (np.arange(n)[:, None] + np.arange(width)[None, :] * n).ravel()
     contents = pa.concat_arrays(parts).take(pa.array(order))
-    role_array = pa.array(np.tile(np.array(roles, dtype=object), n), type=pa.string())
+    role_array = pa.array(roles, type=pa.string()).take(pa.array(np.tile(np.arange(width), n)))
     items = pa.StructArray.from_arrays([role_array, contents], names=["role", "content"])
     offsets = pa.array(np.arange(0, width * n + 1, width, dtype=np.int32))
     return pa.ListArray.from_arrays(offsets, items)
