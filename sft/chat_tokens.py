@@ -25,9 +25,10 @@ tokenizers, by tiktoken built from the same vocabulary and pattern (`_TiktokenCo
 faster, used only while its counts equal the library's on test texts and real samples).
 Leading newlines and spaces in the content merge with the template's "\\n" exactly as they do
 in verl, because that "\\n" is encoded together with the content. Every assumption is
-verified against the real template on probe texts when the counter is built (and `verify` checks real samples); if one fails, the
-counter falls back to encoding the whole rendered message, and, for a template that rewrites
-content, to rendering every message with the template (slow but still exact).
+verified against the real template on probe texts when the counter is built (and `verify`
+checks real samples); if one fails, the counter falls back to encoding the whole rendered
+message, and, for a template that rewrites content, to rendering every message with the
+template (slow but still exact).
 """
 
 from __future__ import annotations
