@@ -336,7 +336,10 @@ class Scanner:
         order_in = (np.uint64(task.index) << np.uint64(32)) | np.asarray(lines, dtype=np.uint64)
         buckets = bucket_of(order_in, s.seed, s.buckets)
         perm = np.argsort(buckets, kind="stable")
-        ordered = list(map(rows.__getitem__, perm.tolist()))  # the table is built in bucket order: no take
+        # The long text columns are built in bucket order (no take of them); the others in input
+        # order and then taken, since Arrow infers a struct's field order from the first values.
+        ordered = list(map(rows.__getitem__, perm.tolist()))
+        take = pa.array(perm)
         first = rows[0]
         keys = list(first) if len(set().union(*rows)) == len(first) else list(
             dict.fromkeys(k for row in rows for k in row))
@@ -344,11 +347,13 @@ class Scanner:
             return False
         columns = {}
         for key in keys:
+            text = key in (s.prompt_key, s.response_key)
+            source = ordered if text else rows
             try:
-                values = list(map(operator.itemgetter(key), ordered))
+                values = list(map(operator.itemgetter(key), source))
             except KeyError:  # not in every row
-                values = [row.get(key) for row in ordered]
-            if key in (s.prompt_key, s.response_key):
+                values = [row.get(key) for row in source]
+            if text:
                 try:  # raises on any value that is not a str
                     array = pa.array(values, type=pa.string())
                 except (pa.ArrowTypeError, pa.ArrowInvalid):
@@ -362,8 +367,9 @@ class Scanner:
                     return False
                 if array.type not in _ID_TYPES:
                     return False
+                array = array.take(take)
             else:
-                array = values_to_array(values)
+                array = values_to_array(values).take(take)
             columns[key] = array
         table = pa.table(columns)
 

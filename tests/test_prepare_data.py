@@ -521,12 +521,14 @@ def test_token_counting_in_workers_matches_one_process(tmp_path, tiny_model_dir)
     assert os.environ.get("TOKENIZERS_PARALLELISM") == parallelism_before  # the caller's setting is restored
 
 
-def _scan_everything(source: Path, spill_dir: Path, fast: bool, **settings) -> tuple[list, dict, pa.Schema, int]:
+def _scan_everything(source: Path, spill_dir: Path, fast: bool, chunk_bytes: int = 600,
+                     **settings) -> tuple[list, dict, pa.Schema, int]:
     from sft import data_scan
     from sft.jsonl_io import conform_table
 
     spill_dir.mkdir()
-    scanner = data_scan.Scanner(data_scan.ScanSettings(spill_dir=str(spill_dir), buckets=3, chunk_bytes=600, **settings))
+    scanner = data_scan.Scanner(data_scan.ScanSettings(spill_dir=str(spill_dir), buckets=3, chunk_bytes=chunk_bytes,
+                                                       **settings))
     scanner.fast = fast
     fast_chunks = 0
     if fast:
@@ -594,3 +596,16 @@ def test_long_texts_are_written_without_dictionary_or_statistics(tmp_path):
     for text in ("messages.list.element.content", "prompt", "generated_solution"):
         assert chunks.pop(text) == (False, False), text
     assert chunks and all(chunks.values()), chunks  # ids, roles and the other fields keep both
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_scan_keeps_the_first_seen_order_of_nested_fields(tmp_path, seed):
+    # A struct's field order is the order its fields are first seen in the input, not in the
+    # bucket order the vectorised path builds its table in.
+    rows = [{**r, "extra": {"j": "first"} if i == 0 else {"k": i}} for i, r in enumerate(make_rows(problems=20))]
+    source = write_jsonl(tmp_path / "a.jsonl", rows)
+    slow = _scan_everything(source, tmp_path / "slow", fast=False, chunk_bytes=1 << 20, seed=seed)
+    fast = _scan_everything(source, tmp_path / "fast", fast=True, chunk_bytes=1 << 20, seed=seed)
+    assert fast[3] >= 1
+    assert fast[2] == slow[2] and fast[2].field("extra").type.field(0).name == "j"
+    assert fast[1] == slow[1]
