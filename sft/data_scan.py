@@ -402,19 +402,7 @@ class Scanner:
         if s.dedup:
             arrays["digests"].extend(_dedup_digest(row[s.prompt_key], row[s.response_key]) for row in rows)
 
-        for name in table.column_names:
-            if name not in self.first_seen:
-                self.first_seen[name] = int(order_in[0])
-        if TOKENS_COLUMN in table.column_names:
-            table = table.drop_columns([TOKENS_COLUMN])
-        table = table.append_column(GROUP_COLUMN, pa.array(groups, type=pa.uint64()))
-        table = table.append_column(ORDER_COLUMN, pa.array(order_in[perm], type=pa.uint64()))
-        table = self.tracker.conform(table)
-        bounds = np.searchsorted(buckets[perm], np.arange(s.buckets + 1))
-        for bucket in range(s.buckets):
-            start, end = int(bounds[bucket]), int(bounds[bucket + 1])
-            if end > start:
-                self._write(bucket, table.slice(start, end - start))
+        self._spill(table, int(order_in[0]), {GROUP_COLUMN: groups, ORDER_COLUMN: order_in[perm]}, buckets[perm])
         return True
 
     @staticmethod
@@ -505,31 +493,36 @@ class Scanner:
         if s.dedup:
             arrays["digests"].extend(_dedup_digest(row[s.prompt_key], row[s.response_key]) for row in kept)
 
-        table = rows_to_table(kept)
-        for name in table.column_names:
-            if name not in self.first_seen:
-                self.first_seen[name] = int(order[0])
-        if TOKENS_COLUMN in table.column_names:
-            table = table.drop_columns([TOKENS_COLUMN])
+        added = {}
         if tokens is not None and self.counter is not None:
             token_array = np.array([tokens[i] for i in keep], dtype=np.int64)
             arrays["tokens"].append(token_array)
-            table = table.append_column(TOKENS_COLUMN, pa.array(token_array))
-        table = table.append_column(GROUP_COLUMN, pa.array(groups, type=pa.uint64()))
-        table = table.append_column(ORDER_COLUMN, pa.array(order, type=pa.uint64()))
-        table = self.tracker.conform(table)
+            added[TOKENS_COLUMN] = token_array
+        added.update({GROUP_COLUMN: groups, ORDER_COLUMN: order})
+        self._spill(rows_to_table(kept), int(order[0]), added, bucket_of(order, s.seed, s.buckets))
 
-        buckets = bucket_of(order, s.seed, s.buckets)
-        if s.buckets == 1:
-            self._write(0, table)
-            return
-        by_bucket = np.argsort(buckets, kind="stable")
-        sorted_table = table.take(pa.array(by_bucket))
-        bounds = np.searchsorted(buckets[by_bucket], np.arange(s.buckets + 1))
-        for bucket in range(s.buckets):
+    def _spill(self, table: pa.Table, first_order: int, added: dict[str, np.ndarray], buckets: np.ndarray) -> None:
+        """Append `table`'s rows, with the `added` columns, to their buckets' spill files.
+
+        `first_order` is the order key of the chunk's first row in input order (it fixes the
+        output column order); rows already grouped by bucket (`buckets` sorted) are not moved.
+        """
+        for name in table.column_names:
+            if name not in self.first_seen:
+                self.first_seen[name] = first_order
+        if TOKENS_COLUMN in table.column_names:
+            table = table.drop_columns([TOKENS_COLUMN])
+        for name, values in added.items():
+            table = table.append_column(name, pa.array(values, type=pa.int64() if name == TOKENS_COLUMN else pa.uint64()))
+        table = self.tracker.conform(table)
+        if len(buckets) > 1 and (buckets[1:] < buckets[:-1]).any():
+            by_bucket = np.argsort(buckets, kind="stable")
+            table, buckets = table.take(pa.array(by_bucket)), buckets[by_bucket]
+        bounds = np.searchsorted(buckets, np.arange(self.s.buckets + 1))
+        for bucket in range(self.s.buckets):
             start, end = int(bounds[bucket]), int(bounds[bucket + 1])
             if end > start:
-                self._write(bucket, sorted_table.slice(start, end - start))
+                self._write(bucket, table.slice(start, end - start))
 
 
 # ---------------------------------------------------------------------------------------
