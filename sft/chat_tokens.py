@@ -274,11 +274,11 @@ class ChatTokenCounter:
         if self.backend is not None:
             rest = list(range(len(texts)))
             if self.fast is not None:
-                takes = self.fast.takes
-                mine = [i for i in rest if takes(texts[i])]
+                taken = list(map(self.fast.takes, texts))
+                mine = [i for i in rest if taken[i]]
                 if mine:
                     lengths[mine] = self.fast.lengths([texts[i] for i in mine])
-                    rest = [i for i in rest if not takes(texts[i])] if len(mine) < len(texts) else []
+                    rest = [i for i in rest if not taken[i]]
             encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
             for start in range(0, len(rest), BATCH_TEXTS):
                 part = rest[start : start + BATCH_TEXTS]
