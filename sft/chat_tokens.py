@@ -1,138 +1,123 @@
-"""Count a sample's tokens exactly as verl's MultiTurnSFTDataset will, fast; summarise lengths.
+"""Token ids of texts exactly as the model's tokenizer gives them, fast; length summaries.
 
-Usage (as a library; sft/prepare_data.py --tokenizer uses it):
-    from sft.chat_tokens import ChatTokenCounter, length_summary
-    counter = ChatTokenCounter.from_pretrained("path/to/model")
-    counts = counter.count(prompts, responses, system_prompt=None)   # numpy int64 array
+Usage (as a library; sft/chat_format.py encodes every conversation through it):
+    from sft.chat_tokens import TextTokenizer, length_summary
+    texts = TextTokenizer(tokenizer)
+    ids = texts.encode_batch(["<|im_start|>user\\nWhat is 2+2?<|im_end|>\\n", "4<|im_end|>"])
     summary = length_summary(counts, max_length=4096)
 
-Usage (command line, to check a tokenizer's template on a few texts):
-    python -m sft.chat_tokens path/to/model "What is 2+2?" "2+2 = \\boxed{4}"
-
-How verl counts (verl/utils/dataset/multiturn_sft_dataset.py): every message is rendered
-alone with `apply_chat_template([message], tokenize=True)`, and for every message after the
-first that is not a system message, the template's default system block (found by
-`extract_system_prompt_and_generation`) is cut from the front; the pieces are concatenated.
-
-How this counts the same number fast: for each role the template is rendered once around a
-sentinel to get the text it puts before and after the content. That is checked to be plain
-concatenation (the content is inserted unchanged) on probe contents. The Rust tokenizer
-splits text at added tokens such as `<|im_start|>` before anything else, so the template text
-up to the last added token before the content (and from the first one after it) is a constant
-number of tokens; only "role\\n" + content (+ anything before the closing token) is encoded,
-in large batches on all cores (`encode_batch_fast`), or, for ASCII texts of byte-level BPE
-tokenizers, by tiktoken built from the same vocabulary and pattern (`_TiktokenCounts`: about 3x
-faster, used only while its counts equal the library's on test texts and real samples).
-Leading newlines and spaces in the content merge with the template's "\\n" exactly as they do
-in verl, because that "\\n" is encoded together with the content. Every assumption is
-verified against the real template on probe texts when the counter is built (and `verify`
-checks real samples); if one fails, the counter falls back to encoding the whole rendered
-message, and, for a template that rewrites content, to rendering every message with the
-template (slow but still exact).
+`TextTokenizer.encode_batch(texts)` returns, for each text, the ids that
+`tokenizer(text, add_special_tokens=False)` returns (what `apply_chat_template(...,
+tokenize=True)` does with a rendered template). For byte-level BPE tokenizers (Qwen2/2.5/3,
+Llama 3, DeepSeek distills, Mistral's Tekken, GPT-2 and the like) it is about 3x faster than the
+`tokenizers` library: texts are split at the tokenizer's added tokens (`<|im_start|>`,
+`<|eot_id|>`, ... exactly as `tokenizers` splits them first), added tokens map to their ids, ASCII
+pieces are encoded by tiktoken built from the same vocabulary and pre-tokenizer pattern, and
+everything else by the library (`_TiktokenPieces`). That path is kept only when the tokenizer
+is plain byte-level BPE and its ids equal the library's on a battery of texts; `check` compares
+real texts too and drops it on any difference (later ids come from the library: still exact).
+`text_encoder` names which path is in use; sft/prepare_data.py records it in the Parquet files
+it writes, and training (sft/sft_dataset.py) builds the same path, so the ids it trains on are
+the ids prepare_data counted.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from dataclasses import dataclass
+import re
 from typing import Sequence
 
 import numpy as np
 
-# Contents chosen to break naive counting: leading/trailing newlines and spaces merge with the
-# template's own whitespace under byte-level BPE; special-token text inside content; unicode.
-PROBE_CONTENTS = [
-    "x",
-    "",
-    " ",
-    "\n",
-    "\n\nStep 1: 12 + 35 = 47.",
-    "  leading spaces",
-    "\tTabbed\n",
-    "trailing newline\n",
-    "trailing spaces   ",
-    "ends with im tags <|im_end|> inside <|im_start|>user",
-    "Ünïcödé ∑ x² — 数学 \\boxed{\\frac{1}{2}}",
-    "\r\nwindows line\r\n",
-    "{{ not a template }} {% raw %}",
-]
-_SENTINELS = ("\u27e6SFT-PROBE-A\u27e7", "\u27e6SFT-PROBE-B\u27e7")
-ROLES = ("system", "user", "assistant")
 BATCH_TEXTS = 512
-
-
-def _ids(result) -> list[int]:
-    """Token ids from apply_chat_template's return value (list, dict or BatchEncoding)."""
-    if hasattr(result, "keys") and "input_ids" in result:
-        result = result["input_ids"]
-    if hasattr(result, "tolist"):
-        result = result.tolist()
-    if result and isinstance(result[0], list):
-        result = result[0]
-    return list(result)
-
-
-def verl_system_prompt_length(tokenizer, **template_kwargs) -> int:
-    """Length of the default system block verl strips (its extract_system_prompt_and_generation)."""
-    one = _ids(tokenizer.apply_chat_template([{"role": "user", "content": ""}], add_generation_prompt=False, tokenize=True, **template_kwargs))
-    two = _ids(tokenizer.apply_chat_template([{"role": "user", "content": ""}] * 2, add_generation_prompt=False, tokenize=True, **template_kwargs))
-    return len(one[: -(len(two) - len(one))])
-
-
-def verl_token_ids(tokenizer, messages: list[dict], **template_kwargs) -> list[int]:
-    """The input ids verl's MultiTurnSFTDataset builds for `messages` (reference, slow)."""
-    strip = verl_system_prompt_length(tokenizer, **template_kwargs)
-    ids: list[int] = []
-    for index, message in enumerate(messages):
-        piece = _ids(tokenizer.apply_chat_template([message], add_generation_prompt=False, tokenize=True, **template_kwargs))
-        if index != 0 and message["role"] != "system":
-            piece = piece[strip:]
-        ids.extend(piece)
-    return ids
-
+TEXT_ENCODER_FAST = "tiktoken+tokenizers"
+"""`text_encoder` when ASCII pieces go through tiktoken (checked equal) and the rest through tokenizers."""
+TEXT_ENCODER_LIBRARY = "tokenizers"
+TEXT_ENCODER_PYTHON = "python"
 
 # The GPT-2 pre-tokenizer pattern, used by a ByteLevel pre-tokenizer with use_regex=True.
 _GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 _UNICODE_NORMALIZERS = ("NFC", "NFD", "NFKC", "NFKD")  # all leave ASCII text unchanged
 
 
-def _self_test_texts() -> list[str]:
-    """ASCII texts that exercise the pre-tokenizer pattern and the merges: math, code,
-    whitespace runs, contractions, digits, punctuation, and seeded random printable text."""
+def _self_test_texts(added: Sequence[str]) -> list[str]:
+    """Texts that exercise the pre-tokenizer pattern, the merges and the split at added tokens:
+    math, code, whitespace runs, contractions, digits, punctuation, chat markup, seeded random
+    printable text, and the same with the tokenizer's own added tokens between the pieces."""
     import random
 
-    texts = [c for c in PROBE_CONTENTS if c.isascii()] + [
+    texts = [
+        "x", "", " ", "\n", "\n\nStep 1: 12 + 35 = 47.", "  leading spaces", "\tTabbed\n", "trailing newline\n",
+        "trailing spaces   ", "\r\nwindows line\r\n", "{{ not a template }} {% raw %}",
         "user\nSolve: 12 + 35 = ?", "assistant\nStep 1: 12 + 35 = 47.\n\nStep 2: so $\\boxed{47}$.",
         "1234567890 3.14159 -42 1e-5 0.000001 99,999", "$\\frac{a}{b} + x^{2} - y_{i} \\cdot \\sqrt{3}$",
         "a  b   c\t\td\n\n\n  e \r\n f", "def f(x):\n    return x**2  # comment\n", "!!! ??? ... --- *** ((( )))",
-        "it's I'm we'll they've she'd IT'S WE'LL", "HELLO World  Mixed CASE words", "   ", "\n", " leading", "trailing ",
+        "it's I'm we'll they've she'd IT'S WE'LL", "HELLO World  Mixed CASE words", "   ", " leading", "trailing ",
+        "<think>\nLet me think.\n</think>\n\nThe answer is 4.", "Ünïcödé ∑ x² — 数学 \\boxed{\\frac{1}{2}}", "é\u0301 ﬁ",
     ]
     rng = random.Random(0)
     alphabet = [chr(c) for c in range(32, 127)] + ["\n", "\t", " ", " ", "\r\n"] + list("0123456789")
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 300))) for _ in range(300)]
+    if added:
+        marks = list(added)
+        texts += [
+            "".join(rng.choice(marks) + rng.choice(texts[:40]) for _ in range(rng.randint(1, 6))) for _ in range(120)
+        ]
+        texts += [m + "\n" for m in marks] + ["\n" + m for m in marks] + [m + m for m in marks]
     return texts
 
 
-class _TiktokenCounts:
-    """Token counts of ASCII texts with tiktoken, for byte-level BPE tokenizers (Qwen2/2.5/3,
-    Llama 3, GPT-2 and the like): several times faster than `tokenizers` and the same counts.
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: byte -> the printable character that stands for it."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) \
+        + list(range(ord("\xae"), ord("\xff") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
 
-    Built only when the tokenizer is plain byte-level BPE (a Split regex + ByteLevel, or
-    ByteLevel with its own regex; no normaliser but a Unicode normal form, which leaves ASCII
-    unchanged), and kept only if its counts equal the library's on a battery of texts
-    (`_self_test_texts`). Non-ASCII texts, and texts that contain an added token's text
-    (which `tokenizers` matches as one token), are left to the library.
+
+def _threads() -> int:
+    """tiktoken's batch threads: one per core unless the caller asked `tokenizers` for one."""
+    import os
+
+    if os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in ("false", "0", "no", "off"):
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class _TiktokenPieces:
+    """tiktoken for the ASCII pieces of texts, for byte-level BPE tokenizers: several times faster
+    than `tokenizers` and the same ids.
+
+    Built only when the tokenizer is plain byte-level BPE (a Split regex + ByteLevel, or ByteLevel
+    with its own regex; no normaliser but a Unicode normal form, which leaves ASCII unchanged), and
+    kept only if its ids equal the library's on `_self_test_texts`. When no added token swallows
+    whitespace or needs word boundaries (no lstrip/rstrip/single_word flag), texts are split at
+    added tokens as `tokenizers` splits them (only ASCII texts when some added token is matched
+    on normalised text); otherwise a text that contains an added token's text is left to the
+    library whole. Non-ASCII pieces always go to the library.
     """
 
-    def __init__(self, encoding, added: list[str]):
-        import re
-
+    def __init__(self, encoding, added: dict[str, int], splits: bool, ascii_only: bool = False):
         self.encoding = encoding
-        self.added = re.compile("|".join(re.escape(t) for t in sorted(added, key=len, reverse=True))) if added else None
+        self.added = added
+        pattern = "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True))
+        self.split_re = re.compile(f"({pattern})") if added and splits else None
+        self.search_re = re.compile(pattern) if added else None
+        self.ascii_only = ascii_only
+        """Some added tokens are matched on normalised text: only ASCII texts (which the Unicode
+        normal forms leave unchanged) are split here."""
 
     @classmethod
-    def build(cls, backend) -> _TiktokenCounts | None:
+    def build(cls, backend) -> _TiktokenPieces | None:
         import json
 
         try:
@@ -165,10 +150,14 @@ class _TiktokenCounts:
             encoding = tiktoken.Encoding("sft-chat-tokens", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
         except Exception:  # noqa: BLE001 - a pattern tiktoken's regex engine does not take
             return None
-        fast = cls(encoding, [t.content for t in backend.get_added_tokens_decoder().values() if t.content])
-        texts = [t for t in _self_test_texts() if fast.takes(t)]
-        library = [len(e) for e in backend.encode_batch(texts, add_special_tokens=False)]
-        return fast if fast.lengths(texts) == library else None
+        decoder = backend.get_added_tokens_decoder()
+        added = {token.content: token_id for token_id, token in decoder.items() if token.content}
+        splits = not any(t.lstrip or t.rstrip or t.single_word for t in decoder.values())
+        normalized = any(t.normalized for t in decoder.values())
+        fast = cls(encoding, added, splits, ascii_only=normalized)
+        texts = _self_test_texts(list(added)[:64])
+        library = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+        return fast if _encode(fast, backend, texts) == library else None
 
     @staticmethod
     def _pattern(pre: dict | None) -> str | None:
@@ -185,218 +174,121 @@ class _TiktokenCounts:
                 return split["pattern"]["Regex"]
         return None
 
-    def takes(self, text: str) -> bool:
-        return text.isascii() and (self.added is None or self.added.search(text) is None)
+    def pieces(self, text: str) -> list[str] | None:
+        """`text` split at added tokens (odd positions hold added tokens), or None when the library
+        must encode it whole."""
+        if self.split_re is not None and (not self.ascii_only or text.isascii()):
+            return self.split_re.split(text)
+        if self.search_re is not None and self.search_re.search(text):
+            return None
+        return [text]
 
-    def lengths(self, texts: Sequence[str]) -> list[int]:
+    def encode_ascii(self, texts: list[str]) -> list[list[int]]:
+        """Ids of ASCII texts; large batches in one contiguous slice per core (tiktoken releases the
+        GIL), not one thread-pool task per text as encode_ordinary_batch does: texts are many and small."""
+        encode = self.encoding.encode_ordinary
         threads = _threads()
-        if threads == 1:
-            encode = self.encoding.encode_ordinary
-            return [len(encode(text)) for text in texts]
-        return [len(ids) for ids in self.encoding.encode_ordinary_batch(list(texts), num_threads=threads)]
+        if threads == 1 or sum(map(len, texts)) < 1 << 16:
+            return [encode(text) for text in texts]
+        from concurrent.futures import ThreadPoolExecutor
+
+        bounds = np.linspace(0, len(texts), threads + 1).astype(int)
+        with ThreadPoolExecutor(threads) as pool:
+            parts = pool.map(lambda span: [encode(text) for text in texts[span[0]:span[1]]], zip(bounds[:-1], bounds[1:]))
+            return [ids for part in parts for ids in part]
 
 
-def _threads() -> int:
-    """tiktoken's batch threads: one per core unless the caller asked `tokenizers` for one."""
-    import os
-
-    if os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in ("false", "0", "no", "off"):
-        return 1
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return os.cpu_count() or 1
+def _library_ids(backend, texts: list[str]) -> list[list[int]]:
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    ids: list[list[int]] = []
+    for start in range(0, len(texts), BATCH_TEXTS):
+        ids.extend(e.ids for e in encode(texts[start : start + BATCH_TEXTS], add_special_tokens=False))
+    return ids
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte-level alphabet: byte -> the printable character that stands for it."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) \
-        + list(range(ord("\xae"), ord("\xff") + 1))
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
+def _encode(fast: _TiktokenPieces, backend, texts: Sequence[str]) -> list[list[int]]:
+    """Ids of `texts` with tiktoken for ASCII pieces, the added-token table and the library for the rest."""
+    plan: list[list] = []  # per text: ids (list) or ("a"|"l", index into the batches)
+    ascii_batch: list[str] = []
+    library_batch: list[str] = []
+    for text in texts:
+        parts = fast.pieces(text)
+        if parts is None:
+            plan.append([("l", len(library_batch))])
+            library_batch.append(text)
+            continue
+        steps: list = []
+        for position, part in enumerate(parts):
+            if position % 2:
+                steps.append([fast.added[part]])
+            elif not part:
+                continue
+            elif part.isascii():
+                steps.append(("a", len(ascii_batch)))
+                ascii_batch.append(part)
+            else:
+                steps.append(("l", len(library_batch)))
+                library_batch.append(part)
+        plan.append(steps)
+    ascii_ids = fast.encode_ascii(ascii_batch) if ascii_batch else []
+    library_ids = _library_ids(backend, library_batch) if library_batch else []
+    out: list[list[int]] = []
+    for steps in plan:
+        ids: list[int] = []
+        for step in steps:
+            if type(step) is list:
+                ids.extend(step)
+            else:
+                ids.extend(ascii_ids[step[1]] if step[0] == "a" else library_ids[step[1]])
+        out.append(ids)
+    return out
 
 
-@dataclass
-class _RoleTemplate:
-    """How the chat template renders one message of a role, reduced to what the count needs."""
+class TextTokenizer:
+    """Exact token ids of texts (as `tokenizer(text, add_special_tokens=False)`), fast.
 
-    role: str
-    mode: str
-    """"split": encode head + content + tail; "whole": encode prefix + content + suffix;
-    "render": render every message with the template (content is not inserted verbatim)."""
-    head: str = ""
-    tail: str = ""
-    constant: int = 0
+    `fast=False` forces the library path (what a Parquet file recorded as counted without
+    tiktoken is trained with); `fast=None` builds the tiktoken path where it applies.
+    """
 
-
-class ChatTokenCounter:
-    """Counts tokens per sample as verl's MultiTurnSFTDataset will (see the module docstring)."""
-
-    def __init__(self, tokenizer, **template_kwargs):
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                "the tokenizer has no chat_template; verl's SFT dataset needs one. "
-                "Use a chat/instruct model's tokenizer or set tokenizer.chat_template"
-            )
+    def __init__(self, tokenizer, fast: bool | None = None):
         self.tokenizer = tokenizer
-        self.template_kwargs = template_kwargs
         self.backend = getattr(tokenizer, "backend_tokenizer", None)
-        self.fast = _TiktokenCounts.build(self.backend) if self.backend is not None else None
-        self.strip = verl_system_prompt_length(tokenizer, **template_kwargs)
-        self.templates = {role: self._analyse(role) for role in ROLES}
-
-    @classmethod
-    def from_pretrained(cls, path: str, **template_kwargs) -> "ChatTokenCounter":
-        from transformers import AutoTokenizer
-
-        return cls(AutoTokenizer.from_pretrained(path), **template_kwargs)
-
-    # -- setup ------------------------------------------------------------------------
-    def _render(self, role: str, content: str) -> str:
-        return self.tokenizer.apply_chat_template(
-            [{"role": role, "content": content}], add_generation_prompt=False, tokenize=False, **self.template_kwargs
-        )
-
-    def _reference_message(self, role: str, content: str) -> int:
-        return len(_ids(self.tokenizer.apply_chat_template(
-            [{"role": role, "content": content}], add_generation_prompt=False, tokenize=True, **self.template_kwargs
-        )))
-
-    def _encode_lengths(self, texts: list[str]) -> np.ndarray:
-        """Token counts of texts, encoded without special tokens (as apply_chat_template does)."""
-        lengths = np.empty(len(texts), dtype=np.int64)
-        if self.backend is not None:
-            rest = list(range(len(texts)))
-            if self.fast is not None:
-                taken = list(map(self.fast.takes, texts))
-                mine = [i for i in rest if taken[i]]
-                if mine:
-                    lengths[mine] = self.fast.lengths([texts[i] for i in mine])
-                    rest = [i for i in rest if not taken[i]]
-            encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
-            for start in range(0, len(rest), BATCH_TEXTS):
-                part = rest[start : start + BATCH_TEXTS]
-                batch = encode([texts[i] for i in part], add_special_tokens=False)
-                lengths[part] = [len(e) for e in batch]
-        else:  # a slow (Python) tokenizer
-            for i, text in enumerate(texts):
-                lengths[i] = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return lengths
-
-    def _added_tokens_split_cleanly(self) -> list[str] | None:
-        """Added-token strings when all are matched verbatim (no strip/normalise); else None."""
-        if self.backend is None or not hasattr(self.backend, "get_added_tokens_decoder"):
-            return None
-        tokens = list(self.backend.get_added_tokens_decoder().values())
-        if any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in tokens):
-            return None
-        return [t.content for t in tokens if t.content]
-
-    def _analyse(self, role: str) -> _RoleTemplate:
-        first, second = (self._render(role, s) for s in _SENTINELS)
-        if first.count(_SENTINELS[0]) != 1:
-            return _RoleTemplate(role, "render")
-        prefix, suffix = first.split(_SENTINELS[0])
-        if second != prefix + _SENTINELS[1] + suffix or any(
-            self._render(role, c) != prefix + c + suffix for c in PROBE_CONTENTS
-        ):
-            return _RoleTemplate(role, "render")
-        reference = [self._reference_message(role, c) for c in PROBE_CONTENTS]
-        candidates = []
-        added = self._added_tokens_split_cleanly()
-        if added:
-            cut = max((prefix.rfind(t) + len(t) for t in added if t in prefix), default=0)
-            end = min((suffix.find(t) for t in added if t in suffix), default=len(suffix))
-            constant_text = [t for t in (prefix[:cut], suffix[end:]) if t]
-            constant = int(self._encode_lengths(constant_text).sum()) if constant_text else 0
-            candidates.append(_RoleTemplate(role, "split", prefix[cut:], suffix[:end], constant))
-        candidates.append(_RoleTemplate(role, "whole", prefix, suffix, 0))
-        for candidate in candidates:
-            counted = self._encode_lengths([candidate.head + c + candidate.tail for c in PROBE_CONTENTS]) + candidate.constant
-            if counted.tolist() == reference:
-                return candidate
-        return _RoleTemplate(role, "render")
+        self.fast = _TiktokenPieces.build(self.backend) if self.backend is not None and fast is not False else None
 
     @property
-    def modes(self) -> dict[str, str]:
-        return {role: t.mode for role, t in self.templates.items()}
-
-    @property
-    def encoder(self) -> str:
-        """What encodes the texts: tiktoken for ASCII texts (checked equal) or the tokenizer's library."""
+    def text_encoder(self) -> str:
         if self.fast is not None:
-            return "tiktoken for ASCII texts (counts checked equal to tokenizers'), tokenizers for the rest"
-        return "tokenizers" if self.backend is not None else "the tokenizer's Python code"
+            return TEXT_ENCODER_FAST
+        return TEXT_ENCODER_LIBRARY if self.backend is not None else TEXT_ENCODER_PYTHON
 
-    def check_fast_path(self, prompts: Sequence[str], responses: Sequence[str]) -> None:
-        """Compare the tiktoken counts with the library's on real samples, as they are encoded;
-        on any difference stop using tiktoken (later counts come from the library: still exact)."""
-        if self.fast is None:
-            return
-        texts = self._texts("user", prompts) + self._texts("assistant", responses)
-        mine = [t for t in texts if self.fast.takes(t)]
-        if mine and self.fast.lengths(mine) != [len(e) for e in self.backend.encode_batch(mine, add_special_tokens=False)]:
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text; identical texts are encoded once."""
+        unique = list(dict.fromkeys(texts))
+        if self.fast is not None:
+            encoded = _encode(self.fast, self.backend, unique)
+        elif self.backend is not None:
+            encoded = _library_ids(self.backend, unique)
+        else:  # a slow (Python) tokenizer
+            encoded = [list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in unique]
+        if len(unique) == len(texts):
+            return encoded
+        known = dict(zip(unique, encoded))
+        return [known[text] for text in texts]
+
+    def lengths(self, texts: Sequence[str]) -> np.ndarray:
+        return np.fromiter(map(len, self.encode_batch(texts)), dtype=np.int64, count=len(texts))
+
+    def check(self, texts: Sequence[str]) -> bool:
+        """Compare the tiktoken path with the library on real texts; on any difference stop using
+        it (later ids come from the library). True when nothing differed."""
+        if self.fast is None or not texts:
+            return True
+        texts = list(dict.fromkeys(texts))
+        if _encode(self.fast, self.backend, texts) != [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]:
             self.fast = None
-
-    # -- counting ---------------------------------------------------------------------
-    def _texts(self, role: str, contents: Sequence[str]) -> list[str]:
-        """The texts encoded for messages of `role` (template constants aside)."""
-        template = self.templates[role]
-        if template.mode == "render":
-            return [self._render(role, c) for c in contents]
-        head, tail = template.head, template.tail
-        return [head + c + tail for c in contents] if head or tail else list(contents)
-
-    def _message_lengths(self, role: str, contents: Sequence[str]) -> np.ndarray:
-        return self._encode_lengths(self._texts(role, contents)) + self.templates[role].constant
-
-    def count(self, prompts: Sequence[str], responses: Sequence[str], system_prompt: str | None = None) -> np.ndarray:
-        """Tokens verl will build for each [system?, user=prompt, assistant=response] sample."""
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        if not len(prompts):
-            return np.zeros(0, dtype=np.int64)
-        unique = list(dict.fromkeys(prompts))  # several solutions per problem share one prompt
-        if len(unique) < len(prompts):
-            known = dict(zip(unique, self._message_lengths("user", unique).tolist()))
-            user = np.fromiter((known[p] for p in prompts), dtype=np.int64, count=len(prompts))
-        else:
-            user = self._message_lengths("user", prompts)
-        total = user + self._message_lengths("assistant", responses)
-        if system_prompt is not None:
-            total += int(self._message_lengths("system", [system_prompt])[0]) - 2 * self.strip
-        else:
-            total -= self.strip  # the assistant message is not first: verl cuts the default system block
-        return total
-
-    def verify(self, prompts: Sequence[str], responses: Sequence[str], system_prompt: str | None = None) -> None:
-        """Raise if `count` differs from verl's own per-message tokenization on these samples."""
-        fast = self.count(prompts, responses, system_prompt)
-        saved = self.tokenizer.model_max_length  # long samples are fine here: silence the length warning
-        self.tokenizer.model_max_length = 1 << 62
-        try:
-            self._verify(fast, prompts, responses, system_prompt)
-        finally:
-            self.tokenizer.model_max_length = saved
-
-    def _verify(self, fast, prompts, responses, system_prompt) -> None:
-        for i, (prompt, response) in enumerate(zip(prompts, responses)):
-            messages = ([{"role": "system", "content": system_prompt}] if system_prompt is not None else []) + [
-                {"role": "user", "content": prompt},
-                {"role": "assistant", "content": response},
-            ]
-            expected = len(verl_token_ids(self.tokenizer, messages, **self.template_kwargs))
-            if fast[i] != expected:
-                raise AssertionError(
-                    f"token count {fast[i]} differs from verl's {expected} for sample {i} "
-                    f"(template modes {self.modes}); please report this with the tokenizer used"
-                )
+            return False
+        return True
 
 
 # ---------------------------------------------------------------------------------------
@@ -474,21 +366,3 @@ def format_summary(summary: dict, title: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Count one sample's tokens as verl will, and show the template modes.")
-    parser.add_argument("tokenizer", help="local tokenizer/model directory")
-    parser.add_argument("prompt", help="user message")
-    parser.add_argument("response", help="assistant message")
-    parser.add_argument("--system-prompt", default=None, help="optional system message")
-    args = parser.parse_args(argv)
-    counter = ChatTokenCounter.from_pretrained(args.tokenizer)
-    fast = int(counter.count([args.prompt], [args.response], args.system_prompt)[0])
-    counter.verify([args.prompt], [args.response], args.system_prompt)
-    print(f"tokens: {fast} (matches verl's per-message tokenization; template modes {counter.modes})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
