@@ -8,7 +8,9 @@ Run directly it reads the same environment variables (the bash defaults must be 
     SFT_MODE=full ... python -m sft.launcher -- [hydra overrides]
 
 It validates every setting (numbers are numbers, files exist, the Parquet has a `messages`
-column, batch sizes fit the world size), resolves the `auto` values (device, processes per
+column, batch sizes fit the world size, the data was prepared with MODEL_NAME's chat template),
+passes verl the dataset that encodes rows through that template (sft/sft_dataset.py, the code
+prepare_data counted with), resolves the `auto` values (device, processes per
 node, port, MAX_LENGTH from prepare_data's manifest.json, attention, compute dtype), builds
 verl's Hydra overrides with every value quoted for Hydra, prints the settings and the exact
 command, and then replaces itself with torchrun. User overrides go last, so they win. With
@@ -163,16 +165,52 @@ def read_parquet_facts(path: Path, variable: str) -> int:
     return metadata.num_rows
 
 
-def read_manifest_tokens(train_file: Path) -> dict:
-    """The `tokens` section of the manifest.json that prepare_data wrote beside TRAIN_FILE, if any."""
+def read_manifest_section(train_file: Path, section: str) -> dict:
+    """A section (`tokens`, `chat_template`) of the manifest.json that prepare_data wrote beside TRAIN_FILE, if any."""
     manifest = train_file.parent / "manifest.json"
     if not manifest.is_file():
         return {}
     try:
-        tokens = json.loads(manifest.read_text()).get("tokens") or {}
+        found = json.loads(manifest.read_text()).get(section) or {}
     except (OSError, json.JSONDecodeError, AttributeError):
         return {}
-    return tokens if isinstance(tokens, dict) else {}
+    return found if isinstance(found, dict) else {}
+
+
+def read_manifest_tokens(train_file: Path) -> dict:
+    """The `tokens` section of the manifest.json that prepare_data wrote beside TRAIN_FILE, if any."""
+    return read_manifest_section(train_file, "tokens")
+
+
+def local_chat_template(model_dir: Path) -> str | None:
+    """The chat template saved in a local model directory (chat_template.jinja or tokenizer_config.json)."""
+    jinja = model_dir / "chat_template.jinja"
+    try:
+        if jinja.is_file():
+            return jinja.read_text(encoding="utf-8")
+        template = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(template, list):  # named templates: the default one
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
+    return template if isinstance(template, str) else None
+
+
+def template_mismatch_note(model_name: str, train_file: Path) -> str | None:
+    """A note when TRAIN_FILE was prepared with another chat template than MODEL_NAME's (local models only)."""
+    import hashlib
+
+    prepared = read_manifest_section(train_file, "chat_template")
+    recorded = prepared.get("chat_template_sha256")
+    model_dir = Path(model_name)
+    if not recorded or not model_dir.is_dir():
+        return None
+    template = local_chat_template(model_dir)
+    if template is None or hashlib.sha256(template.encode()).hexdigest() == recorded:
+        return None
+    return (f"TRAIN_FILE was prepared with the chat template of {prepared.get('tokenizer')} (manifest.json), but "
+            f"MODEL_NAME's template differs: training uses MODEL_NAME's, so sft_num_tokens, the length filters and "
+            f"MAX_LENGTH=auto were computed for another format. Re-run sft/prepare_data.py --tokenizer {model_name}.")
 
 
 def _detect_cuda() -> int:
@@ -278,6 +316,9 @@ def resolve_settings(env: dict[str, str] | None = None) -> Settings:
     val_rows = read_parquet_facts(val_file, "VAL_FILE") if val_file is not None else 0
 
     manifest_tokens = read_manifest_tokens(train_file)
+    mismatch = template_mismatch_note(model_name, train_file)
+    if mismatch:
+        notes.append(mismatch)
     max_length_raw = get("MAX_LENGTH")
     if max_length_raw == "auto":
         recommended = manifest_tokens.get("recommended_max_length")
@@ -501,6 +542,10 @@ def hydra_overrides(s: Settings) -> list[str]:
         f"data.train_files={hydra_quote(str(s.train_file))}",
         f"data.val_files={hydra_quote(str(s.val_file)) if s.val_file else 'null'}",
         "data.pad_mode=no_padding",
+        # Every sample is encoded through the model's chat template by sft/chat_format.py, the same
+        # code prepare_data counted with (verl's own dataset templates each message on its own).
+        f"data.custom_cls.path={hydra_quote(str(REPO_ROOT / 'sft' / 'sft_dataset.py'))}",
+        "data.custom_cls.name=ChatTemplateSFTDataset",
         f"data.use_dynamic_bsz={s.dynamic_batch}",
         f"model.use_remove_padding={s.remove_padding}",
         f"model.enable_gradient_checkpointing={s.gradient_checkpointing}",
@@ -661,7 +706,8 @@ def compose_config(overrides: list[str], verl_dir: Path | None = None):
 
 # The values a user most often wants to confirm after their own overrides were applied.
 EFFECTIVE_KEYS = (
-    "model.path", "model.lora_rank", "model.lora_alpha", "model.target_modules", "optim.lr",
+    "model.path", "model.lora_rank", "model.lora_alpha", "model.target_modules", "data.custom_cls.path",
+    "data.custom_cls.name", "optim.lr",
     "optim.lr_scheduler_type", "optim.weight_decay", "data.train_files", "data.val_files", "data.max_length",
     "data.max_token_len_per_gpu", "data.micro_batch_size_per_gpu", "data.use_dynamic_bsz", "data.train_batch_size",
     "model.use_remove_padding",

@@ -206,6 +206,31 @@ def test_max_length_comes_from_the_prepare_data_manifest(tmp_path, tiny_model_di
 
 
 
+def test_training_encodes_rows_with_the_chat_template_dataset_and_flags_a_template_mismatch(tmp_path, tiny_model_dir):
+    import hashlib
+
+    from sft.tiny_model import TinyModelSpec, build_tiny_model
+
+    data = tmp_path / "data"
+    write_chat_parquet(data / "train.parquet", 32)
+    template = (tiny_model_dir / "chat_template.jinja").read_text()
+    prepared = {"tokenizer": str(tiny_model_dir), "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()}
+    (data / "manifest.json").write_text(json.dumps({"chat_template": prepared}))
+    base = dict(TRAIN_FILE=data / "train.parquet", TRAIN_BATCH_SIZE=32, OUTPUT_DIR=tmp_path / "out", DRY_RUN=1)
+    same = run_launcher("run_sft_training.sh", launcher_env(MODEL_NAME=tiny_model_dir, **base), cwd=tmp_path)
+    assert same.returncode == 0, same.stdout[-3000:]
+    composed = _composed(same.stdout)
+    assert composed["data.custom_cls.path"] == str(REPO_ROOT / "sft" / "sft_dataset.py")
+    assert composed["data.custom_cls.name"] == "ChatTemplateSFTDataset"
+    assert "template differs" not in same.stdout
+    other = build_tiny_model(tmp_path / "other model", TinyModelSpec(seed=1))
+    (other / "chat_template.jinja").write_text(template.replace("<|im_start|>", "<|im_start|> "))
+    changed = run_launcher("run_sft_training.sh", launcher_env(MODEL_NAME=other, **base), cwd=tmp_path)
+    assert changed.returncode == 0, changed.stdout[-3000:]
+    assert "note: TRAIN_FILE was prepared with the chat template of" in changed.stdout
+    assert "MODEL_NAME's template differs" in changed.stdout
+
+
 def test_a_max_length_shorter_than_the_longest_sample_is_flagged(tmp_path, tiny_model_dir):
     data = tmp_path / "data"
     write_chat_parquet(data / "train.parquet", 32)

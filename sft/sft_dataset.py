@@ -1,0 +1,204 @@
+"""verl's SFT dataset built with sft/chat_format.py: training sees the tokens prepare_data counted.
+
+Loaded by verl through its own extension point; the launchers pass
+    data.custom_cls.path=<repo>/sft/sft_dataset.py data.custom_cls.name=ChatTemplateSFTDataset
+
+It replaces verl 0.9.1's MultiTurnSFTDataset, which renders every message on its own and
+concatenates the pieces: right for Qwen2.5-style templates, wrong for templates whose output
+depends on context (Qwen3, DeepSeek-R1 distills, QwQ, Gemma, Mistral, Phi-3.5; see
+sft/chat_format.py). Each row's `messages` are encoded by `ChatFormat.encode`, the function
+prepare_data's `--tokenizer` counts with, so `sft_num_tokens` is each item's length by
+construction. The template settings prepare_data recorded in the Parquet file (its
+`verl_sft` schema metadata: template kwargs, reasoning tags, text encoder) are used; a
+`data.apply_chat_template_kwargs` that contradicts them is refused. Items are what verl's
+trainer expects from its own dataset: `input_ids`, `position_ids`, `loss_mask` (and
+`attention_mask` with `data.pad_mode=right`); `data.max_length`, `data.truncation` and
+`data.max_samples` behave as in verl, except that a truncated sample is reported loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # loaded by file path (verl's load_extern_object): make `import sft.x` work
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from torch.utils.data import Dataset
+
+from sft.chat_format import ChatFormat, ConversationError, TemplateError
+
+METADATA_KEY = b"verl_sft"
+"""Key of the JSON in a Parquet file's schema metadata that records how prepare_data encoded it."""
+
+
+def read_encoding_metadata(path: str | os.PathLike) -> dict | None:
+    """The encoding record prepare_data wrote into a Parquet file, or None."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _plain(value):
+    """OmegaConf containers to plain Python."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - verl depends on omegaconf
+        pass
+    return value
+
+
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+class ChatTemplateSFTDataset(Dataset):
+    """Rows of `messages` to training items through the model's chat template (module docstring)."""
+
+    def __init__(self, parquet_files, tokenizer, config=None, processor=None, max_samples: int = -1):
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        config = config or {}
+        self.pad_mode = config.get("pad_mode", "right")
+        if self.pad_mode not in ("right", "no_padding"):
+            raise ValueError(f"data.pad_mode must be right or no_padding, got {self.pad_mode!r}")
+        self.truncation = config.get("truncation", "error")
+        if self.truncation not in ("error", "left", "right"):
+            raise ValueError(f"data.truncation must be error, left or right, got {self.truncation!r}")
+        self.max_length = int(config.get("max_length", 1024))
+        self.messages_key = config.get("messages_key", "messages")
+        self.tokenizer = tokenizer
+        files = [str(p) for p in (parquet_files if isinstance(parquet_files, (list, tuple)) else
+                                  list(parquet_files) if not isinstance(parquet_files, str) else [parquet_files])]
+        if not files:
+            raise ValueError("no Parquet files given")
+        self.files = files
+        records = [read_encoding_metadata(path) for path in files]
+        recorded = next((r for r in records if r), None)
+        if any(r != recorded for r in records if r):
+            raise ValueError(f"the files {files} were prepared with different chat template settings; prepare them "
+                             "in one prepare_data run")
+        asked = _plain(config.get("apply_chat_template_kwargs", {})) or {}
+        kwargs = dict(asked)
+        tags = None
+        fast_text = None
+        if recorded:
+            kept = recorded.get("template_kwargs") or {}
+            if asked and asked != kept:
+                raise ValueError(
+                    f"data.apply_chat_template_kwargs={asked} but {files[0]} was prepared with {kept or 'none'}: token "
+                    "counts, length filters and MAX_LENGTH were computed with those. Re-run sft/prepare_data.py with "
+                    f"--chat-template-kwargs '{json.dumps(asked)}', or drop the override")
+            kwargs = dict(kept)
+            tags = recorded.get("reasoning_tags")
+            fast_text = False if recorded.get("text_encoder") not in (None, "tiktoken+tokenizers") else None
+        try:
+            self.chat = ChatFormat(tokenizer, template_kwargs=kwargs, name=getattr(tokenizer, "name_or_path", None),
+                                   fast_text=fast_text, **({"reasoning_tags": tags} if tags else {}))
+        except TemplateError as exc:
+            raise ValueError(str(exc)) from None
+
+        tables = []
+        for path in files:
+            schema = pq.read_schema(path)
+            if self.messages_key not in schema.names:
+                raise ValueError(f"{path} has no {self.messages_key!r} column (columns: {', '.join(schema.names)}); "
+                                 "run sft/prepare_data.py on your JSONL")
+            tables.append(pq.read_table(path, columns=[self.messages_key]))
+        column = pa.concat_tables(tables, promote_options="permissive").column(self.messages_key) if len(tables) > 1 \
+            else tables[0].column(self.messages_key)
+        total = len(column)
+        indices = None
+        if 0 < max_samples < total:
+            if config.get("shuffle", False):
+                seed = config.get("seed")
+                rng = np.random.default_rng(*((seed,) if seed is not None else ()))
+                indices = rng.choice(total, size=max_samples, replace=False)
+            else:
+                indices = np.arange(max_samples)
+            column = column.take(pa.array(indices))
+        self.messages = column.combine_chunks() if column.num_chunks > 1 else column.chunk(0) if column.num_chunks else column
+        self.source_rows = indices
+        self._warned_truncation = False
+        if _rank() == 0:
+            self._report(total)
+
+    def _report(self, total: int) -> None:
+        described = self.chat.describe()
+        name = ", ".join(Path(p).name for p in self.files)
+        lines = [f"[verl-sft] dataset {name}: {len(self)} of {total} rows; chat template of {described['tokenizer']} "
+                 f"(generation prompt {described['generation_prompt']!r}, end of turn {described['end_of_turn']!r}"
+                 + (f", template kwargs {described['template_kwargs']}" if described["template_kwargs"] else "") + ")"]
+        if len(self):
+            try:
+                lines.append("[verl-sft] first sample (context: loss off, trained: loss on):")
+                lines.append(self.chat.explain(self._messages(0)))
+            except (TemplateError, ConversationError) as exc:
+                lines.append(f"[verl-sft] first sample cannot be encoded: {exc}")
+        print("\n".join(lines), flush=True)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def _messages(self, item: int) -> list[dict]:
+        return self.messages[item].as_py()
+
+    def _where(self, item: int) -> str:
+        row = int(self.source_rows[item]) if self.source_rows is not None else item
+        return f"{', '.join(self.files)} row {row}"
+
+    def __getitem__(self, item: int) -> dict:
+        try:
+            ids, mask = self.chat.encode(self._messages(item))
+        except (TemplateError, ConversationError) as exc:
+            raise ValueError(f"{self._where(item)}: {exc}") from None
+        length = len(ids)
+        if length > self.max_length:
+            if self.truncation == "error":
+                raise ValueError(
+                    f"{self._where(item)} has {length} tokens, more than data.max_length={self.max_length}. Use "
+                    "MAX_LENGTH=auto with the manifest of sft/prepare_data.py --tokenizer, or drop long samples with "
+                    "its --max-length")
+            if not self._warned_truncation:
+                self._warned_truncation = True
+                print(f"[verl-sft] WARNING: {self._where(item)} has {length} tokens and is truncated to "
+                      f"data.max_length={self.max_length} (data.truncation={self.truncation}): part of the sample is "
+                      "not trained. Further truncations are not reported.", file=sys.stderr, flush=True)
+            keep = slice(length - self.max_length, None) if self.truncation == "left" and self.pad_mode == "right" \
+                else slice(0, self.max_length)
+            ids, mask = ids[keep], mask[keep]
+            length = len(ids)
+        input_ids = torch.tensor(ids, dtype=torch.long)
+        loss_mask = torch.tensor(mask, dtype=torch.long)
+        position_ids = torch.arange(length, dtype=torch.long)
+        if self.pad_mode == "no_padding":
+            return {"input_ids": input_ids, "position_ids": position_ids, "loss_mask": loss_mask}
+        missing = self.max_length - length
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        attention_mask = torch.ones(length, dtype=torch.long)
+        if missing > 0:
+            input_ids = torch.cat([input_ids, torch.full((missing,), pad_id, dtype=torch.long)])
+            loss_mask = torch.cat([loss_mask, torch.zeros(missing, dtype=torch.long)])
+            attention_mask = torch.cat([attention_mask, torch.zeros(missing, dtype=torch.long)])
+            position_ids = torch.cat([position_ids, torch.zeros(missing, dtype=torch.long)])
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+                "loss_mask": loss_mask}
