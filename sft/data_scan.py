@@ -1,13 +1,16 @@
-"""The row-by-row half of sft/prepare_data.py, run in parallel worker processes.
+"""The scan of sft/prepare_data.py (row by row, or vectorised for clean chunks), run in parallel worker processes.
 
 Usage (internal; prepare_data drives it):
     tasks = plan_tasks(files)                       # ~32 MiB line-aligned byte ranges
-    scanner = Scanner(settings, answers, counter)   # one per worker process
+    scanner = Scanner(settings, answers, chat)      # one per worker process (chat: a ChatFormat or None)
     result = scanner.scan(task)                     # parse, validate, filter, hash, spill
     spill = scanner.finish()                        # the Arrow IPC bucket files it wrote
 
 Each task's rows are parsed (sft.jsonl_io), validated (bad rows become rejects with a reason),
-passed through the row-local filters (final answer, correctness, token limits) and written to
+turned into the messages to train on (a row's own conversation, --system-prompt, replies less
+their reasoning with --answers-only) and, with --tokenizer, encoded by sft.chat_format (rows the
+chat template refuses are rejects), passed through the row-local filters (final answer,
+correctness, token limits) and written to
 the shuffle buckets on disk, tagged with an order key (task index << 32 | line in task) and
 the seeded hash of their problem. What needs every row in input order (dedup, the first K per
 problem, the split) is decided afterwards by prepare_data from the compact per-row arrays in
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
@@ -37,7 +41,10 @@ ORDER_COLUMN = "__sft_order"
 GROUP_COLUMN = "__sft_group"
 TOKENS_COLUMN = "sft_num_tokens"
 MESSAGES_COLUMN = "messages"
-INTERNAL_COLUMNS = (ORDER_COLUMN, GROUP_COLUMN)
+CONVERSATION_COLUMN = "__sft_messages"
+"""JSON of the messages to train on, for rows whose messages are not [system?, prompt, response]
+(conversation rows, and responses whose reasoning --answers-only removed)."""
+INTERNAL_COLUMNS = (ORDER_COLUMN, GROUP_COLUMN, CONVERSATION_COLUMN)
 
 # Reject reasons added by validation (parse failures come from sft.jsonl_io).
 REASON_MISSING = "missing_field"
@@ -45,9 +52,12 @@ REASON_NULL = "null_value"
 REASON_NOT_STRING = "not_a_string"
 REASON_EMPTY = "empty_string"
 REASON_BAD_ID = "invalid_id"
+REASON_BAD_MESSAGES = "invalid_messages"
+REASON_TEMPLATE = "chat_template_error"
 
 # Row-local filter reasons, in the order they run.
 ROW_FILTERS = (
+    "no_answer_after_reasoning",
     "no_final_answer",
     "no_reference_answer",
     "wrong_answer",
@@ -93,6 +103,9 @@ class ScanSettings:
     dedup: bool = False
     on_error: str = "fail"
     chunk_bytes: int = 8 << 20
+    messages_key: str = "messages"
+    answers_only: bool = False
+    reasoning_tags: tuple[str, str] = ("<think>", "</think>")
 
 
 @dataclass
@@ -116,6 +129,8 @@ class TaskResult:
     tokens: np.ndarray | None = None
     counted_tokens: np.ndarray | None = None
     """token counts of every row that reached the length filters (for the summary)"""
+    template_flags: collections.Counter = field(default_factory=collections.Counter)
+    """how the chat template placed those rows' replies (sft.chat_format outcomes and flags), rows per flag"""
 
 
 @dataclass
@@ -183,6 +198,24 @@ def _dedup_digest(prompt: str, response: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
+@dataclass
+class _Item:
+    """A valid row on its way through the row-local filters."""
+
+    row: dict
+    line: int
+    prompt: str
+    """The problem's text: grouping, the split's leak check, --group-by prompt."""
+    answer: str
+    """The final reply less its reasoning: --require-final-answer, --answer-key, --answers."""
+    dedup_prompt: str
+    response: str
+    messages: list[dict] | None
+    """The messages to train on when they are not [system?, prompt, response] (None: built at output)."""
+    tokens: int | None = None
+    flags: set[str] = field(default_factory=set)
+
+
 _ID_TYPES = (pa.int64(), pa.float64(), pa.string(), pa.null())
 """Arrow types of an id column whose values are all valid ids (str, int, float or missing)."""
 
@@ -194,7 +227,7 @@ class Scanner:
                  worker_id: int = 0):
         self.s = settings
         self.answers = answers
-        self.counter = counter
+        self.chat = counter
         self.worker_id = worker_id
         self.tracker = SchemaTracker()
         self.first_seen: dict[str, int] = {}
@@ -202,10 +235,9 @@ class Scanner:
         self.writers: dict[int, tuple[Any, pa.Schema]] = {}
         self.group_hash = _HashCache(_seed_key(settings.seed, "group"))
         self.prompt_hash = _HashCache(_seed_key(0, "prompt"))
-        self.verified = counter is None
         # No row-local filter needs the rows as Python values: chunks take the vectorised path.
         self.fast = not (settings.require_final_answer or settings.check_answers or counter is not None
-                         or settings.min_tokens or settings.max_tokens)
+                         or settings.min_tokens or settings.max_tokens or settings.answers_only)
 
     # -- spill ------------------------------------------------------------------------
     def _write(self, bucket: int, table: pa.Table) -> None:
@@ -229,30 +261,38 @@ class Scanner:
     # -- one task ---------------------------------------------------------------------
     def _validate(self, path: str, line: int, row: dict) -> BadLine | None:
         s = self.s
-        for key in (s.prompt_key, s.response_key):
-            value = row.get(key)
-            if type(value) is str and value and not value.isspace():
-                continue
-            if key not in row:
-                present = ", ".join(list(row)[:12]) or "none"
-                flag = "--prompt-key" if key == s.prompt_key else "--response-key"
-                return BadLine(path, line, REASON_MISSING,
-                               f"field {key!r} is missing (fields present: {present}); fix the row or pass {flag} "
-                               "to name the field that holds it", row=row)
-            if value is None:
-                return BadLine(path, line, REASON_NULL, f"field {key!r} is null; it must be a non-empty string", row=row)
-            if type(value) is not str:
-                return BadLine(path, line, REASON_NOT_STRING,
-                               f"field {key!r} is a {type(value).__name__}, not a string", row=row)
-            return BadLine(path, line, REASON_EMPTY, f"field {key!r} is empty", row=row)
+        if s.messages_key in row:  # a conversation row: its messages are the sample
+            from sft.chat_format import conversation_problem
+
+            problem = conversation_problem(row[s.messages_key])
+            if problem is not None:
+                return BadLine(path, line, REASON_BAD_MESSAGES, f"field {s.messages_key!r} {problem}", row=row)
+        else:
+            for key in (s.prompt_key, s.response_key):
+                value = row.get(key)
+                if type(value) is str and value and not value.isspace():
+                    continue
+                if key not in row:
+                    present = ", ".join(list(row)[:12]) or "none"
+                    flag = "--prompt-key" if key == s.prompt_key else "--response-key"
+                    return BadLine(path, line, REASON_MISSING,
+                                   f"field {key!r} is missing (fields present: {present}); fix the row or pass {flag} "
+                                   f"to name the field that holds it (or give the row a {s.messages_key!r} list)", row=row)
+                if value is None:
+                    return BadLine(path, line, REASON_NULL, f"field {key!r} is null; it must be a non-empty string", row=row)
+                if type(value) is not str:
+                    return BadLine(path, line, REASON_NOT_STRING,
+                                   f"field {key!r} is a {type(value).__name__}, not a string", row=row)
+                return BadLine(path, line, REASON_EMPTY, f"field {key!r} is empty", row=row)
         ident = row.get(s.id_key)
         if ident is not None and type(ident) not in (str, int, float):
             return BadLine(path, line, REASON_BAD_ID,
                            f"field {s.id_key!r} is a {type(ident).__name__}; an id must be a string or a number", row=row)
-        if MESSAGES_COLUMN in row:
+        if MESSAGES_COLUMN in row and s.messages_key != MESSAGES_COLUMN:
             raise ConfigurationError(
-                f"{path}:{line}: the row already has a {MESSAGES_COLUMN!r} field; prepare_data builds it from "
-                "--prompt-key/--response-key, so rename or drop that field first"
+                f"{path}:{line}: the row has a {MESSAGES_COLUMN!r} field, but conversations are read from "
+                f"--messages-key {s.messages_key!r} and the output's {MESSAGES_COLUMN!r} is built from them; "
+                "rename or drop that field first"
             )
         return None
 
@@ -293,6 +333,7 @@ class Scanner:
                         lines.append(line)
                     else:
                         bad.append(problem)
+                items = self._conversations(task.path, rows, lines, result, bad) if rows else []
                 if bad:
                     bad.sort(key=lambda b: b.line)
                     if s.on_error == "fail":
@@ -304,7 +345,7 @@ class Scanner:
                     for item in bad:
                         result.rejected[item.reason] += 1
                         rejects_handle.write(item.to_json())
-                self._filter_and_spill(task, rows, lines, result, arrays)
+                self._filter_and_spill(task, items, result, arrays)
                 if stop is not None and stop():
                     result.skipped = True
                     break
@@ -343,7 +384,7 @@ class Scanner:
         first = rows[0]
         keys = list(first) if len(set().union(*rows)) == len(first) else list(
             dict.fromkeys(k for row in rows for k in row))
-        if MESSAGES_COLUMN in keys or s.prompt_key not in keys or s.response_key not in keys:
+        if MESSAGES_COLUMN in keys or s.messages_key in keys or s.prompt_key not in keys or s.response_key not in keys:
             return False
         columns = {}
         for key in keys:
@@ -414,12 +455,68 @@ class Scanner:
             return True
         return all(v and not v.isspace() for v in array.filter(pa.array(~starts_visible)).to_pylist())
 
-    def _filter_and_spill(self, task: ScanTask, rows: list[dict], lines: list[int], result: TaskResult,
-                          arrays: dict[str, list]) -> None:
+    def _conversations(self, path: str, rows: list[dict], lines: list[int], result: TaskResult,
+                       bad: list[BadLine]) -> list[_Item]:
+        """The sample of each valid row: its messages (conversation rows; --system-prompt; replies
+        less their reasoning with --answers-only), the texts the filters and hashes use, and, with
+        --tokenizer, its exact token count. Rows the chat template refuses go to `bad`; rows left
+        with no answer by --answers-only are counted as filtered."""
+        from sft.chat_format import canonical_messages, split_reasoning
+
         s = self.s
-        if not rows:
+        items: list[_Item] = []
+        system = [{"role": "system", "content": s.system_prompt}] if s.system_prompt is not None else []
+        for line, row in zip(lines, rows):
+            if s.messages_key in row:
+                messages = canonical_messages(row[s.messages_key], s.reasoning_tags)
+                if system and messages[0]["role"] != "system":
+                    messages = system + messages
+                prompt = next(m["content"] for m in messages if m["role"] == "user")
+                custom = True
+            else:
+                prompt, response = row[s.prompt_key], row[s.response_key]
+                messages = system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+                custom = False
+            if s.answers_only:
+                replies = [split_reasoning(m["content"], s.reasoning_tags)[1] if m["role"] == "assistant" else None
+                           for m in messages]
+                if any(m["role"] == "assistant" and not reply.strip() for m, reply in zip(messages, replies)):
+                    result.filtered["no_answer_after_reasoning"] += 1
+                    continue
+                if any(reply is not None and reply != m["content"] for m, reply in zip(messages, replies)):
+                    messages = [dict(m, content=reply) if reply is not None else m for m, reply in zip(messages, replies)]
+                    custom = True
+            answer = split_reasoning(messages[-1]["content"], s.reasoning_tags)[1]
+            if custom:
+                head = orjson.dumps(messages[:-1]).decode()
+                items.append(_Item(row, line, prompt, answer, head, messages[-1]["content"], messages))
+            else:
+                items.append(_Item(row, line, prompt, answer, prompt, response, None))
+        if self.chat is not None and items:
+            counts, results = self.chat.count([item.messages or self._default(item) for item in items])
+            kept = []
+            for item, count, outcome in zip(items, counts, results):
+                if count is None:
+                    bad.append(BadLine(path, item.line, REASON_TEMPLATE,
+                                       f"{outcome}; fix the row's messages, or use a model whose template accepts them",
+                                       row=item.row))
+                    continue
+                item.tokens = count
+                item.flags = outcome.flags | set(outcome.outcomes)
+                kept.append(item)
+            items = kept
+        return items
+
+    def _default(self, item: _Item) -> list[dict]:
+        s = self.s
+        system = [{"role": "system", "content": s.system_prompt}] if s.system_prompt is not None else []
+        return system + [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": item.response}]
+
+    def _filter_and_spill(self, task: ScanTask, items: list[_Item], result: TaskResult, arrays: dict[str, list]) -> None:
+        s = self.s
+        if not items:
             return
-        keep = list(range(len(rows)))
+        keep = list(range(len(items)))
 
         def drop(indices: list[int], reason: str) -> None:
             nonlocal keep
@@ -433,11 +530,11 @@ class Scanner:
 
             no_answer, no_reference, wrong = [], [], []
             for i in keep:
-                predicted = extract_final_answer(rows[i][s.response_key])
+                predicted = extract_final_answer(items[i].answer)
                 if predicted is None:
                     no_answer.append(i)
                 elif s.check_answers:
-                    reference = self._reference(rows[i])
+                    reference = self._reference(items[i].row)
                     if reference is None:
                         no_reference.append(i)
                     elif not answers_match(predicted, reference):
@@ -447,20 +544,16 @@ class Scanner:
             drop(wrong, "wrong_answer")
 
         tokens: dict[int, int] | None = None
-        if self.counter is not None and keep:
-            prompts = [rows[i][s.prompt_key] for i in keep]
-            responses = [rows[i][s.response_key] for i in keep]
-            if not self.verified:  # prove the fast count equals verl's on real rows, once per process
-                self.counter.check_fast_path(prompts[:256], responses[:256])
-                self.counter.verify(prompts[:4], responses[:4], s.system_prompt)
-                self.verified = True
-            counted = self.counter.count(prompts, responses, s.system_prompt)
+        if self.chat is not None and keep:
+            counted = np.array([items[i].tokens for i in keep], dtype=np.int64)
             arrays["counted_tokens"].append(counted)
             tokens = dict(zip(keep, counted.tolist()))
+            for i in keep:
+                result.template_flags.update(items[i].flags)
         elif (s.min_tokens or s.max_tokens) and keep:
             tokens, missing = {}, []
             for i in keep:
-                value = rows[i].get(s.num_tokens_key)
+                value = items[i].row.get(s.num_tokens_key)
                 if type(value) in (int, float) and not (isinstance(value, float) and math.isnan(value)):
                     tokens[i] = value
                 else:
@@ -477,31 +570,39 @@ class Scanner:
         if not keep:
             return
 
-        kept = [rows[i] for i in keep]
-        order = (np.uint64(task.index) << np.uint64(32)) | np.array([lines[i] for i in keep], dtype=np.uint64)
+        kept = [items[i] for i in keep]
+        order = (np.uint64(task.index) << np.uint64(32)) | np.array([item.line for item in kept], dtype=np.uint64)
         if s.group_by == "prompt":
-            groups = [self.group_hash("p\x1f" + row[s.prompt_key]) for row in kept]
+            groups = [self.group_hash("p\x1f" + item.prompt) for item in kept]
         else:
             groups = [
-                self.group_hash("p\x1f" + row[s.prompt_key] if row.get(s.id_key) is None else "i\x1f" + str(row[s.id_key]))
-                for row in kept
+                self.group_hash("p\x1f" + item.prompt if item.row.get(s.id_key) is None
+                                else "i\x1f" + str(item.row[s.id_key]))
+                for item in kept
             ]
         groups = np.array(groups, dtype=np.uint64)
         arrays["order"].append(order)
         arrays["groups"].append(groups)
-        arrays["prompts"].append(np.array([self.prompt_hash(row[s.prompt_key]) for row in kept], dtype=np.uint64))
+        arrays["prompts"].append(np.array([self.prompt_hash(item.prompt) for item in kept], dtype=np.uint64))
         if s.dedup:
-            arrays["digests"].extend(_dedup_digest(row[s.prompt_key], row[s.response_key]) for row in kept)
+            arrays["digests"].extend(_dedup_digest(item.dedup_prompt, item.response) for item in kept)
 
-        added = {}
-        if tokens is not None and self.counter is not None:
+        conversations = [item.messages is not None for item in kept]
+        table_rows = [{k: v for k, v in item.row.items() if k != s.messages_key} if custom else item.row
+                      for item, custom in zip(kept, conversations)]
+        added: dict[str, Any] = {}
+        if tokens is not None and self.chat is not None:
             token_array = np.array([tokens[i] for i in keep], dtype=np.int64)
             arrays["tokens"].append(token_array)
             added[TOKENS_COLUMN] = token_array
+        if any(conversations):
+            added[CONVERSATION_COLUMN] = pa.array(
+                [orjson.dumps(item.messages).decode() if item.messages is not None else None for item in kept],
+                type=pa.string())
         added.update({GROUP_COLUMN: groups, ORDER_COLUMN: order})
-        self._spill(rows_to_table(kept), int(order[0]), added, bucket_of(order, s.seed, s.buckets))
+        self._spill(rows_to_table(table_rows), int(order[0]), added, bucket_of(order, s.seed, s.buckets))
 
-    def _spill(self, table: pa.Table, first_order: int, added: dict[str, np.ndarray], buckets: np.ndarray) -> None:
+    def _spill(self, table: pa.Table, first_order: int, added: dict[str, Any], buckets: np.ndarray) -> None:
         """Append `table`'s rows, with the `added` columns, to their buckets' spill files.
 
         `first_order` is the order key of the chunk's first row in input order (it fixes the
@@ -513,7 +614,9 @@ class Scanner:
         if TOKENS_COLUMN in table.column_names:
             table = table.drop_columns([TOKENS_COLUMN])
         for name, values in added.items():
-            table = table.append_column(name, pa.array(values, type=pa.int64() if name == TOKENS_COLUMN else pa.uint64()))
+            if not isinstance(values, pa.Array):
+                values = pa.array(values, type=pa.int64() if name == TOKENS_COLUMN else pa.uint64())
+            table = table.append_column(name, values)
         table = self.tracker.conform(table)
         if len(buckets) > 1 and (buckets[1:] < buckets[:-1]).any():
             by_bucket = np.argsort(buckets, kind="stable")
@@ -532,15 +635,14 @@ _INHERITED: dict[str, Any] = {}
 """Set by the parent before forking, so forked workers reuse its tokenizer and answers."""
 
 
-def load_counter(tokenizer_path: str):
-    from transformers import AutoTokenizer
+def load_counter(tokenizer_path: str, options: dict | None = None):
+    """The ChatFormat of a tokenizer (`options`: ChatFormat keyword arguments)."""
+    from sft.chat_format import ChatFormat
 
-    from sft.chat_tokens import ChatTokenCounter
-
-    return ChatTokenCounter(AutoTokenizer.from_pretrained(tokenizer_path))
+    return ChatFormat.load(tokenizer_path, **(options or {}))
 
 
-def worker_main(worker_id: int, settings: ScanSettings, tokenizer_path: str | None, answers_path_or_map,
+def worker_main(worker_id: int, settings: ScanSettings, tokenizer: tuple[str, dict] | None, answers_path_or_map,
                 tasks, results, stop_after) -> None:
     """Entry point of a worker process: scan tasks until a None arrives, then report the spill files."""
     import traceback
@@ -548,8 +650,8 @@ def worker_main(worker_id: int, settings: ScanSettings, tokenizer_path: str | No
     try:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker process
         counter = _INHERITED.get("counter")
-        if counter is None and tokenizer_path:
-            counter = load_counter(tokenizer_path)
+        if counter is None and tokenizer:
+            counter = load_counter(*tokenizer)
         answers = _INHERITED.get("answers", answers_path_or_map)
         scanner = Scanner(settings, answers, counter, worker_id)
         pending = 0

@@ -6,20 +6,27 @@ Usage:
         --tokenizer /models/Qwen2.5-7B-Instruct --max-length 4096 \\
         --require-final-answer --dedup --max-per-problem 4 --on-error skip
     python sft/prepare_data.py data.jsonl -o data/sft --answers answers.jsonl   # keep correct solutions only
+    python sft/prepare_data.py traces.jsonl -o data/sft --tokenizer Qwen/Qwen3-8B  # see what the template trains
 
 Writes, in the output directory (each file atomically; a stale file this run does not produce
 is removed; manifest.json is written last, so its presence means the run completed):
-    train.parquet    `messages` ([system?], user=prompt, assistant=response) + the input's fields
-                     (+ `sft_num_tokens`, the exact token count verl will see, with --tokenizer)
+    train.parquet    `messages` ([system?], user=prompt, assistant=response; or a row's own `messages`
+                     conversation) + the input's other fields (+ `sft_num_tokens`, the exact length of
+                     the training item, with --tokenizer); schema metadata `verl_sft` records the
+                     chat template settings training uses (sft/sft_dataset.py)
     val.parquet      same columns; absent with --val-split 0
     rejects.jsonl    with --on-error skip, one line per bad input row: file, line, reason, detail
     manifest.json    inputs (size, sha256), arguments, library versions, counts per stage (they
                      add up to the rows read), split and shuffle details, token summary with
                      `tokens.recommended_max_length` and `tokens.recommended_max_tokens_per_gpu`
 
-Every non-blank line is a row; each row ends in exactly one place: rejected (bad row, by
-reason), filtered (by reason, in this order: no_final_answer, no_reference_answer,
-wrong_answer, no_token_count, too_few_tokens, too_many_tokens, over_max_length), deduplicated,
+With --tokenizer every row is encoded through the model's chat template by sft/chat_format.py,
+the code training uses: the prompt with the generation prompt as context, the reply (reasoning
+included, unless --answers-only) and its end of turn trained; rows the template refuses are
+rejects. Every non-blank line is a row; each row ends in exactly one place: rejected (bad row, by
+reason), filtered (by reason, in this order: no_answer_after_reasoning, no_final_answer,
+no_reference_answer, wrong_answer, no_token_count, too_few_tokens, too_many_tokens,
+over_max_length), deduplicated,
 filtered as over_max_per_problem (the first K remaining solutions of a problem in input order
 are kept), train or val. The split is by problem (same id, or same prompt when a row has no
 id), exactly round(val_split x problems) problems in val, chosen by a seeded hash. Rows are
@@ -60,6 +67,7 @@ import pyarrow.parquet as pq
 
 from sft import data_scan
 from sft.data_scan import (
+    CONVERSATION_COLUMN,
     GROUP_COLUMN,
     INTERNAL_COLUMNS,
     MESSAGES_COLUMN,
@@ -124,6 +132,10 @@ class PrepareConfig:
     on_error: str = "fail"
     tokenizer: str | None = None
     max_length: int | None = None
+    messages_key: str = "messages"
+    answers_only: bool = False
+    reasoning_tags: str = "<think>,</think>"
+    chat_template_kwargs: dict | None = None
     compression: str = "snappy"
     workers: int = 0
     """0 = one per CPU core."""
@@ -159,10 +171,35 @@ class PrepareConfig:
             raise InputError(f"--workers must be 0 (one per core) or more, got {self.workers}")
         if self.compression not in ("snappy", "zstd", "lz4", "gzip", "none"):
             raise InputError(f"--compression must be snappy, zstd, lz4, gzip or none, got {self.compression!r}")
+        tags = self.reasoning_tags.split(",")
+        if len(tags) != 2 or not all(t.strip() for t in tags):
+            raise InputError(f"--reasoning-tags must be OPEN,CLOSE (two non-empty tags), got {self.reasoning_tags!r}")
+        if isinstance(self.chat_template_kwargs, str):
+            try:
+                self.chat_template_kwargs = orjson.loads(self.chat_template_kwargs)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(f"--chat-template-kwargs must be a JSON object, e.g. '{{\"enable_thinking\": false}}': "
+                                 f"{exc}") from None
+        if self.chat_template_kwargs is not None and not isinstance(self.chat_template_kwargs, dict):
+            raise InputError("--chat-template-kwargs must be a JSON object, e.g. '{\"enable_thinking\": false}'")
+        if self.chat_template_kwargs and "add_generation_prompt" in self.chat_template_kwargs:
+            raise InputError("--chat-template-kwargs cannot set add_generation_prompt: every trained turn's prompt is "
+                             "rendered with it on (the inference prompt), the conversation with it off")
+        if self.messages_key in (self.prompt_key, self.response_key):
+            raise InputError(f"--messages-key {self.messages_key!r} is also --prompt-key or --response-key")
 
     @property
     def check_answers(self) -> bool:
         return bool(self.answer_key or self.answers)
+
+    @property
+    def tags(self) -> tuple[str, str]:
+        opening, closing = (t.strip() for t in self.reasoning_tags.split(","))
+        return opening, closing
+
+    def chat_options(self) -> dict:
+        """ChatFormat keyword arguments (what training must use too)."""
+        return {"template_kwargs": self.chat_template_kwargs or {}, "reasoning_tags": self.tags}
 
 
 def _versions(names: Iterable[str]) -> dict[str, str]:
@@ -220,6 +257,9 @@ def load_answers(path: str, id_key: str) -> dict[str, str]:
         for line, record in zip(chunk.lines, chunk.rows):
             add(record, f"{path}:{line}")
     return answers
+
+
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
 
 def build_messages(prompts: pa.Array, responses: pa.Array, system_prompt: str | None) -> pa.Array:
@@ -290,21 +330,59 @@ class _Preparer:
         self.warnings: list[str] = []
         self.answers: dict[str, str] | None = None
         self.counter = None
+        self.template_flags: collections.Counter = collections.Counter()
 
     # -- setup ------------------------------------------------------------------------
     def _load_tokenizer(self) -> None:
-        path = self.config.tokenizer
-        if not os.path.exists(path):
-            raise InputError(f"--tokenizer {path} does not exist; pass a local model or tokenizer directory")
+        from sft.chat_format import ChatFormat, ConversationError, TemplateError, load_tokenizer
+
+        cfg = self.config
         try:
-            self.counter = data_scan.load_counter(path)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot use the tokenizer in {path}: {exc}") from exc
-        if "render" in self.counter.modes.values():
-            self.warnings.append(
-                f"the chat template of {path} rewrites message content, so tokens are counted by rendering "
-                "every message (exact but slow)"
-            )
+            self.counter = ChatFormat(load_tokenizer(cfg.tokenizer), name=cfg.tokenizer, **cfg.chat_options())
+            # The shape of every prompt/response row, with this run's system prompt: refused here, it is
+            # refused for all of them.
+            probe = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt is not None else []) + [
+                {"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]
+            self.counter.segments(probe)
+        except (TemplateError, ConversationError) as exc:
+            hint = (" Drop --system-prompt (the template has no system role) or put the instructions into the prompts."
+                    if cfg.system_prompt is not None and "system" in str(exc).lower() else "")
+            raise InputError(f"{exc}.{hint}") from None
+        self._check_text_encoder()
+
+    def _check_text_encoder(self, rows: int = 256) -> None:
+        """Compare the fast text encoder with the tokenizer library on the first rows' texts before any
+        worker starts, so every worker (and training, which reads the choice from the Parquet files)
+        uses the same one."""
+        from sft.chat_format import ConversationError, TemplateError, canonical_messages
+
+        cfg = self.config
+        system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt is not None else []
+        texts: list[str] = []
+        seen = 0
+        for path in self.files:
+            for chunk in JsonlReader(path, chunk_bytes=1 << 20):
+                for row in chunk.rows:
+                    try:
+                        if cfg.messages_key in row:
+                            messages = canonical_messages(row[cfg.messages_key], cfg.tags)
+                        elif isinstance(row.get(cfg.prompt_key), str) and isinstance(row.get(cfg.response_key), str):
+                            messages = system + [{"role": "user", "content": row[cfg.prompt_key]},
+                                                 {"role": "assistant", "content": row[cfg.response_key]}]
+                        else:
+                            continue
+                        texts.extend(segment.text for segment in self.counter.segments(messages).segments)
+                    except (TemplateError, ConversationError, KeyError, TypeError):
+                        continue
+                    seen += 1
+                    if seen >= rows:
+                        break
+                break  # the first chunk of each file is plenty
+            if seen >= rows:
+                break
+        if not self.counter.text.check(texts):
+            self.warnings.append("tiktoken's token ids differed from the tokenizer library's on a real sample, so every "
+                                 "text was encoded by the library (exact, slower)")
 
     def _settings(self, spill_dir: Path, buckets: int) -> ScanSettings:
         c = self.config
@@ -314,7 +392,8 @@ class _Preparer:
             require_final_answer=c.require_final_answer, answer_key=c.answer_key, check_answers=c.check_answers,
             min_tokens=c.min_tokens, max_tokens=c.max_tokens, max_length=c.max_length,
             num_tokens_key=c.num_tokens_key, dedup=c.dedup, on_error=c.on_error,
-            chunk_bytes=int(c.chunk_mb * (1 << 20)),
+            chunk_bytes=int(c.chunk_mb * (1 << 20)), messages_key=c.messages_key, answers_only=c.answers_only,
+            reasoning_tags=c.tags,
         )
 
     # -- pass 1: scan in parallel ---------------------------------------------------------
@@ -343,7 +422,8 @@ class _Preparer:
         processes = [
             context.Process(
                 target=data_scan.worker_main, daemon=True, name=f"prepare-data-{i}",
-                args=(i, settings, None if forked else self.config.tokenizer, None if forked else self.answers,
+                args=(i, settings, None if forked or not self.config.tokenizer else self._worker_tokenizer(),
+                      None if forked else self.answers,
                       task_queue, result_queue, stop_after),
             )
             for i in range(workers)
@@ -395,6 +475,13 @@ class _Preparer:
                 process.join(timeout=10)
         results.sort(key=lambda r: r.index)
         return results, spills
+
+    def _worker_tokenizer(self) -> tuple[str, dict]:
+        """What a worker started by spawn needs to build the same ChatFormat."""
+        options = self.config.chat_options()
+        if self.counter.text.fast is None:
+            options["fast_text"] = False
+        return self.config.tokenizer, options
 
     def _hash_inputs(self) -> tuple[threading.Thread, dict[str, str]]:
         digests: dict[str, str] = {}
@@ -509,18 +596,52 @@ class _Preparer:
         return info
 
     # -- pass 2: shuffle and write ------------------------------------------------------
+    def _encoding_record(self) -> dict:
+        """How the messages are to be encoded; written into each Parquet file's schema metadata
+        (sft_dataset.METADATA_KEY) so that training encodes them as this run counted them."""
+        cfg = self.config
+        record = {"version": 1, "template_kwargs": cfg.chat_template_kwargs or {}, "reasoning_tags": list(cfg.tags),
+                  "answers_only": cfg.answers_only}
+        if self.counter is not None:
+            described = self.counter.describe()
+            record.update(tokenizer=described["tokenizer"], chat_template_sha256=described["chat_template_sha256"],
+                          text_encoder=described["text_encoder"])
+        return record
+
     def _output_schema(self) -> pa.Schema:
-        fields = [pa.field(MESSAGES_COLUMN, pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))]
+        from sft.sft_dataset import METADATA_KEY
+
+        fields = [pa.field(MESSAGES_COLUMN, MESSAGES_TYPE)]
         fields += [f for f in self.spill_schema if f.name not in INTERNAL_COLUMNS]
-        return pa.schema(fields)
+        return pa.schema(fields, metadata={METADATA_KEY: orjson.dumps(self._encoding_record())})
 
     def _to_output(self, table: pa.Table, schema: pa.Schema) -> pa.Table:
         cfg = self.config
-        prompts = table.column(cfg.prompt_key).combine_chunks()
-        responses = table.column(cfg.response_key).combine_chunks()
-        messages = build_messages(prompts, responses, cfg.system_prompt)
+        names = table.column_names
+        conversations = table.column(CONVERSATION_COLUMN) if CONVERSATION_COLUMN in names else None
+        if conversations is not None and conversations.null_count < table.num_rows:
+            messages = self._mixed_messages(table, conversations)
+        else:
+            prompts = table.column(cfg.prompt_key).combine_chunks()
+            responses = table.column(cfg.response_key).combine_chunks()
+            messages = build_messages(prompts, responses, cfg.system_prompt)
         columns = [messages] + [table.column(name) for name in schema.names[1:]]
         return pa.Table.from_arrays(columns, schema=schema)
+
+    def _mixed_messages(self, table: pa.Table, conversations: pa.ChunkedArray) -> pa.Array:
+        """Messages of a slice holding conversation rows (stored as JSON) and maybe prompt/response rows."""
+        cfg = self.config
+        names = table.column_names
+        n = table.num_rows
+        prompts = table.column(cfg.prompt_key).to_pylist() if cfg.prompt_key in names else [None] * n
+        responses = table.column(cfg.response_key).to_pylist() if cfg.response_key in names else [None] * n
+        system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt is not None else []
+        rows = [
+            orjson.loads(text) if text is not None else
+            system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+            for text, prompt, response in zip(conversations.to_pylist(), prompts, responses)
+        ]
+        return pa.array(rows, type=MESSAGES_TYPE)
 
     def _read_bucket(self, bucket: int) -> pa.Table:
         tables = []
@@ -588,11 +709,11 @@ class _Preparer:
         cfg = self.config
         kept = self.kept_tokens
         summary: dict[str, Any] = {
-            "tokenizer": os.path.abspath(cfg.tokenizer),
-            "counted_as": "verl MultiTurnSFTDataset: each message templated alone, default system block cut "
-            "from every non-first non-system message; chat template and EOS included",
-            "template_modes": self.counter.modes,
-            "encoder": self.counter.encoder,
+            "tokenizer": os.path.abspath(cfg.tokenizer) if os.path.exists(cfg.tokenizer) else cfg.tokenizer,
+            "counted_as": "sft.chat_format, the encoding training uses (sft/sft_dataset.py): the prompt as the chat "
+            "template renders it with the generation prompt, then every reply in the template's format with its "
+            "end of turn",
+            "text_encoder": self.counter.text.text_encoder,
             "max_length": cfg.max_length,
             "before_length_filters": length_summary(self.counted_tokens, cfg.max_length),
             "kept": length_summary(kept),
@@ -614,6 +735,31 @@ class _Preparer:
                     f"the longest sample has {int(kept.max())} tokens but 99.9% have at most {p999}; "
                     f"--max-length {p999} would drop {longer} sample(s) and allow a much smaller MAX_LENGTH"
                 )
+        return summary
+
+    def _template_summary(self, train_file: Path | None) -> dict | None:
+        """What the chat template did to the replies, with the first training sample as an example."""
+        if self.counter is None:
+            return None
+        from sft.chat_format import FLAG_EXPLANATIONS, OUTCOME_INSERTED, OUTCOME_TEMPLATE, OUTCOME_WHITESPACE
+
+        outcomes = (OUTCOME_TEMPLATE, OUTCOME_WHITESPACE, OUTCOME_INSERTED)
+        summary: dict[str, Any] = dict(self.counter.describe())
+        summary["answers_only"] = self.config.answers_only
+        summary["replies"] = {name: self.template_flags[name] for name in outcomes if self.template_flags[name]}
+        summary["rows_by_flag"] = {
+            flag: {"rows": count, "meaning": FLAG_EXPLANATIONS.get(flag, flag)}
+            for flag, count in sorted(self.template_flags.items()) if flag not in (OUTCOME_TEMPLATE,)
+            and (flag not in outcomes or flag in FLAG_EXPLANATIONS)
+        }
+        if train_file is not None:
+            first = pq.ParquetFile(train_file).read_row_group(0, columns=[MESSAGES_COLUMN]).slice(0, 1)
+            messages = first.column(MESSAGES_COLUMN).to_pylist()[0]
+            summary["example"] = {"messages_roles": [m["role"] for m in messages],
+                                  "segments": self.counter.explain(messages).splitlines()}
+        for flag in ("prompt_opens_reasoning_reply_never_closes_it", "reasoning_never_closed", "no_end_of_turn_token"):
+            if self.template_flags[flag]:
+                self.warnings.append(f"{self.template_flags[flag]:,} row(s): {FLAG_EXPLANATIONS[flag]}")
         return summary
 
     # -- everything -------------------------------------------------------------------
@@ -657,6 +803,7 @@ class _Preparer:
                 self.counts.blank_lines += result.blank_lines
                 self.counts.rejected.update(result.rejected)
                 self.counts.filtered.update(result.filtered)
+                self.template_flags.update(result.template_flags)
             # sha256 of the inputs runs beside the write pass, which leaves a core partly idle
             # (the scan keeps every core busy)
             hash_thread, digests = self._hash_inputs()
@@ -667,6 +814,7 @@ class _Preparer:
             if len(self.kept_groups):
                 produced = self._pass2(tmp_dir, progress_factory)
             tokens = self._token_summary()
+            template = self._template_summary(produced.get("train"))
             if not self.counts.balanced():  # a bug, never bad input: every row must be accounted for
                 raise RuntimeError(f"internal error: stage counts do not add up: {self.counts.as_dict()}")
             rejects_count = self._write_rejects(results, tmp_dir / "rejects.jsonl") if cfg.on_error == "skip" else 0
@@ -712,6 +860,8 @@ class _Preparer:
             }
             if tokens is not None:
                 manifest["tokens"] = tokens
+            if template is not None:
+                manifest["chat_template"] = template
 
             # Publish: drop the old manifest first so a crash mid-publish never leaves a manifest
             # describing files from two different runs; then the data files; the manifest last.
@@ -845,7 +995,22 @@ def build_parser() -> argparse.ArgumentParser:
     fields.add_argument("--prompt-key", default=defaults.prompt_key, help="field with the problem text (user message)")
     fields.add_argument("--response-key", default=defaults.response_key, help="field with the solution (assistant message)")
     fields.add_argument("--id-key", default=defaults.id_key, help="field with the problem id")
-    fields.add_argument("--system-prompt", default=None, help="system message to put first in every sample (unset: none)")
+    fields.add_argument("--system-prompt", default=None,
+                        help="system message to put first in every sample that has none (unset: none)")
+    fields.add_argument("--messages-key", default=defaults.messages_key,
+                        help="field of rows that are whole conversations: an OpenAI-style list of {role, content"
+                        "[, reasoning_content]}; every assistant turn is trained. Rows without it use --prompt-key "
+                        "and --response-key")
+    chat = parser.add_argument_group("chat template and reasoning")
+    chat.add_argument("--answers-only", action="store_true",
+                      help="remove the reasoning (everything up to the closing tag of --reasoning-tags) from every "
+                      "reply and train on the answers only; default: the reasoning is trained, whatever the template "
+                      "does with it")
+    chat.add_argument("--reasoning-tags", default=defaults.reasoning_tags, metavar="OPEN,CLOSE",
+                      help="the tags that delimit reasoning in replies")
+    chat.add_argument("--chat-template-kwargs", default=None, metavar="JSON",
+                      help="extra variables for the chat template, recorded for training too, "
+                      "e.g. '{\"enable_thinking\": false}' for Qwen3 replies without reasoning")
     filters = parser.add_argument_group("quality filters (all off by default; every drop is counted)")
     filters.add_argument("--dedup", action="store_true",
                          help="drop exact duplicate (prompt, response) pairs after whitespace normalisation; the first is kept")
@@ -859,15 +1024,16 @@ def build_parser() -> argparse.ArgumentParser:
     filters.add_argument("--max-per-problem", type=int, default=None, metavar="K",
                          help="keep at most K solutions per problem (the first K in input order)")
     filters.add_argument("--min-tokens", type=int, default=None,
-                         help="drop samples with fewer tokens (with --tokenizer: the chat-templated count verl sees; "
+                         help="drop samples with fewer tokens (with --tokenizer: the chat-templated count training sees; "
                          "without: the --num-tokens-key field)")
     filters.add_argument("--max-tokens", type=int, default=None, help="drop samples with more tokens (same count as --min-tokens)")
     filters.add_argument("--num-tokens-key", default=defaults.num_tokens_key,
                          help="field with a token count, used by --min/--max-tokens when there is no --tokenizer")
     tokens = parser.add_argument_group("token budget")
-    tokens.add_argument("--tokenizer", default=None, metavar="PATH",
-                        help="local tokenizer/model directory: count every sample's tokens exactly as verl will, "
-                        "print a length summary and recommend MAX_LENGTH and MAX_TOKENS_PER_GPU")
+    tokens.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID",
+                        help="the model's tokenizer (local directory or Hugging Face id): encode every sample through "
+                        "its chat template exactly as training will, count its tokens, refuse rows the template "
+                        "refuses, show what is trained, recommend MAX_LENGTH and MAX_TOKENS_PER_GPU")
     tokens.add_argument("--max-length", type=int, default=None,
                         help="verl's data.max_length in tokens: longer samples are dropped (counted as over_max_length) "
                         "so training with truncation=error never stops on one (needs --tokenizer)")
@@ -892,7 +1058,9 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
         require_final_answer=args.require_final_answer, dedup=args.dedup, max_per_problem=args.max_per_problem,
         min_tokens=args.min_tokens, max_tokens=args.max_tokens, num_tokens_key=args.num_tokens_key,
         answer_key=args.answer_key, answers=args.answers, on_error=args.on_error, tokenizer=args.tokenizer,
-        max_length=args.max_length, shuffle_buffer_mb=args.shuffle_buffer_mb, chunk_mb=args.chunk_mb,
+        max_length=args.max_length, messages_key=args.messages_key, answers_only=args.answers_only,
+        reasoning_tags=args.reasoning_tags, chat_template_kwargs=args.chat_template_kwargs,
+        shuffle_buffer_mb=args.shuffle_buffer_mb, chunk_mb=args.chunk_mb,
         task_mb=args.task_mb, workers=args.workers, compression=args.compression, progress=not args.no_progress,
     )
 
@@ -914,6 +1082,25 @@ def format_report(manifest: dict, output_dir: str) -> str:
     split = manifest["split"]
     lines.append(f"train {c['train']:,} rows, val {c['val']:,} rows "
                  f"({split['problems']:,} problems, {split['val_problems']:,} in val)")
+    template = manifest.get("chat_template")
+    if template:
+        from sft.chat_format import OUTCOME_INSERTED, OUTCOME_TEMPLATE, OUTCOME_WHITESPACE
+
+        lines.append(f"chat template of {template['tokenizer']}: generation prompt {template['generation_prompt']!r}, "
+                     f"end of turn {template['end_of_turn']!r}"
+                     + (f", kwargs {template['template_kwargs']}" if template["template_kwargs"] else "")
+                     + ("; reasoning removed (--answers-only)" if template["answers_only"] else ""))
+        names = {OUTCOME_TEMPLATE: "as the template writes them", OUTCOME_WHITESPACE: "with the template's whitespace",
+                 OUTCOME_INSERTED: "inserted unchanged where the template drops part of them"}
+        replies = ", ".join(f"{n:,} {names[k]}" for k, n in template["replies"].items())
+        if replies:
+            lines.append(f"  replies trained: {replies}")
+        for flag, info in template["rows_by_flag"].items():
+            if flag != OUTCOME_TEMPLATE:
+                lines.append(f"  {info['rows']:,} row(s): {info['meaning']}")
+        if "example" in template:
+            lines.append("first training sample (context: loss off, trained: loss on):")
+            lines.extend(template["example"]["segments"])
     tokens = manifest.get("tokens")
     if tokens:
         lines.append(format_summary(tokens["before_length_filters"], "tokens per sample (before length filters)"))

@@ -318,10 +318,15 @@ def test_interrupted_run_leaves_previous_outputs_and_no_partial_files(tmp_path, 
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_messages_column_in_input_is_refused(tmp_path):
+def test_a_messages_field_is_the_conversation_and_is_never_overwritten(tmp_path):
+    # A row's `messages` is its sample (a conversation); one that is not a usable conversation is a
+    # bad row, never replaced by messages built from the prompt and response fields.
     source = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "generated_solution": "s", "messages": []}])
-    with pytest.raises(InputError, match="a.jsonl:1: .*'messages'"):
+    with pytest.raises(DataError, match="a.jsonl:1: field 'messages' is not a non-empty list of messages"):
         run(tmp_path, [source])
+    # With conversations read from another field, a `messages` field would clash with the output's.
+    with pytest.raises(InputError, match="a.jsonl:1: .*'messages'"):
+        run(tmp_path, [source], messages_key="conversation")
 
 
 # ---------------------------------------------------------------------------------------
@@ -406,8 +411,10 @@ def test_token_summary_and_recommendation(tmp_path, tiny_model_dir):
     assert_balanced(manifest, source)
 
 
-def test_verl_dataset_reads_output_and_masks_only_the_response(tmp_path, tiny_model_dir, data_tiny_tokenizer):
+def test_training_dataset_reads_output_and_masks_only_the_response(tmp_path, tiny_model_dir, data_tiny_tokenizer):
     from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+
+    from sft.sft_dataset import ChatTemplateSFTDataset
 
     rows = make_rows(problems=6, per_problem=2)
     rows[0]["generated_solution"] = "\n  leading whitespace. \\boxed{1}"
@@ -418,19 +425,22 @@ def test_verl_dataset_reads_output_and_masks_only_the_response(tmp_path, tiny_mo
         manifest = run(tmp_path, [source], tokenizer=str(tiny_model_dir), system_prompt=system, val_split=0.0)
         path = tmp_path / "out" / "train.parquet"
         table = read(path)
-        dataset = MultiTurnSFTDataset(str(path), tokenizer, {"max_length": manifest["tokens"]["recommended_max_length"],
-                                                            "truncation": "error", "pad_mode": "no_padding"})
+        config = {"max_length": manifest["tokens"]["recommended_max_length"], "truncation": "error",
+                  "pad_mode": "no_padding"}
+        dataset = ChatTemplateSFTDataset(str(path), tokenizer, config)
+        verl_dataset = MultiTurnSFTDataset(str(path), tokenizer, config)  # this template renders per message
         assert len(dataset) == len(table) == 12
         for i, row in enumerate(table):
             item = dataset[i]
             ids, mask = item["input_ids"].tolist(), item["loss_mask"].tolist()
-            assert len(ids) == row["sft_num_tokens"]  # our count is verl's length
+            assert len(ids) == row["sft_num_tokens"]  # our count is the training item's length
+            assert ids == verl_dataset[i]["input_ids"].tolist()  # the same tokens verl's own dataset builds
             trained = [t for t, m in zip(ids, mask) if m]
-            # exactly the response, its EOS and the template's newline after it are trained on
-            assert tokenizer.decode(trained) == row["generated_solution"] + "<|im_end|>\n"
-            assert trained[-2] == eos
+            # exactly the response and its end of turn are trained on; the newline after it is not
+            assert tokenizer.decode(trained) == row["generated_solution"] + "<|im_end|>"
+            assert trained[-1] == eos
             start = mask.index(1)
-            assert all(mask[start:]) and not any(mask[:start])
+            assert all(mask[start:-1]) and not any(mask[:start]) and mask[-1] == 0
             prefix = tokenizer.decode(ids[:start])
             assert prefix.endswith("<|im_start|>assistant\n") and row["prompt"] in prefix
             assert (system is None) == ("<|im_start|>system" not in prefix)
