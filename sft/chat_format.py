@@ -53,6 +53,9 @@ from typing import Iterable, Sequence
 
 REASONING_TAGS = ("<think>", "</think>")
 """The reasoning delimiters of Qwen3, QwQ, DeepSeek-R1 and their distills (configurable)."""
+PARQUET_METADATA_KEY = b"verl_sft"
+"""Key of the JSON in a Parquet file's schema metadata that records how prepare_data encoded it
+(template kwargs, reasoning tags, text encoder); sft/sft_dataset.py trains with the same."""
 
 _REPLY = "\u27e6SFT-REPLY\u27e7"
 _PROBE_USER = "What is 2 + 2?"

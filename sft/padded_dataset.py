@@ -1,4 +1,4 @@
-"""verl's SFT dataset with every sample padded to data.max_length: the original design's cost model.
+"""The training dataset with every sample padded to data.max_length: the original design's cost model.
 
 Usage (scripts/benchmark_training.py's `original` configuration does this):
     scripts/run_sft_training.sh data.custom_cls.path=$PWD/sft/padded_dataset.py \\
@@ -6,7 +6,8 @@ Usage (scripts/benchmark_training.py's `original` configuration does this):
 
 The original design trained with verl's old trainer, which right-padded every sample to
 `data.max_length`. verl 0.9.1's engine accepts only unpadded (nested) samples, so this dataset
-appends `max_length - len` pad tokens to each sample with a zero loss mask and continuing
+(the launchers' own, sft/sft_dataset.py, so that padding is the only difference) appends
+`max_length - len` pad tokens to each sample with a zero loss mask and continuing
 position ids. Training is unchanged (the pads come after every real token, so causal attention
 never lets a real token see them, and they carry no loss), while the compute is that of padding
 to max_length. Only for benchmarking; never use it to train.
@@ -14,12 +15,18 @@ to max_length. Only for benchmarking; never use it to train.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 
-from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+if __package__ in (None, ""):  # loaded by file path (verl's load_extern_object): make `import sft.x` work
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sft.sft_dataset import ChatTemplateSFTDataset
 
 
-class PadToMaxLengthDataset(MultiTurnSFTDataset):
+class PadToMaxLengthDataset(ChatTemplateSFTDataset):
     def __getitem__(self, item):
         sample = super().__getitem__(item)
         length = sample["input_ids"].shape[0]

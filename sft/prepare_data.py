@@ -161,7 +161,7 @@ class PrepareConfig:
             raise InputError(f"--min-tokens {self.min_tokens} is above --max-tokens {self.max_tokens}")
         if self.max_length is not None and self.tokenizer is None:
             raise InputError(
-                "--max-length needs --tokenizer: the limit applies to the tokens verl counts through the chat template"
+                "--max-length needs --tokenizer: the limit applies to the tokens training sees through the chat template"
             )
         if self.answer_key and self.answers:
             raise InputError("use either --answer-key (a field of each row) or --answers FILE, not both")
@@ -598,7 +598,7 @@ class _Preparer:
     # -- pass 2: shuffle and write ------------------------------------------------------
     def _encoding_record(self) -> dict:
         """How the messages are to be encoded; written into each Parquet file's schema metadata
-        (sft_dataset.METADATA_KEY) so that training encodes them as this run counted them."""
+        (chat_format.PARQUET_METADATA_KEY) so that training encodes them as this run counted them."""
         cfg = self.config
         record = {"version": 1, "template_kwargs": cfg.chat_template_kwargs or {}, "reasoning_tags": list(cfg.tags),
                   "answers_only": cfg.answers_only}
@@ -609,11 +609,11 @@ class _Preparer:
         return record
 
     def _output_schema(self) -> pa.Schema:
-        from sft.sft_dataset import METADATA_KEY
+        from sft.chat_format import PARQUET_METADATA_KEY
 
         fields = [pa.field(MESSAGES_COLUMN, MESSAGES_TYPE)]
         fields += [f for f in self.spill_schema if f.name not in INTERNAL_COLUMNS]
-        return pa.schema(fields, metadata={METADATA_KEY: orjson.dumps(self._encoding_record())})
+        return pa.schema(fields, metadata={PARQUET_METADATA_KEY: orjson.dumps(self._encoding_record())})
 
     def _to_output(self, table: pa.Table, schema: pa.Schema) -> pa.Table:
         cfg = self.config
@@ -752,7 +752,7 @@ class _Preparer:
             for flag, count in sorted(self.template_flags.items()) if flag not in (OUTCOME_TEMPLATE,)
             and (flag not in outcomes or flag in FLAG_EXPLANATIONS)
         }
-        if train_file is not None:
+        if train_file is not None and self.counts.train:
             first = pq.ParquetFile(train_file).read_row_group(0, columns=[MESSAGES_COLUMN]).slice(0, 1)
             messages = first.column(MESSAGES_COLUMN).to_pylist()[0]
             summary["example"] = {"messages_roles": [m["role"] for m in messages],

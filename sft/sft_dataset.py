@@ -29,10 +29,8 @@ if __package__ in (None, ""):  # loaded by file path (verl's load_extern_object)
 import torch
 from torch.utils.data import Dataset
 
+from sft.chat_format import PARQUET_METADATA_KEY as METADATA_KEY
 from sft.chat_format import ChatFormat, ConversationError, TemplateError
-
-METADATA_KEY = b"verl_sft"
-"""Key of the JSON in a Parquet file's schema metadata that records how prepare_data encoded it."""
 
 
 def read_encoding_metadata(path: str | os.PathLike) -> dict | None:

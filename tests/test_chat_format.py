@@ -330,3 +330,25 @@ def test_a_short_training_run_through_the_launcher_completes(family, tmp_path, t
     assert "[verl-sft] dataset train.parquet: 32 of 32 rows" in result.stdout
     trained = [line for line in result.stdout.splitlines() if line.startswith("  trained")]
     assert trained and "<think>" in trained[0] and END_OF_TURN[family] in trained[0]
+
+
+def test_tokenizer_may_be_a_hugging_face_id_from_the_local_cache(family_dirs, tmp_path, tiny_model_dir):
+    import os
+    import shutil
+
+    # The layout huggingface_hub downloads into: a model repo's files in a snapshot that refs/main names.
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--verl-sft--tiny-gemma" / "snapshots" / ("0" * 40)
+    shutil.copytree(family_dirs["gemma-2-it"], snapshot)
+    shutil.copy(tiny_model_dir / "config.json", snapshot / "config.json")
+    (cache / "models--verl-sft--tiny-gemma" / "refs").mkdir()
+    (cache / "models--verl-sft--tiny-gemma" / "refs" / "main").write_text("0" * 40)
+    source = _write_rows(tmp_path / "rows.jsonl", PROMPTS, PLAIN)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(REPO_ROOT / "sft" / "prepare_data.py"), str(source), "-o", str(tmp_path / "out"),
+               "--tokenizer", "verl-sft/tiny-gemma", "--val-split", "0", "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "chat template of verl-sft/tiny-gemma: generation prompt '<start_of_turn>model\\n'" in result.stdout
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["tokens"]["tokenizer"] == "verl-sft/tiny-gemma"
