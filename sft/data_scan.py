@@ -37,9 +37,16 @@ import pyarrow.ipc as ipc
 from sft.jsonl_io import BadLine, JsonlReader, SchemaTracker, line_boundaries, rows_to_table, values_to_array
 
 TASK_BYTES = 32 << 20
+HEAVY_TASK_BYTES = 512 << 10
+"""Task size when every row is graded (--answer-key/--answers): milliseconds a row, so more, smaller tasks."""
 ORDER_COLUMN = "__sft_order"
 GROUP_COLUMN = "__sft_group"
 TOKENS_COLUMN = "sft_num_tokens"
+ANSWER_COLUMN = "sft_answer"
+"""With --answer-key/--answers: the answer the grader found in the kept solution."""
+RULE_COLUMN = "sft_answer_rule"
+"""... and how it found it (sft.math_answers.RULES, or strict)."""
+GRADING_COLUMNS = (ANSWER_COLUMN, RULE_COLUMN)
 MESSAGES_COLUMN = "messages"
 CONVERSATION_COLUMN = "__sft_messages"
 """JSON of the messages to train on, for rows whose messages are not [system?, prompt, response]
@@ -60,6 +67,7 @@ ROW_FILTERS = (
     "no_answer_after_reasoning",
     "no_final_answer",
     "no_reference_answer",
+    "no_answer_found",
     "wrong_answer",
     "no_token_count",
     "too_few_tokens",
@@ -104,6 +112,7 @@ class ScanSettings:
     on_error: str = "fail"
     chunk_bytes: int = 8 << 20
     messages_key: str = "messages"
+    strict_grading: bool = False
     answers_only: bool = False
     reasoning_tags: tuple[str, str] = ("<think>", "</think>")
 
@@ -120,6 +129,10 @@ class TaskResult:
     filtered: collections.Counter = field(default_factory=collections.Counter)
     first_bad: BadLine | None = None
     rejects_path: str | None = None
+    drops_path: str | None = None
+    """rows the answer filters dropped, one JSON line each (task-relative line numbers)"""
+    grading_rules: collections.Counter = field(default_factory=collections.Counter)
+    grading_outcomes: collections.Counter = field(default_factory=collections.Counter)
     skipped: bool = False
     # one entry per row that reached the spill, in input order
     order: np.ndarray | None = None
@@ -214,6 +227,8 @@ class _Item:
     """The messages to train on when they are not [system?, prompt, response] (None: built at output)."""
     tokens: int | None = None
     flags: set[str] = field(default_factory=set)
+    graded: tuple[str, str] | None = None
+    """(answer, rule) found by the grader in a kept solution"""
 
 
 _ID_TYPES = (pa.int64(), pa.float64(), pa.string(), pa.null())
@@ -512,6 +527,35 @@ class Scanner:
         system = [{"role": "system", "content": s.system_prompt}] if s.system_prompt is not None else []
         return system + [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": item.response}]
 
+    def _grade(self, task: ScanTask, items: list[_Item], keep: list[int], result: TaskResult, drop) -> None:
+        """--answer-key/--answers: keep the rows whose conclusion is the reference answer (sft.math_answers.grade);
+        every dropped row goes to the task's drops file with what the grader found."""
+        from sft.math_answers import grade
+
+        reasons = {"no_reference": "no_reference_answer", "no_answer": "no_answer_found", "wrong": "wrong_answer"}
+        dropped: dict[str, list[int]] = collections.defaultdict(list)
+        records = []
+        for i in keep:
+            reference = self._reference(items[i].row)
+            verdict = grade(items[i].answer, reference, items[i].prompt, strict=self.s.strict_grading)
+            result.grading_outcomes[verdict.outcome] += 1
+            result.grading_rules[verdict.rule] += 1
+            if verdict.outcome == "correct":
+                items[i].graded = (verdict.answer, verdict.rule)
+                continue
+            dropped[reasons[verdict.outcome]].append(i)
+            records.append(orjson.dumps({"file": task.path, "line": items[i].line, "reason": reasons[verdict.outcome],
+                                         "rule": verdict.rule, "answer": verdict.answer, "reference": reference,
+                                         "row": items[i].row}, option=orjson.OPT_SERIALIZE_NUMPY, default=str) + b"\n")
+        for reason in ("no_reference_answer", "no_answer_found", "wrong_answer"):
+            drop(dropped[reason], reason)
+        if records:
+            if result.drops_path is None:
+                fd, result.drops_path = tempfile.mkstemp(dir=self.s.spill_dir, prefix=f"drops-{task.index:06d}-")
+                os.close(fd)
+            with open(result.drops_path, "ab") as handle:
+                handle.writelines(records)
+
     def _filter_and_spill(self, task: ScanTask, items: list[_Item], result: TaskResult, arrays: dict[str, list]) -> None:
         s = self.s
         if not items:
@@ -525,23 +569,12 @@ class Scanner:
                 gone = set(indices)
                 keep = [i for i in keep if i not in gone]
 
-        if s.require_final_answer or s.check_answers:
-            from sft.math_answers import answers_match, extract_final_answer
+        if s.require_final_answer:
+            from sft.math_answers import extract_final_answer
 
-            no_answer, no_reference, wrong = [], [], []
-            for i in keep:
-                predicted = extract_final_answer(items[i].answer)
-                if predicted is None:
-                    no_answer.append(i)
-                elif s.check_answers:
-                    reference = self._reference(items[i].row)
-                    if reference is None:
-                        no_reference.append(i)
-                    elif not answers_match(predicted, reference):
-                        wrong.append(i)
-            drop(no_answer, "no_final_answer")
-            drop(no_reference, "no_reference_answer")
-            drop(wrong, "wrong_answer")
+            drop([i for i in keep if extract_final_answer(items[i].answer) is None], "no_final_answer")
+        if s.check_answers:
+            self._grade(task, items, keep, result, drop)
 
         tokens: dict[int, int] | None = None
         if self.chat is not None and keep:
@@ -595,6 +628,9 @@ class Scanner:
             token_array = np.array([tokens[i] for i in keep], dtype=np.int64)
             arrays["tokens"].append(token_array)
             added[TOKENS_COLUMN] = token_array
+        if s.check_answers:
+            added[ANSWER_COLUMN] = pa.array([item.graded[0] for item in kept], type=pa.string())
+            added[RULE_COLUMN] = pa.array([item.graded[1] for item in kept], type=pa.string())
         if any(conversations):
             added[CONVERSATION_COLUMN] = pa.array(
                 [orjson.dumps(item.messages).decode() if item.messages is not None else None for item in kept],
@@ -611,8 +647,11 @@ class Scanner:
         for name in table.column_names:
             if name not in self.first_seen:
                 self.first_seen[name] = first_order
-        if TOKENS_COLUMN in table.column_names:
-            table = table.drop_columns([TOKENS_COLUMN])
+        ours = [name for name in (TOKENS_COLUMN, *GRADING_COLUMNS) if name in table.column_names and name in added]
+        if TOKENS_COLUMN in table.column_names and TOKENS_COLUMN not in ours:
+            ours.append(TOKENS_COLUMN)
+        if ours:  # an input field of the same name is replaced by this run's value
+            table = table.drop_columns(ours)
         for name, values in added.items():
             if not isinstance(values, pa.Array):
                 values = pa.array(values, type=pa.int64() if name == TOKENS_COLUMN else pa.uint64())

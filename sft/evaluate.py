@@ -6,6 +6,12 @@ Usage:
     python -m sft.evaluate MODEL_DIR val.parquet -o outputs/eval/tuned --baseline outputs/eval/base/summary.json
     python sft/evaluate.py --help
 
+Grading: an output is correct when what it concludes is the reference answer (math-verify
+equivalence): a `\\boxed{}`, "the answer is", an `Answer:` line, bold, a closing equation or a
+concluding sentence ("Therefore, there are 12 ..."), found by sft/math_answers.py's
+find_conclusion (`--strict-grading`: the standard forms only). The summary also reports, apart,
+how many outputs state a final answer in a standard form: a format, not correctness.
+
 Input (one row per problem):
   * Parquet or JSONL with a `messages` column (as sft/prepare_data.py writes for verl): the
     messages before the last assistant message are the prompt (a system message included),
@@ -24,8 +30,9 @@ plus the token that closes an assistant turn in the chat template). `--backend t
 `--backend vllm` uses vLLM when it is installed.
 
 Output (in --output-dir, each file written atomically):
-  results.jsonl   one record per input row: prompt, output, predicted and reference answers,
-                  correct, has_final_answer, truncated, output_tokens (or status "skipped").
+  results.jsonl   one record per input row: prompt, output, predicted answer and the rule that
+                  found it (answer_rule), reference answer, correct, has_final_answer (a standard
+                  form), truncated, output_tokens (or status "skipped").
   summary.json    accuracy, final-answer rate, truncation rate (hit --max-new-tokens without
                   EOS), mean output length in tokens, counts, and the settings used.
   summary.md      the same as a Markdown table (and comparison.md with --baseline).
@@ -62,7 +69,8 @@ from typing import Any, NamedTuple
 
 from sft.cli import HelpFormatter
 from sft.jsonl_io import atomic_path
-from sft.math_answers import answers_match, extract_final_answer, reference_answer
+from sft.math_answers import extract_final_answer, reference_answer
+from sft.math_answers import grade as grade_solution
 
 BACKENDS = ("transformers", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -427,19 +435,25 @@ def generate_vllm(
 # --------------------------------------------------------------------------- grading and summary
 
 
-def grade(sample: EvalSample, generation: Generation) -> dict:
-    """The per-sample record for a generated answer."""
-    predicted = extract_final_answer(generation.text)
+def grade(sample: EvalSample, generation: Generation, strict: bool = False) -> dict:
+    """The per-sample record for a generated answer: correctness by what the output concludes
+    (sft.math_answers.grade; `strict`: standard forms only), and separately whether it states a
+    final answer in a standard form (`has_final_answer`), so format never passes for correctness."""
+    from sft.chat_format import split_reasoning
+
+    answer_part = split_reasoning(generation.text)[1]  # a reasoning model's answer follows </think>
+    verdict = grade_solution(answer_part, sample.reference_answer, sample.messages[-1]["content"], strict=strict)
     return {
         "index": sample.index,
         "id": sample.id,
         "status": "graded",
         "prompt": sample.messages[-1]["content"],
         "output": generation.text,
-        "predicted_answer": predicted,
+        "predicted_answer": verdict.answer,
+        "answer_rule": verdict.rule,
         "reference_answer": sample.reference_answer,
-        "correct": answers_match(predicted, sample.reference_answer),
-        "has_final_answer": predicted is not None,
+        "correct": verdict.outcome == "correct",
+        "has_final_answer": extract_final_answer(answer_part) is not None,
         "truncated": generation.truncated,
         "output_tokens": generation.output_tokens,
     }
@@ -468,6 +482,10 @@ def summarize(records: list[dict], **settings: Any) -> dict:
     reasons: dict[str, int] = {}
     for record in skipped:
         reasons[record["skip_reason"]] = reasons.get(record["skip_reason"], 0) + 1
+    rules: dict[str, int] = {}
+    for record in graded:
+        rule = record.get("answer_rule", "none")
+        rules[rule] = rules.get(rule, 0) + 1
     return {
         "num_samples": len(records),
         "num_graded": n,
@@ -480,6 +498,7 @@ def summarize(records: list[dict], **settings: Any) -> dict:
         "final_answer_rate": rate("has_final_answer"),
         "truncation_rate": rate("truncated"),
         "mean_output_tokens": sum(r["output_tokens"] for r in graded) / n if n else None,
+        "answer_rules": rules,
         **settings,
     }
 
@@ -502,10 +521,16 @@ def format_summary(summary: dict) -> str:
         "| metric | value |",
         "|---|---|",
         f"| accuracy | {_percent(summary['accuracy'])} ({summary['num_correct']}/{g}) |",
-        f"| final-answer rate | {_percent(summary['final_answer_rate'])} ({summary['num_with_final_answer']}/{g}) |",
+        f"| final-answer rate (standard form) | {_percent(summary['final_answer_rate'])} "
+        f"({summary['num_with_final_answer']}/{g}) |",
         f"| truncation rate | {_percent(summary['truncation_rate'])} ({summary['num_truncated']}/{g}) |",
         f"| mean output length (tokens) | {_tokens(summary['mean_output_tokens'])} |",
     ]
+    if summary.get("answer_rules"):
+        found = ", ".join(f"{rule} {count}" for rule, count in summary["answer_rules"].items())
+        lines.append(f"\nAccuracy grades what each output concludes ({summary.get('grader', 'lenient')} grader); "
+                     f"answers found by: {found}. The standard-form rate counts \\boxed{{}}, 'the answer is' and '####' "
+                     "only: a format, not correctness.")
     for reason, count in summary.get("skip_reasons", {}).items():
         lines.append(f"\nSkipped {count}: {reason}.")
     return "\n".join(lines) + "\n"
@@ -519,7 +544,8 @@ def compare_summaries(base: dict, tuned: dict, base_label: str = "base", tuned_l
             return "n/a"
         return f"{100 * (tuned[key] - base[key]):+.1f} pts"
 
-    rows = [("accuracy", "accuracy"), ("final-answer rate", "final_answer_rate"), ("truncation rate", "truncation_rate")]
+    rows = [("accuracy", "accuracy"), ("final-answer rate (standard form)", "final_answer_rate"),
+            ("truncation rate", "truncation_rate")]
     lines = [f"| metric | {base_label} | {tuned_label} | change |", "|---|---|---|---|"]
     for label, key in rows:
         lines.append(f"| {label} | {_percent(base[key])} | {_percent(tuned[key])} | {points(key)} |")
@@ -535,7 +561,7 @@ def compare_summaries(base: dict, tuned: dict, base_label: str = "base", tuned_l
     notes = []
     if base.get("data") != tuned.get("data") or base["num_samples"] != tuned["num_samples"]:
         notes.append("Note: the two evaluations used different data; the comparison is not like for like.")
-    for key in ("max_new_tokens", "system_prompt"):
+    for key in ("max_new_tokens", "system_prompt", "grader"):
         if base.get(key) != tuned.get(key):
             notes.append(f"Note: {key} differs ({base.get(key)!r} vs {tuned.get(key)!r}).")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
@@ -568,6 +594,7 @@ def evaluate(
     dtype: str = "auto",
     num_threads: int | None = None,
     progress: bool = True,
+    strict_grading: bool = False,
 ) -> dict:
     """Evaluate `model_dir` on `data_path`, write results.jsonl, summary.json and summary.md, return the summary.
 
@@ -628,7 +655,7 @@ def evaluate(
         torch.set_num_threads(threads_before)  # a library call leaves the caller's setting alone
     seconds = time.time() - started
 
-    by_index = {s.index: grade(s, g) for s, g in zip(to_generate, generations)}
+    by_index = {s.index: grade(s, g, strict=strict_grading) for s, g in zip(to_generate, generations)}
     records = [by_index.get(s.index) or skipped_record(s) for s in samples]
     summary = summarize(
         records,
@@ -643,6 +670,7 @@ def evaluate(
         limit=limit,
         answer_key=answer_key,
         system_prompt=system_prompt,
+        grader="strict" if strict_grading else "lenient",
         generation_seconds=round(seconds, 3),
         output_tokens_per_second=round(sum(g.output_tokens for g in generations) / seconds, 1) if seconds > 0 else None,
     )
@@ -693,6 +721,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--baseline", default=None, metavar="SUMMARY_JSON",
         help="summary.json of an earlier evaluation (e.g. the base model): print and write a before/after table",
     )
+    parser.add_argument(
+        "--strict-grading", action="store_true",
+        help="count an answer as correct only when stated in a standard form (\\boxed{...}, 'the answer is ...', "
+        "'#### ...'); default: grade what the output concludes, wherever it states it",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
@@ -711,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
             answer_key=args.answer_key, prompt_key=args.prompt_key, solution_key=args.solution_key,
             system_prompt=args.system_prompt, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
             limit=args.limit, backend=args.backend, device=args.device, dtype=args.dtype,
-            num_threads=args.num_threads or None, progress=not args.no_progress,
+            num_threads=args.num_threads or None, progress=not args.no_progress, strict_grading=args.strict_grading,
         )
     except EvaluationError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -16,6 +16,9 @@ is removed; manifest.json is written last, so its presence means the run complet
                      chat template settings training uses (sft/sft_dataset.py)
     val.parquet      same columns; absent with --val-split 0
     rejects.jsonl    with --on-error skip, one line per bad input row: file, line, reason, detail
+    answer_drops.jsonl  with --answer-key/--answers, one line per row the grader dropped: file, line,
+                     reason, rule, the answer it found, the reference (kept rows carry `sft_answer`
+                     and `sft_answer_rule`; manifest `grading` counts rows by outcome and by rule)
     manifest.json    inputs (size, sha256), arguments, library versions, counts per stage (they
                      add up to the rows read), split and shuffle details, token summary with
                      `tokens.recommended_max_length` and `tokens.recommended_max_tokens_per_gpu`
@@ -25,8 +28,8 @@ the code training uses: the prompt with the generation prompt as context, the re
 included, unless --answers-only) and its end of turn trained; rows the template refuses are
 rejects. Every non-blank line is a row; each row ends in exactly one place: rejected (bad row, by
 reason), filtered (by reason, in this order: no_answer_after_reasoning, no_final_answer,
-no_reference_answer, wrong_answer, no_token_count, too_few_tokens, too_many_tokens,
-over_max_length), deduplicated,
+no_reference_answer, no_answer_found, wrong_answer, no_token_count, too_few_tokens,
+too_many_tokens, over_max_length), deduplicated,
 filtered as over_max_per_problem (the first K remaining solutions of a problem in input order
 are kept), train or val. The split is by problem (same id, or same prompt when a row has no
 id), exactly round(val_split x problems) problems in val, chosen by a seeded hash. Rows are
@@ -68,6 +71,7 @@ import pyarrow.parquet as pq
 from sft import data_scan
 from sft.data_scan import (
     CONVERSATION_COLUMN,
+    GRADING_COLUMNS,
     GROUP_COLUMN,
     INTERNAL_COLUMNS,
     MESSAGES_COLUMN,
@@ -129,6 +133,7 @@ class PrepareConfig:
     num_tokens_key: str = "num_tokens"
     answer_key: str | None = None
     answers: str | None = None
+    strict_grading: bool = False
     on_error: str = "fail"
     tokenizer: str | None = None
     max_length: int | None = None
@@ -141,7 +146,9 @@ class PrepareConfig:
     """0 = one per CPU core."""
     shuffle_buffer_mb: float = 128.0
     chunk_mb: float = DEFAULT_CHUNK_BYTES / (1 << 20)
-    task_mb: float = data_scan.TASK_BYTES / (1 << 20)
+    task_mb: float = 0.0
+    """0 = auto: 32 MiB, or 0.5 MiB with --answer-key/--answers (grading costs milliseconds a row, so
+    smaller tasks keep every worker busy on inputs of a few tens of MiB)."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -163,10 +170,12 @@ class PrepareConfig:
             raise InputError(
                 "--max-length needs --tokenizer: the limit applies to the tokens training sees through the chat template"
             )
+        if self.strict_grading and not (self.answer_key or self.answers):
+            raise InputError("--strict-grading needs --answer-key or --answers: it chooses how correctness is graded")
         if self.answer_key and self.answers:
             raise InputError("use either --answer-key (a field of each row) or --answers FILE, not both")
-        if min(self.shuffle_buffer_mb, self.chunk_mb, self.task_mb) <= 0:
-            raise InputError("--shuffle-buffer-mb, --chunk-mb and --task-mb must be positive")
+        if min(self.shuffle_buffer_mb, self.chunk_mb) <= 0 or self.task_mb < 0:
+            raise InputError("--shuffle-buffer-mb and --chunk-mb must be positive, --task-mb positive or 0 (auto)")
         if self.workers < 0:
             raise InputError(f"--workers must be 0 (one per core) or more, got {self.workers}")
         if self.compression not in ("snappy", "zstd", "lz4", "gzip", "none"):
@@ -191,6 +200,12 @@ class PrepareConfig:
     @property
     def check_answers(self) -> bool:
         return bool(self.answer_key or self.answers)
+
+    @property
+    def task_bytes(self) -> int:
+        if self.task_mb:
+            return int(self.task_mb * (1 << 20))
+        return data_scan.HEAVY_TASK_BYTES if self.check_answers else data_scan.TASK_BYTES
 
     @property
     def tags(self) -> tuple[str, str]:
@@ -288,7 +303,8 @@ def merge_spill_schemas(spills: list[SpillInfo]) -> pa.Schema:
         for f in spill.schema:
             types[f.name] = widen_type(types[f.name], f.type) if f.name in types else f.type
             first[f.name] = min(first.get(f.name, 1 << 63), spill.first_seen.get(f.name, 1 << 62))
-    rank = {name: (name in INTERNAL_COLUMNS or name == TOKENS_COLUMN, first[name], name) for name in types}
+    ours = (*GRADING_COLUMNS, TOKENS_COLUMN)  # this run's columns go last
+    rank = {name: (name in INTERNAL_COLUMNS or name in ours, first[name], name) for name in types}
     return pa.schema([(name, types[name]) for name in sorted(types, key=rank.get)])
 
 
@@ -393,6 +409,7 @@ class _Preparer:
             min_tokens=c.min_tokens, max_tokens=c.max_tokens, max_length=c.max_length,
             num_tokens_key=c.num_tokens_key, dedup=c.dedup, on_error=c.on_error,
             chunk_bytes=int(c.chunk_mb * (1 << 20)), messages_key=c.messages_key, answers_only=c.answers_only,
+            strict_grading=c.strict_grading,
             reasoning_tags=c.tags,
         )
 
@@ -504,14 +521,15 @@ class _Preparer:
         before = sum(r.lines for r in results[:index] if r.file_index == file_index)
         return before + relative
 
-    def _write_rejects(self, results: list[TaskResult], path: Path) -> int:
+    def _write_rejects(self, results: list[TaskResult], path: Path, attribute: str = "rejects_path") -> int:
+        """The tasks' line records (rejects, or answer drops) in one file, with line numbers in their input file."""
         count = 0
         with open(path, "wb") as out:
             for position, result in enumerate(results):
-                if not result.rejects_path:
+                if not getattr(result, attribute):
                     continue
                 offset = self._absolute_line(results, position, 0)
-                with open(result.rejects_path, "rb") as source:
+                with open(getattr(result, attribute), "rb") as source:
                     for line in source:
                         record = orjson.loads(line)
                         record["line"] += offset
@@ -762,6 +780,24 @@ class _Preparer:
                 self.warnings.append(f"{self.template_flags[flag]:,} row(s): {FLAG_EXPLANATIONS[flag]}")
         return summary
 
+    def _grading_summary(self, results: list[TaskResult]) -> dict:
+        """How --answer-key/--answers graded the rows that reached the answer filters: by outcome and by rule."""
+        from sft.math_answers import RULES
+
+        outcomes: collections.Counter = collections.Counter()
+        rules: collections.Counter = collections.Counter()
+        for result in results:
+            outcomes.update(result.grading_outcomes)
+            rules.update(result.grading_rules)
+        order = ["strict", *RULES, "none"]
+        return {
+            "grader": "strict: the standard final-answer forms only (\\boxed{}, 'the answer is', ####)"
+            if self.config.strict_grading else "lenient: the solution's conclusion wherever it states it (sft.math_answers.find_conclusion)",
+            "outcomes": {k: outcomes[k] for k in ("correct", "wrong", "no_answer", "no_reference") if outcomes[k]},
+            "rules": {k: rules[k] for k in order if rules[k]},
+            "dropped_rows_in": "answer_drops.jsonl (file, line, reason, rule, the answer found, the reference, the row)",
+        }
+
     # -- everything -------------------------------------------------------------------
     def run(self, command: dict) -> dict:
         from tqdm import tqdm
@@ -772,9 +808,13 @@ class _Preparer:
         self.buckets = int(min(MAX_BUCKETS, max(1, math.ceil(total_bytes / (cfg.shuffle_buffer_mb * (1 << 20))))))
         if cfg.check_answers and cfg.answers:
             self.answers = load_answers(cfg.answers, cfg.id_key)
+        if cfg.check_answers:  # forked workers inherit the imported, exercised grader
+            from sft.math_answers import warm_up
+
+            warm_up()
         if cfg.tokenizer:
             self._load_tokenizer()
-        tasks = plan_tasks(self.files, int(cfg.task_mb * (1 << 20)))
+        tasks = plan_tasks(self.files, int(cfg.task_bytes))
         workers = min(cfg.workers or _cpu_count(), len(tasks))
 
         def progress_factory(**kwargs):
@@ -820,6 +860,10 @@ class _Preparer:
             rejects_count = self._write_rejects(results, tmp_dir / "rejects.jsonl") if cfg.on_error == "skip" else 0
             if rejects_count:
                 produced["rejects"] = tmp_dir / "rejects.jsonl"
+            drops_count = self._write_rejects(results, tmp_dir / "answer_drops.jsonl", "drops_path") \
+                if cfg.check_answers else 0
+            if drops_count:
+                produced["answer_drops"] = tmp_dir / "answer_drops.jsonl"
             hash_thread.join()
 
             inputs = []
@@ -862,6 +906,8 @@ class _Preparer:
                 manifest["tokens"] = tokens
             if template is not None:
                 manifest["chat_template"] = template
+            if cfg.check_answers:
+                manifest["grading"] = self._grading_summary(results)
 
             # Publish: drop the old manifest first so a crash mid-publish never leaves a manifest
             # describing files from two different runs; then the data files; the manifest last.
@@ -870,11 +916,13 @@ class _Preparer:
             if self.counts.train == 0:
                 produced.pop("train", None)
                 produced.pop("val", None)
-            finals = {"train": out / "train.parquet", "val": out / "val.parquet", "rejects": out / "rejects.jsonl"}
+            finals = {"train": out / "train.parquet", "val": out / "val.parquet", "rejects": out / "rejects.jsonl",
+                      "answer_drops": out / "answer_drops.jsonl"}
             for name, final in finals.items():
                 if name in produced:
                     os.replace(produced[name], final)
-                    rows = rejects_count if name == "rejects" else getattr(self.counts, name)
+                    rows = {"rejects": rejects_count, "answer_drops": drops_count}.get(name) \
+                        if name in ("rejects", "answer_drops") else getattr(self.counts, name)
                     manifest["outputs"][name] = {"path": str(final.resolve()), "bytes": final.stat().st_size, "rows": rows}
                 else:
                     with contextlib.suppress(FileNotFoundError):
@@ -1015,12 +1063,18 @@ def build_parser() -> argparse.ArgumentParser:
     filters.add_argument("--dedup", action="store_true",
                          help="drop exact duplicate (prompt, response) pairs after whitespace normalisation; the first is kept")
     filters.add_argument("--require-final-answer", action="store_true",
-                         help="drop solutions with no extractable final answer (\\boxed{...}, 'the answer is ...', '#### ...')")
+                         help="drop solutions that state no final answer in a standard form (\\boxed{...}, 'the answer is ...', "
+                         "'#### ...'): a format check, not a correctness one")
     filters.add_argument("--answer-key", default=None,
-                         help="field holding the reference answer (bare or a full solution); keeps only correct solutions (math-verify)")
+                         help="field holding the reference answer (bare or a full solution); keeps only solutions whose "
+                         "conclusion is that answer (math-verify equivalence); dropped rows go to answer_drops.jsonl")
     filters.add_argument("--answers", default=None, metavar="FILE",
                          help="reference answers by id: .json {id: answer} or .jsonl rows with the id field and 'answer'; "
                          "keeps only correct solutions (math-verify)")
+    filters.add_argument("--strict-grading", action="store_true",
+                         help="with --answer-key/--answers: grade only answers stated in a standard form (\\boxed{...}, "
+                         "'the answer is ...', '#### ...'); default: the solution's conclusion wherever it states it "
+                         "(an 'Answer:' line, bold, a closing equation, 'Therefore, there are 12 ...')")
     filters.add_argument("--max-per-problem", type=int, default=None, metavar="K",
                          help="keep at most K solutions per problem (the first K in input order)")
     filters.add_argument("--min-tokens", type=int, default=None,
@@ -1046,7 +1100,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Parquet compression of the outputs")
     run.add_argument("--chunk-mb", type=float, default=defaults.chunk_mb, help="input parsed per step, in MiB")
     run.add_argument("--task-mb", type=float, default=defaults.task_mb,
-                     help="input per worker task, in MiB (changes the shuffle order, like --shuffle-buffer-mb)")
+                     help="input per worker task, in MiB (0 = 32, or 0.5 with --answer-key/--answers, whose grading is "
+                     "slower per row); changes the shuffle order, like --shuffle-buffer-mb")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -1057,7 +1112,8 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
         id_key=args.id_key, system_prompt=args.system_prompt, group_by=args.group_by,
         require_final_answer=args.require_final_answer, dedup=args.dedup, max_per_problem=args.max_per_problem,
         min_tokens=args.min_tokens, max_tokens=args.max_tokens, num_tokens_key=args.num_tokens_key,
-        answer_key=args.answer_key, answers=args.answers, on_error=args.on_error, tokenizer=args.tokenizer,
+        answer_key=args.answer_key, answers=args.answers, strict_grading=args.strict_grading,
+        on_error=args.on_error, tokenizer=args.tokenizer,
         max_length=args.max_length, messages_key=args.messages_key, answers_only=args.answers_only,
         reasoning_tags=args.reasoning_tags, chat_template_kwargs=args.chat_template_kwargs,
         shuffle_buffer_mb=args.shuffle_buffer_mb, chunk_mb=args.chunk_mb,
@@ -1079,6 +1135,11 @@ def format_report(manifest: dict, output_dir: str) -> str:
     if c["filtered_total"]:
         detail = ", ".join(f"{k} {v:,}" for k, v in c["filtered"].items())
         lines.append(f"filtered {c['filtered_total']:,}: {detail}")
+    grading = manifest.get("grading")
+    if grading:
+        outcomes = ", ".join(f"{k} {v:,}" for k, v in grading["outcomes"].items())
+        rules = ", ".join(f"{k} {v:,}" for k, v in grading["rules"].items())
+        lines.append(f"graded ({grading['grader'].split(':')[0]}): {outcomes}; answers found by {rules}")
     split = manifest["split"]
     lines.append(f"train {c['train']:,} rows, val {c['val']:,} rows "
                  f"({split['problems']:,} problems, {split['val_problems']:,} in val)")

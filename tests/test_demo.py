@@ -45,7 +45,7 @@ def test_quick_demo_writes_every_artefact(quick_demo):
         assert (demo_dir / name).is_file(), name
     assert (demo_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (demo_dir / "comparison.md").read_text()
-    assert "| accuracy |" in table and "| final-answer rate |" in table
+    assert "| accuracy |" in table and "| final-answer rate (standard form) |" in table
     assert table in output  # the table is printed at the end
 
 

@@ -22,7 +22,7 @@ import torch
 
 from sft import evaluate as ev
 from sft.evaluate import EvaluationError, compare_summaries, evaluate, load_samples
-from sft.math_answers import answers_match, extract_final_answer, reference_answer
+from sft.math_answers import answers_match, extract_final_answer, find_conclusion, reference_answer
 from sft.tiny_model import build_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,8 +84,16 @@ def test_grading_a_generation_end_to_end():
     assert reference_answer("7") == "7" and reference_answer("The answer is 7") == "7"
     wrong = ev.grade(sample, ev.Generation("The answer is 7", 4, False))
     assert not wrong["correct"] and wrong["has_final_answer"]
-    none = ev.grade(sample, ev.Generation("I think it is 1/2 maybe", 9, True))
+    # A conclusion in running text is graded (correctness) but is no final answer in a standard form (format).
+    prose = ev.grade(sample, ev.Generation("Halving one gives a half, so I think it is 1/2 maybe", 9, True))
+    assert prose["correct"] and not prose["has_final_answer"] and prose["predicted_answer"] == "1/2"
+    assert prose["answer_rule"] == "concluding_sentence"
+    strict = ev.grade(sample, ev.Generation("Halving one gives a half, so I think it is 1/2 maybe", 9, True), strict=True)
+    assert not strict["correct"] and strict["predicted_answer"] is None
+    none = ev.grade(sample, ev.Generation("I do not know.", 5, False))
     assert not none["correct"] and not none["has_final_answer"] and none["predicted_answer"] is None
+    thinking = ev.grade(sample, ev.Generation("<think>\nMaybe 7? No.\n</think>\n\nThe answer is $\\frac{1}{2}$.", 20, False))
+    assert thinking["correct"] and thinking["has_final_answer"]  # graded after the reasoning
 
 
 # ----------------------------------------------------------------------------- loading data
@@ -218,9 +226,11 @@ def _check_consistent(records: list[dict], summary: dict, max_new_tokens: int) -
     assert summary["truncation_rate"] == pytest.approx(sum(r["truncated"] for r in graded) / len(graded))
     assert summary["mean_output_tokens"] == pytest.approx(sum(r["output_tokens"] for r in graded) / len(graded))
     for r in graded:
-        assert r["predicted_answer"] == extract_final_answer(r["output"])
-        assert r["has_final_answer"] == (r["predicted_answer"] is not None)
-        assert r["correct"] == answers_match(r["predicted_answer"], r["reference_answer"])
+        assert r["predicted_answer"] == find_conclusion(r["output"], r["prompt"]).answer
+        assert r["answer_rule"] == find_conclusion(r["output"], r["prompt"]).rule
+        assert r["has_final_answer"] == (extract_final_answer(r["output"]) is not None)  # a standard form
+        assert r["correct"] == (r["predicted_answer"] is not None
+                                and answers_match(r["predicted_answer"], r["reference_answer"]))
         assert r["output_tokens"] <= max_new_tokens
         if r["truncated"]:
             assert r["output_tokens"] == max_new_tokens
@@ -333,7 +343,7 @@ def test_compare_summaries_table():
     table = compare_summaries(base, tuned)
     assert "| metric | base | fine-tuned | change |" in table
     assert "| accuracy | 10.0% | 55.0% | +45.0 pts |" in table
-    assert "| final-answer rate | 50.0% | 95.0% | +45.0 pts |" in table
+    assert "| final-answer rate (standard form) | 50.0% | 95.0% | +45.0 pts |" in table
     assert "| truncation rate | 25.0% | 0.0% | -25.0 pts |" in table
     assert "| mean output length (tokens) | 100.0 | 80.5 | -19.5 |" in table
     assert "Note" not in table

@@ -362,16 +362,24 @@ def test_correctness_against_answer_key_and_answers_file(tmp_path):
     rows.append({"id": 99, "prompt": "q99", "generated_solution": "\\boxed{1}", "ref": None})
     source = write_jsonl(tmp_path / "a.jsonl", rows)
     manifest = run(tmp_path, [source], answer_key="ref", val_split=0.0)
-    assert manifest["counts"]["filtered"] == {"no_final_answer": 10, "no_reference_answer": 1, "wrong_answer": 10}
+    assert manifest["counts"]["filtered"] == {"no_reference_answer": 1, "no_answer_found": 10, "wrong_answer": 10}
     kept = read(tmp_path / "out" / "train.parquet")
     assert len(kept) == 10 and all("frac" in r["generated_solution"] for r in kept)
+    assert all(r["sft_answer"] == "\\frac{1}{2}" and r["sft_answer_rule"] == "boxed" for r in kept)
     assert "math-verify" in manifest["versions"]
+    assert manifest["grading"]["outcomes"] == {"correct": 10, "wrong": 10, "no_answer": 10, "no_reference": 1}
+    assert manifest["grading"]["rules"] == {"boxed": 20, "none": 11}  # no reference: not graded
+    drops = [json.loads(line) for line in (tmp_path / "out" / "answer_drops.jsonl").read_text().splitlines()]
+    assert manifest["outputs"]["answer_drops"]["rows"] == len(drops) == 21
+    wrong = next(d for d in drops if d["reason"] == "wrong_answer")
+    assert wrong["answer"] == "3" and wrong["rule"] == "boxed" and wrong["reference"] == "0.5"
+    assert wrong["line"] == 2 and wrong["row"]["generated_solution"] == "So \\boxed{3}."
 
     answers = tmp_path / "answers.jsonl"
     write_jsonl(answers, [{"id": p, "answer": "Thus \\boxed{1/2}"} for p in range(5)])
     manifest = run(tmp_path, [source], answers=str(answers), val_split=0.0)
     assert manifest["counts"]["filtered"]["wrong_answer"] == 5
-    assert manifest["counts"]["filtered"]["no_reference_answer"] == 5 * 2 + 1
+    assert manifest["counts"]["filtered"]["no_reference_answer"] == 5 * 3 + 1
     assert manifest["counts"]["train"] == 5
     assert_balanced(manifest, source)
     answers_json = tmp_path / "answers.json"
