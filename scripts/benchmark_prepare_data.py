@@ -1,10 +1,11 @@
-"""Benchmark sft/prepare_data.py against a naive pandas baseline, and its token counting against the
-tokenizer library, side by side in one run. Prints figures; asserts nothing.
+"""Benchmark sft/prepare_data.py against a naive pandas baseline, its token counting against the
+tokenizer library, and its grading of real solutions, in one run. Prints figures; asserts nothing.
 
 Usage:
-    python scripts/benchmark_prepare_data.py                      # 500,000 rows (about 1.3 GB), both parts
+    python scripts/benchmark_prepare_data.py                      # 500,000 rows (about 1.3 GB), all three parts
     python scripts/benchmark_prepare_data.py --rows 50000 --token-rows 2000   # a quick look
-    python scripts/benchmark_prepare_data.py --skip-pipeline      # token counting only
+    python scripts/benchmark_prepare_data.py --skip-pipeline --skip-grading   # token counting only
+    python scripts/benchmark_prepare_data.py --skip-pipeline --skip-tokens    # grading only
 
 Part 1, pipeline: a synthetic JSONL of `--rows` math-solution rows of realistic, long-tailed
 sizes (a few hundred to several thousand tokens; several solutions per problem) is generated
@@ -28,6 +29,11 @@ training compute; its one-time template analysis is timed apart) and the library
 own batched encoding (`encode_batch_fast`) of the same conversations rendered beforehand (their
 rendering not timed). The fast count must equal the same count through the library alone.
 Medians of alternating rounds. Goals: >= 1,000,000 tokens/s and at least the library's speed.
+
+Part 3, grading: sft.math_answers.grade on --gradings (10,000) real model-written solutions
+(tests/assets/graded_solutions, cycled, the grader's caches emptied on every pass), per second,
+lenient and --strict-grading; then prepare_data on those solutions (each once), with and without
+--answer-key (medians of --repeats runs).
 """
 
 from __future__ import annotations
@@ -213,6 +219,63 @@ def pipeline_benchmark(data: Path, work: Path, rows: int, repeats: int) -> dict:
     return figures
 
 
+GRADED_DIR = REPO / "tests" / "assets" / "graded_solutions"  # real model-written solutions with references
+
+
+def grading_benchmark(work: Path, gradings: int, repeats: int) -> dict:
+    """sft.math_answers.grade on real solutions (each against its own reference), `gradings` in all, its
+    caches (math-verify's parses, equivalences) emptied on every pass over the set, so repeats cost
+    what new data costs; then prepare_data on a file of those solutions, each once, with and without
+    --answer-key."""
+    from sft.math_answers import _answers_match, _parse, grade, reference_answer
+
+    rows = [json.loads(line) for path in sorted(GRADED_DIR.glob("*.jsonl"))
+            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    grade(rows[0]["solution"], rows[0]["reference"])  # imports math-verify and sympy: once per process, not timed
+    figures: dict = {"solutions": len(rows), "gradings": gradings}
+    for label, strict in (("lenient", False), ("strict", True)):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            done = 0
+            while done < gradings:
+                _parse.cache_clear()
+                _answers_match.cache_clear()
+                for row in rows[: gradings - done]:
+                    grade(row["solution"], reference_answer(row["reference"]), row["problem"], strict=strict)
+                done += min(len(rows), gradings - done)
+            times.append(time.perf_counter() - start)
+        figures[f"{label}_per_s"] = round(gradings / statistics.median(times))
+    by_dataset = {}
+    for dataset in sorted({row["dataset"].split(" (")[0] for row in rows}):
+        subset = [row for row in rows if row["dataset"].split(" (")[0] == dataset]
+        _parse.cache_clear()
+        _answers_match.cache_clear()
+        start = time.perf_counter()
+        for row in subset:
+            grade(row["solution"], reference_answer(row["reference"]), row["problem"])
+        by_dataset[dataset] = {"solutions": len(subset), "per_s": round(len(subset) / (time.perf_counter() - start))}
+    figures["lenient_by_dataset"] = by_dataset
+    source = work / "graded-solutions.jsonl"
+    with open(source, "w", encoding="utf-8") as handle:
+        for i, row in enumerate(rows):
+            handle.write(json.dumps({"id": i, "prompt": row["problem"], "generated_solution": row["solution"],
+                                     "answer": row["reference"]}) + "\n")
+    for label, extra in (("prepare_data", []), ("prepare_data_answer_key", ["--answer-key", "answer"])):
+        walls = []
+        for _ in range(repeats):
+            out = work / f"graded-{label}"
+            shutil.rmtree(out, ignore_errors=True)
+            result = measure([sys.executable, str(REPO / "sft" / "prepare_data.py"), str(source), "-o", str(out),
+                              "--no-progress", *extra])
+            walls.append(result["wall_s"])
+        figures[f"{label}_wall_s"] = round(statistics.median(walls), 2)
+        figures[f"{label}_rows_per_s"] = round(len(rows) / statistics.median(walls))
+    figures["kept_with_answer_key"] = json.loads((work / "graded-prepare_data_answer_key" / "manifest.json").read_text())[
+        "grading"]["outcomes"]
+    return figures
+
+
 TOKEN_TEMPLATES = (
     # (name, chat template (None: Qwen2.5's, built into sft/qwen_tokenizer.py), replies wrapped in reasoning)
     ("qwen2.5-instruct", None, False),
@@ -313,8 +376,10 @@ def main(argv: list[str] | None = None) -> int:
                         "max(5, this) alternating rounds and reports medians")
     parser.add_argument("--workdir", default=str(REPO / "outputs" / "benchmark_prepare_data"), help="where data and outputs go")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
-    parser.add_argument("--skip-pipeline", action="store_true", help="only the token-counting part")
-    parser.add_argument("--skip-tokens", action="store_true", help="only the pipeline part")
+    parser.add_argument("--skip-pipeline", action="store_true", help="skip the pipeline part")
+    parser.add_argument("--skip-tokens", action="store_true", help="skip the token-counting part")
+    parser.add_argument("--skip-grading", action="store_true", help="skip the grading part")
+    parser.add_argument("--gradings", type=int, default=10_000, help="solutions graded in the grading part")
     parser.add_argument("--_baseline", nargs=2, metavar=("INPUT", "OUTDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._baseline:
@@ -335,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_tokens:
         print("token counting ...", flush=True)
         results["tokens"] = token_benchmark(data, work, args.token_rows, max(5, args.repeats))
+    if not args.skip_grading:
+        print("grading ...", flush=True)
+        results["grading"] = grading_benchmark(work, args.gradings, args.repeats)
     results["load_average_after"] = os.getloadavg()
     (work / "results.json").write_text(json.dumps(results, indent=2))
 
@@ -357,6 +425,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ours (sft.chat_format, renders included) {t['ours_tokens_per_s']:>12,} tokens/s   (goal >= 1,000,000)")
         print(f"  library encode_batch_fast, pre-rendered  {t['library_tokens_per_s']:>12,} tokens/s")
         print(f"  ours / library {t['ratio_to_library']:.2f}x   (goal >= 1.0x); setup once per run {t['setup_s']} s")
+    if "grading" in results:
+        g = results["grading"]
+        print(f"grading {g['gradings']:,} real solutions ({g['solutions']} distinct, tests/assets/graded_solutions), one "
+              f"process: {g['lenient_per_s']:,}/s (lenient, what prepare_data --answer-key and evaluation use), "
+              f"{g['strict_per_s']:,}/s (--strict-grading)")
+        print("  by dataset (one pass each): " + ", ".join(f"{k} {v['per_s']:,}/s ({v['solutions']} solutions)"
+                                                      for k, v in g["lenient_by_dataset"].items()))
+        print(f"  prepare_data on those {g['solutions']:,} rows: {g['prepare_data_wall_s']} s without grading, "
+              f"{g['prepare_data_answer_key_wall_s']} s with --answer-key ({g['prepare_data_answer_key_rows_per_s']:,} rows/s; "
+              f"outcomes {g['kept_with_answer_key']})")
     print(f"load average before/after: {results['load_average']} / {results['load_average_after']} (other jobs share these CPUs)")
     print(f"results written to {work / 'results.json'}")
     return 0
