@@ -22,15 +22,15 @@ memory (sum over the process and its worker processes, sampled every 50 ms), row
 the ratios are printed. Goals: >= 1.5x the baseline's throughput, <= half its peak memory.
 
 Part 2, token counting: on the first `--token-rows` rows of the same file, with a tokenizer of
-Qwen's real 151k vocabulary (sft/qwen_tokenizer.py) and three real chat templates (Qwen2.5's;
+Qwen's real 151k vocabulary (sft/bench/qwen_tokenizer.py) and three real chat templates (Qwen2.5's;
 Qwen3's and DeepSeek-R1-Distill's, from tests/assets/chat_templates, with the replies wrapped in
-a reasoning block), times sft.chat_format's count (every render and every token: what prepare_data --tokenizer and
+a reasoning block), times sft.text.chat_format's count (every render and every token: what prepare_data --tokenizer and
 training compute; its one-time template analysis is timed apart) and the library's
 own batched encoding (`encode_batch_fast`) of the same conversations rendered beforehand (their
 rendering not timed). The fast count must equal the same count through the library alone.
 Medians of alternating rounds. Goals: >= 1,000,000 tokens/s and at least the library's speed.
 
-Part 3, grading: sft.math_answers.grade on --gradings (10,000) real model-written solutions
+Part 3, grading: sft.text.math_answers.grade on --gradings (10,000) real model-written solutions
 (tests/assets/graded_solutions, cycled, the grader's caches emptied on every pass), per second,
 lenient and --strict-grading; then prepare_data on those solutions (each once), with and without
 --answer-key (medians of --repeats runs).
@@ -223,11 +223,11 @@ GRADED_DIR = REPO / "tests" / "assets" / "graded_solutions"  # real model-writte
 
 
 def grading_benchmark(work: Path, gradings: int, repeats: int) -> dict:
-    """sft.math_answers.grade on real solutions (each against its own reference), `gradings` in all, its
+    """sft.text.math_answers.grade on real solutions (each against its own reference), `gradings` in all, its
     caches (math-verify's parses, equivalences) emptied on every pass over the set, so repeats cost
     what new data costs; then prepare_data on a file of those solutions, each once, with and without
     --answer-key."""
-    from sft.math_answers import _answers_match, _parse, grade, reference_answer
+    from sft.text.math_answers import _answers_match, _parse, grade, reference_answer
 
     rows = [json.loads(line) for path in sorted(GRADED_DIR.glob("*.jsonl"))
             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -277,7 +277,7 @@ def grading_benchmark(work: Path, gradings: int, repeats: int) -> dict:
 
 
 TOKEN_TEMPLATES = (
-    # (name, chat template (None: Qwen2.5's, built into sft/qwen_tokenizer.py), replies wrapped in reasoning)
+    # (name, chat template (None: Qwen2.5's, built into sft/bench/qwen_tokenizer.py), replies wrapped in reasoning)
     ("qwen2.5-instruct", None, False),
     ("qwen3", "qwen3.jinja", True),
     ("deepseek-r1-distill-qwen-2501", "deepseek-r1-distill-qwen-2501.jinja", True),
@@ -288,9 +288,9 @@ TEMPLATE_DIR = REPO / "tests" / "assets" / "chat_templates"  # byte-exact copies
 def token_benchmark(data: Path, work: Path, token_rows: int, repeats: int) -> list[dict]:
     import orjson
 
-    from sft.chat_format import ChatFormat
-    from sft.chat_tokens import BATCH_TEXTS
-    from sft.qwen_tokenizer import build_qwen_tokenizer, load_qwen_tokenizer
+    from sft.text.chat_format import ChatFormat
+    from sft.text.chat_tokens import BATCH_TEXTS
+    from sft.bench.qwen_tokenizer import build_qwen_tokenizer, load_qwen_tokenizer
 
     path = build_qwen_tokenizer(REPO / "outputs" / "qwen-tokenizer")
     prompts, responses = [], []
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"token counting, {t['template']} template{' (reasoning replies)' if t['reasoning_replies'] else ''}, "
               f"{t['samples']:,} samples ({t['tokens']:,} tokens, median {t['tokens_per_sample']['median']}/sample), "
               f"Qwen vocabulary, {t['cpus']} CPUs; replies placed: {', '.join(t['replies'])}:")
-        print(f"  ours (sft.chat_format, renders included) {t['ours_tokens_per_s']:>12,} tokens/s   (goal >= 1,000,000)")
+        print(f"  ours (sft.text.chat_format, renders included) {t['ours_tokens_per_s']:>12,} tokens/s   (goal >= 1,000,000)")
         print(f"  library encode_batch_fast, pre-rendered  {t['library_tokens_per_s']:>12,} tokens/s")
         print(f"  ours / library {t['ratio_to_library']:.2f}x   (goal >= 1.0x); setup once per run {t['setup_s']} s")
     if "grading" in results:

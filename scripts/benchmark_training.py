@@ -23,7 +23,7 @@ memory (GPU: verl's max allocated; CPU: peak resident memory of all training pro
 each configuration's ratio to the first one.
 
 Configurations (--configs, comma separated; first is the baseline of the ratios):
-    original   the original design: every sample padded to MAX_LENGTH (sft/padded_dataset.py
+    original   the original design: every sample padded to MAX_LENGTH (sft/bench/padded_dataset.py
                emulates it; verl 0.9.1's engine only takes unpadded samples), fixed micro batch
                (BATCH_SIZE=4), no dynamic batching, no remove-padding, gradient checkpointing,
                FSDP1 on GPU
@@ -74,7 +74,7 @@ SHAPES = {
 }
 QWEN_VOCAB_SIZE = 151936  # the models' embedding rows (the tokenizer has 151,665 tokens)
 
-_PADDED = str(REPO_ROOT / "sft" / "padded_dataset.py")
+_PADDED = str(REPO_ROOT / "sft" / "bench" / "padded_dataset.py")
 CONFIGS: dict[str, dict] = {
     "original": {"env": {"REMOVE_PADDING": "0", "GRADIENT_CHECKPOINTING": "1", "DYNAMIC_BATCH": "0",
                          "BATCH_SIZE": "4"},
@@ -175,12 +175,12 @@ def write_synthetic_jsonl(path: Path, rows: int, median_words: int, max_words: i
 def prepare_inputs(args: argparse.Namespace, work: Path) -> tuple[Path, Path, dict]:
     """(model_dir, train_parquet, token summary) for the benchmark, built under `work`."""
     if args.tokenizer == "qwen":
-        from sft.qwen_tokenizer import build_qwen_tokenizer
+        from sft.bench.qwen_tokenizer import build_qwen_tokenizer
 
         tokenizer_dir = build_qwen_tokenizer(work / "qwen-tokenizer")
         vocab_size = QWEN_VOCAB_SIZE
     else:
-        from sft.tiny_model import TinyModelSpec, build_tiny_model
+        from sft.demo.tiny_model import TinyModelSpec, build_tiny_model
 
         tokenizer_dir = build_tiny_model(work / "tiny-tokenizer", TinyModelSpec())
         vocab_size = 512

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python scripts/convert_jsonl_to_parquet.py`: make `import sft.x` work
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import collections
@@ -33,7 +33,7 @@ import tempfile
 
 import pyarrow.parquet as pq
 
-from sft.jsonl_io import (
+from sft.dataprep.jsonl_io import (
     DEFAULT_CHUNK_BYTES,
     BadLine,
     InputError,

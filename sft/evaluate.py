@@ -8,7 +8,7 @@ Usage:
 
 Grading: an output is correct when what it concludes is the reference answer (math-verify
 equivalence): a `\\boxed{}`, "the answer is", an `Answer:` line, bold, a closing equation or a
-concluding sentence ("Therefore, there are 12 ..."), found by sft/math_answers.py's
+concluding sentence ("Therefore, there are 12 ..."), found by sft/text/math_answers.py's
 find_conclusion (`--strict-grading`: the standard forms only). The summary also reports, apart,
 how many outputs state a final answer in a standard form: a format, not correctness.
 
@@ -19,7 +19,7 @@ Input (one row per problem):
   * Parquet or JSONL with a prompt column (`--prompt-key`, default `prompt`; the seed format
     `{"id", "prompt", "generated_solution", ...}`): the prompt is one user message, the
     reference solution is the `--solution-key` column (default `generated_solution`).
-  The reference answer is the final answer the reference solution states (sft/math_answers.py),
+  The reference answer is the final answer the reference solution states (sft/text/math_answers.py),
   or, with `--answer-key COL`, the value of that column (a bare answer or a full solution).
   A row whose reference states no final answer is not graded; it is listed as skipped.
 
@@ -58,7 +58,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if __package__ in (None, ""):  # run as `python sft/evaluate.py`: make `import sft.x` work
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import json
@@ -67,10 +67,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sft.cli import HelpFormatter
-from sft.jsonl_io import atomic_path
-from sft.math_answers import extract_final_answer, reference_answer
-from sft.math_answers import grade as grade_solution
+from sft.common.cli import HelpFormatter
+from sft.dataprep.jsonl_io import atomic_path
+from sft.text.math_answers import extract_final_answer, reference_answer
+from sft.text.math_answers import grade as grade_solution
 
 BACKENDS = ("transformers", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -437,9 +437,9 @@ def generate_vllm(
 
 def grade(sample: EvalSample, generation: Generation, strict: bool = False) -> dict:
     """The per-sample record for a generated answer: correctness by what the output concludes
-    (sft.math_answers.grade; `strict`: standard forms only), and separately whether it states a
+    (sft.text.math_answers.grade; `strict`: standard forms only), and separately whether it states a
     final answer in a standard form (`has_final_answer`), so format never passes for correctness."""
-    from sft.chat_format import split_reasoning
+    from sft.text.chat_format import split_reasoning
 
     answer_part = split_reasoning(generation.text)[1]  # a reasoning model's answer follows </think>
     verdict = grade_solution(answer_part, sample.reference_answer, sample.messages[-1]["content"], strict=strict)

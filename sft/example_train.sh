@@ -10,8 +10,8 @@
 #
 # With no MODEL_NAME it writes synthetic addition problems with step-by-step solutions (in the
 # seed JSONL format) and a held-out set whose problems never appear in training, builds a tiny
-# Qwen2 model with random weights (sft/tiny_model.py), and trains it with the recipe measured
-# in sft/synthetic_math.py (DEMO_RECIPE). Everything lands in DEMO_DIR: the data, the
+# Qwen2 model with random weights (sft/demo/tiny_model.py), and trains it with the recipe measured
+# in sft/demo/synthetic_math.py (DEMO_RECIPE). Everything lands in DEMO_DIR: the data, the
 # checkpoints, the exported model, evaluation results, comparison.md and loss.png.
 #
 # Settings (environment variable, default, meaning):
@@ -77,7 +77,7 @@ if [[ "$synthetic" == 1 ]]; then
   data_args=(-o "$DATA_GLOB" --heldout-output "$EVAL_FILE")
   [[ "$QUICK" == 1 ]] && data_args+=(--n 150 --n-heldout 16)  # enough for 16 steps and a val batch
   [[ "$tiny_model" == 1 ]] && data_args+=(--model-output "$MODEL_NAME")
-  py -m sft.synthetic_math "${data_args[@]}"
+  py -m sft.demo.synthetic_math "${data_args[@]}"
 else
   log "1/6 training data: $DATA_GLOB; base model: $MODEL_NAME"
 fi
@@ -92,7 +92,7 @@ train_env=(MODEL_NAME="$MODEL_NAME" TRAIN_FILE="$DEMO_DIR/data/train.parquet" OU
            EXPERIMENT_NAME="${EXPERIMENT_NAME:-demo}" SAVE_FREQ="${SAVE_FREQ:--1}")
 train_overrides=()
 if [[ "$tiny_model" == 1 ]]; then
-  # The recipe measured for the tiny model (DEMO_RECIPE in sft/synthetic_math.py): it starts
+  # The recipe measured for the tiny model (DEMO_RECIPE in sft/demo/synthetic_math.py): it starts
   # from random weights and wants a far larger learning rate than a pretrained model. Settings
   # given in the environment win; arguments (Hydra overrides) win over everything.
   while IFS='=' read -r name value; do
@@ -101,7 +101,7 @@ if [[ "$tiny_model" == 1 ]]; then
       MAX_NEW_TOKENS) [[ "$MAX_NEW_TOKENS" == auto ]] && MAX_NEW_TOKENS="$value" ;;
       *) [[ "$name" =~ ^[A-Z_][A-Z0-9_]*$ && -z "${!name:-}" ]] && train_env+=("$name=$value") ;;
     esac
-  done < <(py -m sft.synthetic_math --print-recipe)
+  done < <(py -m sft.demo.synthetic_math --print-recipe)
   [[ "$QUICK" == 1 && -z "${EPOCHS:-}" ]] && train_env+=(EPOCHS=1)
 fi
 env "${train_env[@]}" "$REPO_ROOT/scripts/run_sft_training.sh" "${train_overrides[@]}" "$@" 2>&1 \

@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python sft/export.py`: make `import sft.x` work
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import contextlib
@@ -49,7 +49,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from sft.cli import HelpFormatter
+from sft.common.cli import HelpFormatter
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 LORA_META_FILE = "lora_train_meta.json"

@@ -9,7 +9,7 @@ Run directly it reads the same environment variables (the bash defaults must be 
 
 It validates every setting (numbers are numbers, files exist, the Parquet has a `messages`
 column, batch sizes fit the world size, the data was prepared with MODEL_NAME's chat template),
-passes verl the dataset that encodes rows through that template (sft/sft_dataset.py, the code
+passes verl the dataset that encodes rows through that template (sft/verl_plugins/sft_dataset.py, the code
 prepare_data counted with), resolves the `auto` values (device, processes per
 node, port, MAX_LENGTH from prepare_data's manifest.json, attention, compute dtype), builds
 verl's Hydra overrides with every value quoted for Hydra, prints the settings and the exact
@@ -296,7 +296,7 @@ def resolve_settings(env: dict[str, str] | None = None) -> Settings:
             raise LaunchError(
                 f"MODEL_NAME is not a model directory: {model_name} (no config.json). Give a Hugging Face id "
                 "such as Qwen/Qwen2.5-0.5B-Instruct, or a directory saved with save_pretrained "
-                "(python -m sft.tiny_model -o DIR builds a tiny one)."
+                "(python -m sft.demo.tiny_model -o DIR builds a tiny one)."
             )
         model_name = str(model_path.resolve())
         sources["MODEL_NAME"] = "local directory"
@@ -542,9 +542,9 @@ def hydra_overrides(s: Settings) -> list[str]:
         f"data.train_files={hydra_quote(str(s.train_file))}",
         f"data.val_files={hydra_quote(str(s.val_file)) if s.val_file else 'null'}",
         "data.pad_mode=no_padding",
-        # Every sample is encoded through the model's chat template by sft/chat_format.py, the same
+        # Every sample is encoded through the model's chat template by sft/text/chat_format.py, the same
         # code prepare_data counted with (verl's own dataset templates each message on its own).
-        f"data.custom_cls.path={hydra_quote(str(REPO_ROOT / 'sft' / 'sft_dataset.py'))}",
+        f"data.custom_cls.path={hydra_quote(str(REPO_ROOT / 'sft' / 'verl_plugins' / 'sft_dataset.py'))}",
         "data.custom_cls.name=ChatTemplateSFTDataset",
         f"data.use_dynamic_bsz={s.dynamic_batch}",
         f"model.use_remove_padding={s.remove_padding}",
@@ -614,9 +614,9 @@ def child_environment(s: Settings, env: dict[str, str] | None = None) -> dict[st
     env["PYTHONWARNINGS"] = ",".join(warning_filters + ["ignore::UserWarning:verl.workers.engine"])
     # verl imports these at the end of `import verl` (its external-module extension point).
     modules = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-    modules.append("sft.verl_fixes")
+    modules.append("sft.verl_plugins.verl_fixes")
     if s.device == "cpu":
-        modules.append("sft.cpu_runtime")
+        modules.append("sft.verl_plugins.cpu_runtime")
     env["VERL_USE_EXTERNAL_MODULES"] = ",".join(dict.fromkeys(modules))
     if s.device == "cpu":
         # torchrun gives each process one thread when it starts several; share the cores instead.

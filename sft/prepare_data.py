@@ -13,7 +13,7 @@ is removed; manifest.json is written last, so its presence means the run complet
     train.parquet    `messages` ([system?], user=prompt, assistant=response; or a row's own `messages`
                      conversation) + the input's other fields (+ `sft_num_tokens`, the exact length of
                      the training item, with --tokenizer); schema metadata `verl_sft` records the
-                     chat template settings training uses (sft/sft_dataset.py)
+                     chat template settings training uses (sft/verl_plugins/sft_dataset.py)
     val.parquet      same columns; absent with --val-split 0
     rejects.jsonl    with --on-error skip, one line per bad input row: file, line, reason, detail
     answer_drops.jsonl  with --answer-key/--answers, one line per row the grader dropped: file, line,
@@ -23,7 +23,7 @@ is removed; manifest.json is written last, so its presence means the run complet
                      add up to the rows read), split and shuffle details, token summary with
                      `tokens.recommended_max_length` and `tokens.recommended_max_tokens_per_gpu`
 
-With --tokenizer every row is encoded through the model's chat template by sft/chat_format.py,
+With --tokenizer every row is encoded through the model's chat template by sft/text/chat_format.py,
 the code training uses: the prompt with the generation prompt as context, the reply (reasoning
 included, unless --answers-only) and its end of turn trained; rows the template refuses are
 rejects. Every non-blank line is a row; each row ends in exactly one place: rejected (bad row, by
@@ -44,7 +44,7 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python sft/prepare_data.py`: make `import sft.x` work
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import collections
@@ -68,8 +68,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from sft import data_scan
-from sft.data_scan import (
+from sft.dataprep import scan as data_scan
+from sft.dataprep.scan import (
     CONVERSATION_COLUMN,
     GRADING_COLUMNS,
     GROUP_COLUMN,
@@ -85,7 +85,7 @@ from sft.data_scan import (
     TaskResult,
     plan_tasks,
 )
-from sft.jsonl_io import (
+from sft.dataprep.jsonl_io import (
     DEFAULT_CHUNK_BYTES,
     BadLine,
     InputError,
@@ -237,7 +237,7 @@ def _cpu_count() -> int:
 def load_answers(path: str, id_key: str) -> dict[str, str]:
     """Reference answers by id (as text) from a JSON object {id: answer}, a JSON list of
     {id_key: ..., "answer": ...} objects, or a JSONL file of such objects."""
-    from sft.math_answers import reference_answer
+    from sft.text.math_answers import reference_answer
 
     if not os.path.isfile(path):
         raise InputError(f"--answers file {path} does not exist")
@@ -350,7 +350,7 @@ class _Preparer:
 
     # -- setup ------------------------------------------------------------------------
     def _load_tokenizer(self) -> None:
-        from sft.chat_format import ChatFormat, ConversationError, TemplateError, load_tokenizer
+        from sft.text.chat_format import ChatFormat, ConversationError, TemplateError, load_tokenizer
 
         cfg = self.config
         try:
@@ -370,7 +370,7 @@ class _Preparer:
         """Compare the fast text encoder with the tokenizer library on the first rows' texts before any
         worker starts, so every worker (and training, which reads the choice from the Parquet files)
         uses the same one."""
-        from sft.chat_format import ConversationError, TemplateError, canonical_messages
+        from sft.text.chat_format import ConversationError, TemplateError, canonical_messages
 
         cfg = self.config
         system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt is not None else []
@@ -627,7 +627,7 @@ class _Preparer:
         return record
 
     def _output_schema(self) -> pa.Schema:
-        from sft.chat_format import PARQUET_METADATA_KEY
+        from sft.text.chat_format import PARQUET_METADATA_KEY
 
         fields = [pa.field(MESSAGES_COLUMN, MESSAGES_TYPE)]
         fields += [f for f in self.spill_schema if f.name not in INTERNAL_COLUMNS]
@@ -722,13 +722,13 @@ class _Preparer:
     def _token_summary(self) -> dict | None:
         if self.counter is None:
             return None
-        from sft.chat_tokens import length_summary, recommend
+        from sft.text.chat_tokens import length_summary, recommend
 
         cfg = self.config
         kept = self.kept_tokens
         summary: dict[str, Any] = {
             "tokenizer": os.path.abspath(cfg.tokenizer) if os.path.exists(cfg.tokenizer) else cfg.tokenizer,
-            "counted_as": "sft.chat_format, the encoding training uses (sft/sft_dataset.py): the prompt as the chat "
+            "counted_as": "sft.text.chat_format, the encoding training uses (sft/verl_plugins/sft_dataset.py): the prompt as the chat "
             "template renders it with the generation prompt, then every reply in the template's format with its "
             "end of turn",
             "text_encoder": self.counter.text.text_encoder,
@@ -759,7 +759,7 @@ class _Preparer:
         """What the chat template did to the replies, with the first training sample as an example."""
         if self.counter is None:
             return None
-        from sft.chat_format import FLAG_EXPLANATIONS, OUTCOME_INSERTED, OUTCOME_TEMPLATE, OUTCOME_WHITESPACE
+        from sft.text.chat_format import FLAG_EXPLANATIONS, OUTCOME_INSERTED, OUTCOME_TEMPLATE, OUTCOME_WHITESPACE
 
         outcomes = (OUTCOME_TEMPLATE, OUTCOME_WHITESPACE, OUTCOME_INSERTED)
         summary: dict[str, Any] = dict(self.counter.describe())
@@ -782,7 +782,7 @@ class _Preparer:
 
     def _grading_summary(self, results: list[TaskResult]) -> dict:
         """How --answer-key/--answers graded the rows that reached the answer filters: by outcome and by rule."""
-        from sft.math_answers import RULES
+        from sft.text.math_answers import RULES
 
         outcomes: collections.Counter = collections.Counter()
         rules: collections.Counter = collections.Counter()
@@ -792,7 +792,7 @@ class _Preparer:
         order = ["strict", *RULES, "none"]
         return {
             "grader": "strict: the standard final-answer forms only (\\boxed{}, 'the answer is', ####)"
-            if self.config.strict_grading else "lenient: the solution's conclusion wherever it states it (sft.math_answers.find_conclusion)",
+            if self.config.strict_grading else "lenient: the solution's conclusion wherever it states it (sft.text.math_answers.find_conclusion)",
             "outcomes": {k: outcomes[k] for k in ("correct", "wrong", "no_answer", "no_reference") if outcomes[k]},
             "rules": {k: rules[k] for k in order if rules[k]},
             "dropped_rows_in": "answer_drops.jsonl (file, line, reason, rule, the answer found, the reference, the row)",
@@ -809,7 +809,7 @@ class _Preparer:
         if cfg.check_answers and cfg.answers:
             self.answers = load_answers(cfg.answers, cfg.id_key)
         if cfg.check_answers:  # forked workers inherit the imported, exercised grader
-            from sft.math_answers import warm_up
+            from sft.text.math_answers import warm_up
 
             warm_up()
         if cfg.tokenizer:
@@ -1123,7 +1123,7 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
 
 def format_report(manifest: dict, output_dir: str) -> str:
     """The short summary printed at the end of a run."""
-    from sft.chat_tokens import format_summary
+    from sft.text.chat_tokens import format_summary
 
     c = manifest["counts"]
     lines = [f"read {c['read']:,} rows from {len(manifest['inputs'])} file(s) (+{c['blank_lines']:,} blank lines skipped)"]
@@ -1145,7 +1145,7 @@ def format_report(manifest: dict, output_dir: str) -> str:
                  f"({split['problems']:,} problems, {split['val_problems']:,} in val)")
     template = manifest.get("chat_template")
     if template:
-        from sft.chat_format import OUTCOME_INSERTED, OUTCOME_TEMPLATE, OUTCOME_WHITESPACE
+        from sft.text.chat_format import OUTCOME_INSERTED, OUTCOME_TEMPLATE, OUTCOME_WHITESPACE
 
         lines.append(f"chat template of {template['tokenizer']}: generation prompt {template['generation_prompt']!r}, "
                      f"end of turn {template['end_of_turn']!r}"

@@ -7,7 +7,7 @@ Usage (in tests):
 
 The templates and special tokens are byte-exact copies of the models' tokenizer_config.json, in
 tests/assets/chat_templates/ (README.md there records the source of each: repository, path,
-commit, and how it was checked). The vocabulary is the tiny byte-level BPE of sft/tiny_model.py
+commit, and how it was checked). The vocabulary is the tiny byte-level BPE of sft/demo/tiny_model.py
 with each family's added tokens on top (special ones as special tokens, `<think>`/`</think>` as
 ordinary added tokens, as in Qwen3 and DeepSeek), its bos/eos/pad/unk, and, for Phi, role
 tokens that absorb the whitespace after them (`rstrip`), as the real Phi tokenizers' do.
@@ -67,7 +67,7 @@ def family_tokenizer(family: str, base_dir: str | Path):
 
 def family_model(family: str, output_dir: str | Path, base_dir: str | Path) -> Path:
     """A tiny random Qwen2 model saved with `family`'s tokenizer (for training runs)."""
-    from sft.tiny_model import TinyModelSpec, build_model
+    from sft.demo.tiny_model import TinyModelSpec, build_model
 
     output_dir = Path(output_dir)
     if (output_dir / "config.json").is_file():

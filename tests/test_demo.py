@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, launcher_env, train_losses
-from sft.synthetic_math import check_disjoint
+from sft.demo.synthetic_math import check_disjoint
 
 pytestmark = pytest.mark.slow
 

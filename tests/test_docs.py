@@ -51,7 +51,7 @@ SHELL_SCRIPT_GLOBS = ("scripts/*.sh", "scripts/lib/*.sh", "sft/*.sh", "slurm/*.s
 # Settings that Python code reads from the environment itself, where no shell default is set.
 PYTHON_READ_VARIABLES = {
     "VAL_FILE": "sft/launcher.py (unset and empty mean different things, so bash gives no default)",
-    "SFT_STOP_FILE": "sft/verl_fixes.py",
+    "SFT_STOP_FILE": "sft/verl_plugins/verl_fixes.py",
 }
 # Variables that are defaulted in a script but are internal, so users never set them:
 # name -> why. Keep this short. Anything a user can set belongs in sft/README.md instead.
@@ -279,7 +279,7 @@ def test_every_command_line_option_is_documented():
     for script, (code, text) in helps.items():
         assert code == 0 and "usage:" in text, f"{script} --help failed:\n{text[-2000:]}"
         long_options = {o for o in _help_options(text) if o.startswith("--")} - {"--help"}
-        assert long_options or script == "sft/math_answers.py", f"no options parsed from {script} --help"
+        assert long_options or script == "sft/text/math_answers.py", f"no options parsed from {script} --help"
         undocumented = sorted(o for o in long_options if not _documented(o, spans))
         if undocumented:
             missing[script] = undocumented

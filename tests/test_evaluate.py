@@ -1,4 +1,4 @@
-"""Tests for sft/evaluate.py and the answer helpers it grades with (sft/math_answers.py).
+"""Tests for sft/evaluate.py and the answer helpers it grades with (sft/text/math_answers.py).
 
 Run: .venv/bin/python -m pytest -q tests/test_evaluate.py      (about half a minute on 2 cores)
 
@@ -22,8 +22,8 @@ import torch
 
 from sft import evaluate as ev
 from sft.evaluate import EvaluationError, compare_summaries, evaluate, load_samples
-from sft.math_answers import answers_match, extract_final_answer, find_conclusion, reference_answer
-from sft.tiny_model import build_tiny_model
+from sft.text.math_answers import answers_match, extract_final_answer, find_conclusion, reference_answer
+from sft.demo.tiny_model import build_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROMPT_A = "Solve: What is 3 + 4?"

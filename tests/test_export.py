@@ -26,7 +26,7 @@ import torch
 
 from sft import export
 from sft.export import ExportError, export_checkpoint, inspect_checkpoint, resolve_checkpoint
-from sft.tiny_model import build_tiny_model
+from sft.demo.tiny_model import build_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_SCRIPT = REPO_ROOT / "tests" / "fsdp_reference_logits.py"
@@ -36,7 +36,7 @@ LORA_RANK, LORA_ALPHA = 8, 16
 def _env() -> dict:
     env = dict(os.environ)
     env.update(
-        VERL_USE_EXTERNAL_MODULES="sft.cpu_runtime",
+        VERL_USE_EXTERNAL_MODULES="sft.verl_plugins.cpu_runtime",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
         PYTHONWARNINGS="ignore",
         OMP_NUM_THREADS="1",

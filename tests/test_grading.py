@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sft.math_answers import answers_match, extract_final_answer, find_conclusion, grade, reference_answer
+from sft.text.math_answers import answers_match, extract_final_answer, find_conclusion, grade, reference_answer
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "graded_solutions"
 HELD_OUT_SOURCES = ("vcot", "ps", "gsmplus", "mmlupro", "tqa")
@@ -155,7 +155,7 @@ def test_the_fast_numeric_parse_gives_math_verifys_verdicts(rows):
     the one math-verify's own parsing gives."""
     from math_verify import parse, verify
 
-    from sft.math_answers import _numeric_expression
+    from sft.text.math_answers import _numeric_expression
 
     pairs = set()
     for row, other in zip(rows, _mismatched_references(rows)):

@@ -209,7 +209,7 @@ def test_max_length_comes_from_the_prepare_data_manifest(tmp_path, tiny_model_di
 def test_training_encodes_rows_with_the_chat_template_dataset_and_flags_a_template_mismatch(tmp_path, tiny_model_dir):
     import hashlib
 
-    from sft.tiny_model import TinyModelSpec, build_tiny_model
+    from sft.demo.tiny_model import TinyModelSpec, build_tiny_model
 
     data = tmp_path / "data"
     write_chat_parquet(data / "train.parquet", 32)
@@ -220,7 +220,7 @@ def test_training_encodes_rows_with_the_chat_template_dataset_and_flags_a_templa
     same = run_launcher("run_sft_training.sh", launcher_env(MODEL_NAME=tiny_model_dir, **base), cwd=tmp_path)
     assert same.returncode == 0, same.stdout[-3000:]
     composed = _composed(same.stdout)
-    assert composed["data.custom_cls.path"] == str(REPO_ROOT / "sft" / "sft_dataset.py")
+    assert composed["data.custom_cls.path"] == str(REPO_ROOT / "sft" / "verl_plugins" / "sft_dataset.py")
     assert composed["data.custom_cls.name"] == "ChatTemplateSFTDataset"
     assert "template differs" not in same.stdout
     other = build_tiny_model(tmp_path / "other model", TinyModelSpec(seed=1))

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sft.jsonl_io import InputError
+from sft.dataprep.jsonl_io import InputError
 from sft.prepare_data import DataError, PrepareConfig, _Preparer, main, prepare_data
 
 REPO = Path(__file__).resolve().parent.parent
@@ -422,7 +422,7 @@ def test_token_summary_and_recommendation(tmp_path, tiny_model_dir):
 def test_training_dataset_reads_output_and_masks_only_the_response(tmp_path, tiny_model_dir, data_tiny_tokenizer):
     from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 
-    from sft.sft_dataset import ChatTemplateSFTDataset
+    from sft.verl_plugins.sft_dataset import ChatTemplateSFTDataset
 
     rows = make_rows(problems=6, per_problem=2)
     rows[0]["generated_solution"] = "\n  leading whitespace. \\boxed{1}"
@@ -541,8 +541,8 @@ def test_token_counting_in_workers_matches_one_process(tmp_path, tiny_model_dir)
 
 def _scan_everything(source: Path, spill_dir: Path, fast: bool, chunk_bytes: int = 600,
                      **settings) -> tuple[list, dict, pa.Schema, int]:
-    from sft import data_scan
-    from sft.jsonl_io import conform_table
+    from sft.dataprep import scan as data_scan
+    from sft.dataprep.jsonl_io import conform_table
 
     spill_dir.mkdir()
     scanner = data_scan.Scanner(data_scan.ScanSettings(spill_dir=str(spill_dir), buckets=3, chunk_bytes=chunk_bytes,

@@ -40,7 +40,7 @@ def test_every_shell_script_is_strict_and_executable():
 
 
 def test_python_scripts_have_help():
-    for script in ["sft/tiny_model.py", "sft/math_answers.py"]:
+    for script in ["sft/demo/tiny_model.py", "sft/text/math_answers.py"]:
         result = subprocess.run([sys.executable, str(REPO_ROOT / script), "--help"],
                                 capture_output=True, text=True, cwd=REPO_ROOT)
         assert result.returncode == 0 and "usage:" in result.stdout, (script, result.stderr[-500:])

@@ -1,13 +1,13 @@
-"""Tests for sft/synthetic_math.py: format, determinism, held-out disjointness, gradable answers."""
+"""Tests for sft/demo/synthetic_math.py: format, determinism, held-out disjointness, gradable answers."""
 
 import json
 import re
 
 import pytest
 
-from sft import synthetic_math
-from sft.math_answers import answers_match, extract_final_answer
-from sft.synthetic_math import (
+from sft.demo import synthetic_math
+from sft.text.math_answers import answers_match, extract_final_answer
+from sft.demo.synthetic_math import (
     DEMO_RECIPE,
     HELDOUT_ID_OFFSET,
     OPERATIONS,
@@ -208,7 +208,7 @@ def _question_of(row):
 def test_demo_model_and_tokenizer_counts(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sft.tiny_model import build_tiny_model
+    from sft.demo.tiny_model import build_tiny_model
 
     spec = demo_model_spec()
     assert spec.num_layers == DEMO_RECIPE["model"]["num_layers"]

@@ -50,7 +50,7 @@
 #   VERL_DIR         (unset)   a verl source checkout to use instead of the installed package
 #   PYTHON           .venv/bin/python if present, else python3
 #   SFT_STOP_FILE    (unset)   a path: once that file exists, the run saves a checkpoint at the end of
-#                              the current step and exits 0 (sft/verl_fixes.py; slurm/ batch files set it)
+#                              the current step and exits 0 (sft/verl_plugins/verl_fixes.py; slurm/ batch files set it)
 
 SFT_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 

@@ -1,7 +1,7 @@
 """Fixes for verl 0.9.1 bugs that lose training work; loaded into every trainer process.
 
 Usage (the launchers always do this, on CPU and GPU):
-    VERL_USE_EXTERNAL_MODULES=sft.verl_fixes torchrun ... -m verl.trainer.sft_trainer ...
+    VERL_USE_EXTERNAL_MODULES=sft.verl_plugins.verl_fixes torchrun ... -m verl.trainer.sft_trainer ...
 
 verl imports the modules named in VERL_USE_EXTERNAL_MODULES at the end of `import verl`.
 
@@ -150,7 +150,7 @@ def _step_profile(self) -> None:
     if not hasattr(trainer, "total_training_steps") or not isinstance(step, int):
         if torch.distributed.get_rank() == 0:
             print("[verl-sft] warning: stop requested, but this verl's SFTTrainer.fit is not the one "
-                  "sft/verl_fixes.py knows; training on (the last SAVE_FREQ checkpoint stays)", flush=True)
+                  "sft/verl_plugins/verl_fixes.py knows; training on (the last SAVE_FREQ checkpoint stays)", flush=True)
         _stop_at_step = -1
         return
     _stop_at_step = step

@@ -1,7 +1,7 @@
 """Token ids of texts exactly as the model's tokenizer gives them, fast; length summaries.
 
-Usage (as a library; sft/chat_format.py encodes every conversation through it):
-    from sft.chat_tokens import TextTokenizer, length_summary
+Usage (as a library; sft/text/chat_format.py encodes every conversation through it):
+    from sft.text.chat_tokens import TextTokenizer, length_summary
     texts = TextTokenizer(tokenizer)
     ids = texts.encode_batch(["<|im_start|>user\\nWhat is 2+2?<|im_end|>\\n", "4<|im_end|>"])
     summary = length_summary(counts, max_length=4096)
@@ -17,7 +17,7 @@ everything else by the library (`_TiktokenPieces`). That path is kept only when 
 is plain byte-level BPE and its ids equal the library's on a battery of texts; `check` compares
 real texts too and drops it on any difference (later ids come from the library: still exact).
 `text_encoder` names which path is in use; sft/prepare_data.py records it in the Parquet files
-it writes, and training (sft/sft_dataset.py) builds the same path, so the ids it trains on are
+it writes, and training (sft/verl_plugins/sft_dataset.py) builds the same path, so the ids it trains on are
 the ids prepare_data counted.
 """
 

@@ -1,14 +1,14 @@
 """Final answers of math solutions and their equivalence, shared by data preparation and evaluation.
 
 Usage (as a library):
-    from sft.math_answers import grade, find_conclusion, extract_final_answer, answers_match
+    from sft.text.math_answers import grade, find_conclusion, extract_final_answer, answers_match
     grade("... Therefore, there are 239 such strings.", "239")          # -> Grade(outcome='correct', ...)
     find_conclusion("Summing, we get\n\\[ S = n(n+1)2^{n-2}. \\]")      # -> answer 'n(n+1)2^{n-2}', rule 'display'
     extract_final_answer("... so the answer is \\boxed{\\frac{1}{2}}.")   # -> "\\frac{1}{2}" (standard forms only)
     answers_match("\\frac{1}{2}", "0.5")                                 # -> True
 
 Usage (command line, for a quick check):
-    python -m sft.math_answers "Therefore, there are 7 ways." 7
+    python -m sft.text.math_answers "Therefore, there are 7 ways." 7
 
 Two questions, answered apart:
 - Does a solution state a final answer in a standard form? `extract_final_answer`, strict by

@@ -1,8 +1,8 @@
 """Build a tiny Hugging Face model and tokenizer locally, with no downloads.
 
 Usage:
-    python -m sft.tiny_model --output-dir outputs/tiny-model
-    python -m sft.tiny_model --output-dir /tmp/m --hidden-size 128 --num-layers 4 --seed 1
+    python -m sft.demo.tiny_model --output-dir outputs/tiny-model
+    python -m sft.demo.tiny_model --output-dir /tmp/m --hidden-size 128 --num-layers 4 --seed 1
 
 The model is a real Qwen2 architecture (a few layers, random weights) and the tokenizer a
 byte-level BPE trained on a small built-in math corpus, with digits split one per token (as

@@ -1,9 +1,9 @@
 """Synthetic arithmetic problems with step-by-step solutions, in the seed JSONL format: the demo's task.
 
 Usage:
-    python -m sft.synthetic_math -o outputs/demo/problems.jsonl \
+    python -m sft.demo.synthetic_math -o outputs/demo/problems.jsonl \
         --heldout-output outputs/demo/heldout.jsonl          # the demo's data (DEMO_RECIPE)
-    python -m sft.synthetic_math -o /tmp/p.jsonl --n 500 --solutions-per-problem 4 \
+    python -m sft.demo.synthetic_math -o /tmp/p.jsonl --n 500 --solutions-per-problem 4 \
         --operations add sub mul --seed 3 --tokenizer outputs/demo/tiny-model
 
 Every row is `{"id", "prompt", "generated_solution", "num_tokens", "answer"}`, the format
@@ -13,7 +13,7 @@ Every row is `{"id", "prompt", "generated_solution", "num_tokens", "answer"}`, t
      tens: 4 + 3 = 7.\nStep 3: Add the carry: 7 + 1 = 8.\nThe answer is \\boxed{85}.",
      "num_tokens": 37, "answer": "85"}
 The solutions use the column method, one fact per step (a carry or a borrow gets its own step),
-and end in a `\boxed{}` answer that `sft.math_answers` extracts and grades. Families:
+and end in a `\boxed{}` answer that `sft.text.math_answers` extracts and grades. Families:
 two-digit addition (the demo's), two-digit subtraction with a non-negative result, and
 two-digit-by-one-digit multiplication.
 
@@ -47,11 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-if __package__ in (None, ""):  # run as `python sft/synthetic_math.py`: make `import sft.x` work
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as `python sft/demo/synthetic_math.py`: make `import sft.x` work
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sft.cli import HelpFormatter
-from sft.jsonl_io import atomic_path
+from sft.common.cli import HelpFormatter
+from sft.dataprep.jsonl_io import atomic_path
 
 OPERATIONS = ("add", "sub", "mul")
 """Problem families: two-digit addition, two-digit subtraction (non-negative result),
@@ -68,7 +68,7 @@ DEMO_OPERATIONS = ("add",)
 learns on a 2-core CPU in about two minutes (figures: sft/README.md, "The demo")."""
 
 DEMO_RECIPE = {
-    # Data: python -m sft.synthetic_math (these are its defaults).
+    # Data: python -m sft.demo.synthetic_math (these are its defaults).
     "operations": list(DEMO_OPERATIONS),
     "n_problems": 2250,
     "solutions_per_problem": 2,
@@ -244,7 +244,7 @@ def tokenizer_corpus(operations: Sequence[str] = OPERATIONS) -> list[str]:
 def demo_model_spec():
     """The `TinyModelSpec` of the demo's model (DEMO_RECIPE["model"]), its tokenizer trained on
     this task's words: `build_tiny_model(path, demo_model_spec())`."""
-    from sft.tiny_model import TinyModelSpec
+    from sft.demo.tiny_model import TinyModelSpec
 
     return TinyModelSpec(**DEMO_RECIPE["model"], extra_corpus=tokenizer_corpus(DEMO_RECIPE["operations"]))
 
@@ -407,7 +407,7 @@ def check_disjoint(train_path: str | os.PathLike, heldout_path: str | os.PathLik
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m sft.synthetic_math",
+        prog="python -m sft.demo.synthetic_math",
         description="Write synthetic arithmetic problems with step-by-step solutions (seed JSONL format).",
         formatter_class=HelpFormatter,
     )
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         check_disjoint(args.output, args.heldout_output)
         print(f"wrote {len(heldout_rows)} held-out problems to {args.heldout_output} (no problem shared with training)")
     if args.model_output:
-        from sft.tiny_model import build_tiny_model
+        from sft.demo.tiny_model import build_tiny_model
 
         path = build_tiny_model(args.model_output, demo_model_spec())
         print(f"built the demo's tiny model (random weights) in {path}")

@@ -6,9 +6,9 @@ Usage (internal; prepare_data drives it):
     result = scanner.scan(task)                     # parse, validate, filter, hash, spill
     spill = scanner.finish()                        # the Arrow IPC bucket files it wrote
 
-Each task's rows are parsed (sft.jsonl_io), validated (bad rows become rejects with a reason),
+Each task's rows are parsed (sft.dataprep.jsonl_io), validated (bad rows become rejects with a reason),
 turned into the messages to train on (a row's own conversation, --system-prompt, replies less
-their reasoning with --answers-only) and, with --tokenizer, encoded by sft.chat_format (rows the
+their reasoning with --answers-only) and, with --tokenizer, encoded by sft.text.chat_format (rows the
 chat template refuses are rejects), passed through the row-local filters (final answer,
 correctness, token limits) and written to
 the shuffle buckets on disk, tagged with an order key (task index << 32 | line in task) and
@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from sft.jsonl_io import BadLine, JsonlReader, SchemaTracker, line_boundaries, rows_to_table, values_to_array
+from sft.dataprep.jsonl_io import BadLine, JsonlReader, SchemaTracker, line_boundaries, rows_to_table, values_to_array
 
 TASK_BYTES = 32 << 20
 HEAVY_TASK_BYTES = 512 << 10
@@ -45,7 +45,7 @@ TOKENS_COLUMN = "sft_num_tokens"
 ANSWER_COLUMN = "sft_answer"
 """With --answer-key/--answers: the answer the grader found in the kept solution."""
 RULE_COLUMN = "sft_answer_rule"
-"""... and how it found it (sft.math_answers.RULES, or strict)."""
+"""... and how it found it (sft.text.math_answers.RULES, or strict)."""
 GRADING_COLUMNS = (ANSWER_COLUMN, RULE_COLUMN)
 MESSAGES_COLUMN = "messages"
 CONVERSATION_COLUMN = "__sft_messages"
@@ -53,7 +53,7 @@ CONVERSATION_COLUMN = "__sft_messages"
 (conversation rows, and responses whose reasoning --answers-only removed)."""
 INTERNAL_COLUMNS = (ORDER_COLUMN, GROUP_COLUMN, CONVERSATION_COLUMN)
 
-# Reject reasons added by validation (parse failures come from sft.jsonl_io).
+# Reject reasons added by validation (parse failures come from sft.dataprep.jsonl_io).
 REASON_MISSING = "missing_field"
 REASON_NULL = "null_value"
 REASON_NOT_STRING = "not_a_string"
@@ -143,7 +143,7 @@ class TaskResult:
     counted_tokens: np.ndarray | None = None
     """token counts of every row that reached the length filters (for the summary)"""
     template_flags: collections.Counter = field(default_factory=collections.Counter)
-    """how the chat template placed those rows' replies (sft.chat_format outcomes and flags), rows per flag"""
+    """how the chat template placed those rows' replies (sft.text.chat_format outcomes and flags), rows per flag"""
 
 
 @dataclass
@@ -277,7 +277,7 @@ class Scanner:
     def _validate(self, path: str, line: int, row: dict) -> BadLine | None:
         s = self.s
         if s.messages_key in row:  # a conversation row: its messages are the sample
-            from sft.chat_format import conversation_problem
+            from sft.text.chat_format import conversation_problem
 
             problem = conversation_problem(row[s.messages_key])
             if problem is not None:
@@ -312,7 +312,7 @@ class Scanner:
         return None
 
     def _reference(self, row: dict) -> str | None:
-        from sft.math_answers import reference_answer
+        from sft.text.math_answers import reference_answer
 
         if self.s.answer_key:
             value = row.get(self.s.answer_key)
@@ -476,7 +476,7 @@ class Scanner:
         less their reasoning with --answers-only), the texts the filters and hashes use, and, with
         --tokenizer, its exact token count. Rows the chat template refuses go to `bad`; rows left
         with no answer by --answers-only are counted as filtered."""
-        from sft.chat_format import canonical_messages, split_reasoning
+        from sft.text.chat_format import canonical_messages, split_reasoning
 
         s = self.s
         items: list[_Item] = []
@@ -528,9 +528,9 @@ class Scanner:
         return system + [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": item.response}]
 
     def _grade(self, task: ScanTask, items: list[_Item], keep: list[int], result: TaskResult, drop) -> None:
-        """--answer-key/--answers: keep the rows whose conclusion is the reference answer (sft.math_answers.grade);
+        """--answer-key/--answers: keep the rows whose conclusion is the reference answer (sft.text.math_answers.grade);
         every dropped row goes to the task's drops file with what the grader found."""
-        from sft.math_answers import grade
+        from sft.text.math_answers import grade
 
         reasons = {"no_reference": "no_reference_answer", "no_answer": "no_answer_found", "wrong": "wrong_answer"}
         dropped: dict[str, list[int]] = collections.defaultdict(list)
@@ -570,7 +570,7 @@ class Scanner:
                 keep = [i for i in keep if i not in gone]
 
         if s.require_final_answer:
-            from sft.math_answers import extract_final_answer
+            from sft.text.math_answers import extract_final_answer
 
             drop([i for i in keep if extract_final_answer(items[i].answer) is None], "no_final_answer")
         if s.check_answers:
@@ -676,7 +676,7 @@ _INHERITED: dict[str, Any] = {}
 
 def load_counter(tokenizer_path: str, options: dict | None = None):
     """The ChatFormat of a tokenizer (`options`: ChatFormat keyword arguments)."""
-    from sft.chat_format import ChatFormat
+    from sft.text.chat_format import ChatFormat
 
     return ChatFormat.load(tokenizer_path, **(options or {}))
 

@@ -1,10 +1,10 @@
 """Build a Qwen2.5-style fast tokenizer locally (Qwen's real 151k BPE vocabulary), no downloads.
 
 Usage:
-    python -m sft.qwen_tokenizer -o outputs/qwen-tokenizer
+    python -m sft.bench.qwen_tokenizer -o outputs/qwen-tokenizer
     # then AutoTokenizer.from_pretrained("outputs/qwen-tokenizer")
 
-    from sft.qwen_tokenizer import build_qwen_tokenizer
+    from sft.bench.qwen_tokenizer import build_qwen_tokenizer
     path = build_qwen_tokenizer("outputs/qwen-tokenizer")
 
 Benchmarks need "a tokenizer with a realistic vocabulary" and machines here cannot reach a

@@ -1,7 +1,7 @@
 """Conversations to token ids and a loss mask, in exactly the format the model's chat template defines.
 
-Usage (as a library: sft/prepare_data.py counts with it, sft/sft_dataset.py trains with it):
-    from sft.chat_format import ChatFormat
+Usage (as a library: sft/prepare_data.py counts with it, sft/verl_plugins/sft_dataset.py trains with it):
+    from sft.text.chat_format import ChatFormat
     chat = ChatFormat.load("Qwen/Qwen3-8B")         # a local directory or a Hugging Face id
     messages = [{"role": "user", "content": "What is 2+2?"},
                 {"role": "assistant", "content": "<think>\\n2 and 2 make 4.\\n</think>\\n\\n4"}]
@@ -9,8 +9,8 @@ Usage (as a library: sft/prepare_data.py counts with it, sft/sft_dataset.py trai
     print(chat.explain(messages))                    # the sample, its context and trained parts marked
 
 Usage (command line: see what one sample trains on with a tokenizer's template):
-    python -m sft.chat_format TOKENIZER "What is 2+2?" "<think>\\nEasy.\\n</think>\\n\\n4"
-    python -m sft.chat_format TOKENIZER --messages conversation.json --answers-only
+    python -m sft.text.chat_format TOKENIZER "What is 2+2?" "<think>\\nEasy.\\n</think>\\n\\n4"
+    python -m sft.text.chat_format TOKENIZER --messages conversation.json --answers-only
 
 What is trained, for every assistant turn of a conversation:
 - context (loss off): the template's rendering of the messages before the turn with
@@ -35,7 +35,7 @@ the placeholder stands, unchanged, so the reasoning is trained: it is the user's
 train answers only, remove the reasoning from the data first: prepare_data --answers-only.)
 Turns after the first continue the token sequence built so far; where the template renders the
 earlier turns differently from how they were trained, the text between two turns is taken from a
-render with placeholders. Every text piece is tokenized on its own (sft.chat_tokens), so the
+render with placeholders. Every text piece is tokenized on its own (sft.text.chat_tokens), so the
 context tokens are exactly the tokens of the rendered prompt.
 
 A template that cannot render a conversation raises TemplateError with one line: which
@@ -55,7 +55,7 @@ REASONING_TAGS = ("<think>", "</think>")
 """The reasoning delimiters of Qwen3, QwQ, DeepSeek-R1 and their distills (configurable)."""
 PARQUET_METADATA_KEY = b"verl_sft"
 """Key of the JSON in a Parquet file's schema metadata that records how prepare_data encoded it
-(template kwargs, reasoning tags, text encoder); sft/sft_dataset.py trains with the same."""
+(template kwargs, reasoning tags, text encoder); sft/verl_plugins/sft_dataset.py trains with the same."""
 
 _REPLY = "\u27e6SFT-REPLY\u27e7"
 _PROBE_USER = "What is 2 + 2?"
@@ -258,7 +258,7 @@ class ChatFormat:
 
     def __init__(self, tokenizer, template_kwargs: dict | None = None, reasoning_tags: Sequence[str] = REASONING_TAGS,
                  name: str | None = None, fast_text: bool | None = None):
-        from sft.chat_tokens import TextTokenizer
+        from sft.text.chat_tokens import TextTokenizer
 
         self.tokenizer = tokenizer
         self.name = name or getattr(tokenizer, "name_or_path", None) or "the tokenizer"
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     parser = argparse.ArgumentParser(
-        prog="python -m sft.chat_format",
+        prog="python -m sft.text.chat_format",
         description="Show what one sample trains on with a tokenizer's chat template: its context (loss off) and "
         "trained (loss on) parts and their token counts.")
     parser.add_argument("tokenizer", help="local tokenizer/model directory or Hugging Face id")

@@ -2,7 +2,7 @@
 
 Usage (as a library; the command-line tools are scripts/convert_jsonl_to_parquet.py and
 sft/prepare_data.py):
-    from sft.jsonl_io import JsonlReader, SchemaTracker, rows_to_table
+    from sft.dataprep.jsonl_io import JsonlReader, SchemaTracker, rows_to_table
     reader = JsonlReader("outputs/run1.jsonl")
     for chunk in reader:              # about `chunk_bytes` of input at a time
         chunk.rows, chunk.lines       # parsed objects and their 1-based line numbers
@@ -39,6 +39,8 @@ from typing import Any, Iterator
 
 import orjson
 import pyarrow as pa
+
+from sft.common.files import atomic_path, write_json_atomic  # noqa: F401  (re-exported for the data modules)
 
 DEFAULT_CHUNK_BYTES = 8 << 20
 
@@ -512,30 +514,3 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
             f"cannot write to output directory {path}: {reason}; choose another directory or fix its permissions"
         ) from exc
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike):
-    """Yield a temporary path beside `final`; on success it replaces `final`, on error it is removed."""
-    final = Path(final)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; outputs are ordinary files
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")

@@ -1,12 +1,12 @@
-"""verl's SFT dataset built with sft/chat_format.py: training sees the tokens prepare_data counted.
+"""verl's SFT dataset built with sft/text/chat_format.py: training sees the tokens prepare_data counted.
 
 Loaded by verl through its own extension point; the launchers pass
-    data.custom_cls.path=<repo>/sft/sft_dataset.py data.custom_cls.name=ChatTemplateSFTDataset
+    data.custom_cls.path=<repo>/sft/verl_plugins/sft_dataset.py data.custom_cls.name=ChatTemplateSFTDataset
 
 It replaces verl 0.9.1's MultiTurnSFTDataset, which renders every message on its own and
 concatenates the pieces: right for Qwen2.5-style templates, wrong for templates whose output
 depends on context (Qwen3, DeepSeek-R1 distills, QwQ, Gemma, Mistral, Phi-3.5; see
-sft/chat_format.py). Each row's `messages` are encoded by `ChatFormat.encode`, the function
+sft/text/chat_format.py). Each row's `messages` are encoded by `ChatFormat.encode`, the function
 prepare_data's `--tokenizer` counts with, so `sft_num_tokens` is each item's length by
 construction. The template settings prepare_data recorded in the Parquet file (its
 `verl_sft` schema metadata: template kwargs, reasoning tags, text encoder) are used; a
@@ -24,13 +24,13 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # loaded by file path (verl's load_extern_object): make `import sft.x` work
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 from torch.utils.data import Dataset
 
-from sft.chat_format import PARQUET_METADATA_KEY as METADATA_KEY
-from sft.chat_format import ChatFormat, ConversationError, TemplateError
+from sft.text.chat_format import PARQUET_METADATA_KEY as METADATA_KEY
+from sft.text.chat_format import ChatFormat, ConversationError, TemplateError
 
 
 def read_encoding_metadata(path: str | os.PathLike) -> dict | None:

@@ -1,7 +1,7 @@
 """CPU runtime for verl 0.9.1: lets verl's own `verl.trainer.sft_trainer` train on CPU processes.
 
 Usage (the launchers do this when DEVICE resolves to cpu; nothing of it is loaded on a GPU):
-    VERL_USE_EXTERNAL_MODULES=sft.cpu_runtime PYTHONPATH=. \\
+    VERL_USE_EXTERNAL_MODULES=sft.verl_plugins.cpu_runtime PYTHONPATH=. \\
         torchrun --nproc_per_node 2 -m verl.trainer.sft_trainer engine.strategy=fsdp2 \\
         +model.override_config.attn_implementation=sdpa trainer.device=cpu ...
 
