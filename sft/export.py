@@ -26,8 +26,9 @@ splits off the LoRA adapter. Two of its behaviours are corrected here, both chec
     leaves the LoRA deltas out of the full weights (upstream verl issue 4553). This export
     applies them with PEFT (`merge_and_unload`) and keeps the adapter beside the merged model.
 
-The export is built in a temporary sibling directory and renamed into place at the end, so
-an interrupted export never leaves a half-written model at OUTPUT_DIR.
+The export is built in a temporary sibling directory and renamed into place at the end
+(sft/common/files.py's publish_directory), so an interrupted export never leaves a
+half-written model at OUTPUT_DIR.
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 from sft.common.cli import HelpFormatter
+from sft.common.dtypes import DTYPES, torch_dtype
+from sft.common.errors import UserError
+from sft.common.files import publish_directory, scratch_directory
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 LORA_META_FILE = "lora_train_meta.json"
@@ -57,11 +60,10 @@ HF_CONFIG_SUBDIR = "huggingface"
 ADAPTER_SUBDIR = "lora_adapter"
 EXPORT_INFO_FILE = "export_info.json"
 DEFAULT_EXPORT_SUBDIR = "hf_model"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 _SHARD_RE = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """A checkpoint cannot be exported; the message names the path and the fix."""
 
 
@@ -269,15 +271,10 @@ def _make_merger(info: CheckpointInfo, target_dir: Path):
 
 
 def _resolve_dtype(dtype: str, info: CheckpointInfo):
-    import torch
-
+    """`--dtype` as a torch dtype; auto = the dtype the trained model's config declares."""
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if dtype == "auto":
-        dtype = info.config.get("dtype") or info.config.get("torch_dtype") or "float32"
-        if dtype not in DTYPES:  # e.g. a config that says "float64"; keep what training used
-            dtype = "float32"
-    return getattr(torch, dtype)
+    return torch_dtype(dtype, info.config)
 
 
 def _apply_lora(model, adapter_dir: Path):
@@ -307,18 +304,64 @@ def _apply_lora(model, adapter_dir: Path):
     return peft_model.merge_and_unload()
 
 
-def _make_world_readable(path: Path) -> None:
-    """mkdtemp creates 0700 and safetensors may write 0600: give the export the usual umask modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for root, dirs, files in os.walk(path):
-        os.chmod(root, 0o777 & ~umask)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o666 & ~umask)
-
-
 def _dir_size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def _join_shards(info: CheckpointInfo, staging: Path) -> None:
+    """verl's merger: the FSDP shards joined (in their saved dtype) into a model directory at `staging`."""
+    _quiet_device_mesh_warning()
+    merger = _make_merger(info, staging)
+    # verl's merger prints its progress on stdout; keep stdout for our own summary.
+    with contextlib.redirect_stdout(sys.stderr):
+        merger.merge_and_save()
+    merger.cleanup()
+
+
+def _load_merged_model(info: CheckpointInfo, staging: Path, target_dtype):
+    """The joined weights as a transformers model (LoRA merged in), cast to `target_dtype`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    # Load in float32 (what FSDP keeps as master weights) so the LoRA merge and the final
+    # cast each round only once.
+    model = AutoModelForCausalLM.from_pretrained(str(staging), dtype=torch.float32)
+    if info.is_lora:
+        model = _apply_lora(model, staging / ADAPTER_SUBDIR)
+    model = model.to(target_dtype)
+    model.config.dtype = target_dtype
+    return model
+
+
+def _export_info(info: CheckpointInfo, target_dtype) -> dict:
+    """export_info.json: where the weights came from and how they were exported."""
+    export_info = {
+        "source_checkpoint": str(info.step_dir.resolve()),
+        "global_step": info.global_step,
+        "fsdp_world_size": info.world_size,
+        "lora": info.lora,
+        "lora_merged": info.is_lora,
+        "dtype": str(target_dtype)[6:],
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with contextlib.suppress(ImportError):
+        import verl
+
+        export_info["verl_version"] = verl.__version__
+    return export_info
+
+
+def _write_model(model, info: CheckpointInfo, staging: Path, final: Path, target_dtype) -> None:
+    """The Hugging Face model directory `final`: weights, tokenizer, adapter, export_info.json; validated."""
+    from transformers import AutoTokenizer
+    from verl.model_merger.output_validation import validate_hf_model_output
+
+    model.save_pretrained(str(final), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(staging)).save_pretrained(str(final))
+    if info.is_lora:
+        shutil.copytree(staging / ADAPTER_SUBDIR, final / ADAPTER_SUBDIR)
+    (final / EXPORT_INFO_FILE).write_text(json.dumps(_export_info(info, target_dtype), indent=2) + "\n")
+    validate_hf_model_output(final)
 
 
 def export_checkpoint(
@@ -333,8 +376,6 @@ def export_checkpoint(
     `output_dir` defaults to `<step dir>/hf_model`. An existing `output_dir` is replaced only
     with `force=True`, and only once the new export is complete.
     """
-    import torch
-
     started = time.time()
     step_dir = resolve_checkpoint(checkpoint)
     info = inspect_checkpoint(step_dir)
@@ -345,68 +386,16 @@ def export_checkpoint(
     kind = f"LoRA r={info.lora['r']} alpha={info.lora['lora_alpha']}" if info.is_lora else "full fine-tune"
     log(f"exporting {step_dir} ({kind}, {info.world_size} FSDP shards) -> {output_dir} [{str(target_dtype)[6:]}]")
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
-        staging = tmp_dir / "verl_merge"
-        final = tmp_dir / "model"
+    # Built in a scratch directory beside output_dir, then swapped in whole (publish_directory).
+    with scratch_directory(output_dir) as tmp_dir:
+        staging, final = tmp_dir / "verl_merge", tmp_dir / "model"
         log("[1/3] joining FSDP shards with verl.model_merger")
-        _quiet_device_mesh_warning()
-        merger = _make_merger(info, staging)
-        # verl's merger prints its progress on stdout; keep stdout for our own summary.
-        with contextlib.redirect_stdout(sys.stderr):
-            merger.merge_and_save()
-        merger.cleanup()
-
+        _join_shards(info, staging)
         log("[2/3] " + ("merging the LoRA adapter into the weights with PEFT" if info.is_lora else "loading merged weights"))
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        # Load in float32 (what FSDP keeps as master weights) so the LoRA merge and the final
-        # cast each round only once.
-        model = AutoModelForCausalLM.from_pretrained(str(staging), dtype=torch.float32)
-        if info.is_lora:
-            model = _apply_lora(model, staging / ADAPTER_SUBDIR)
-        model = model.to(target_dtype)
-        model.config.dtype = target_dtype
-
+        model = _load_merged_model(info, staging, target_dtype)
         log(f"[3/3] writing the Hugging Face model ({str(target_dtype)[6:]} safetensors, tokenizer, generation config)")
-        model.save_pretrained(str(final), safe_serialization=True)
-        AutoTokenizer.from_pretrained(str(staging)).save_pretrained(str(final))
-        if info.is_lora:
-            shutil.copytree(staging / ADAPTER_SUBDIR, final / ADAPTER_SUBDIR)
-        export_info = {
-            "source_checkpoint": str(step_dir.resolve()),
-            "global_step": info.global_step,
-            "fsdp_world_size": info.world_size,
-            "lora": info.lora,
-            "lora_merged": info.is_lora,
-            "dtype": str(target_dtype)[6:],
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        with contextlib.suppress(ImportError):
-            import verl
-
-            export_info["verl_version"] = verl.__version__
-        (final / EXPORT_INFO_FILE).write_text(json.dumps(export_info, indent=2) + "\n")
-
-        from verl.model_merger.output_validation import validate_hf_model_output
-
-        validate_hf_model_output(final)
-        _make_world_readable(final)
-        # Swap in two renames; the old export is deleted only once the new one is in place.
-        previous = tmp_dir / "previous"
-        if output_dir.exists():
-            os.replace(output_dir, previous)
-        try:
-            os.replace(final, output_dir)
-        except BaseException:
-            if previous.exists():
-                os.replace(previous, output_dir)
-            raise
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+        _write_model(model, info, staging, final, target_dtype)
+        publish_directory(final, output_dir)
     log(
         f"exported global_step_{info.global_step} to {output_dir} ({_dir_size_mb(output_dir):.1f} MiB"
         + (f", LoRA merged, adapter in {ADAPTER_SUBDIR}/" if info.is_lora else "")

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from sft import export
+from sft.common import files
 from sft.export import ExportError, export_checkpoint, inspect_checkpoint, resolve_checkpoint
 from sft.demo.tiny_model import build_tiny_model
 
@@ -228,7 +229,7 @@ def test_interrupted_or_failed_export_leaves_target_untouched(eval_trained, eval
     def interrupt(_path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export, "_make_world_readable", interrupt)
+    monkeypatch.setattr(files, "make_world_readable", interrupt)  # the first step of publishing
     with pytest.raises(KeyboardInterrupt):
         export_checkpoint(run, target, force=True)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
