@@ -68,19 +68,28 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sft.common.cli import HelpFormatter
-from sft.dataprep.jsonl_io import atomic_path
+from sft.common.dtypes import DTYPES, torch_dtype
+from sft.common.errors import UserError
+from sft.common.files import write_text_atomic
+from sft.dataprep.jsonl_io import (
+    REASON_MALFORMED_JSON,
+    REASON_NOT_AN_OBJECT,
+    REASON_TRUNCATED_LAST_LINE,
+    BadLine,
+    InputError,
+    JsonlReader,
+)
 from sft.text.math_answers import extract_final_answer, reference_answer
 from sft.text.math_answers import grade as grade_solution
 
 BACKENDS = ("transformers", "vllm")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 RESULTS_FILE = "results.jsonl"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 COMPARISON_MD = "comparison.md"
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(UserError):
     """Bad input or setup; the message names the file (and line) and the fix."""
 
 
@@ -117,6 +126,35 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _bad_line_error(bad: BadLine) -> EvaluationError:
+    """The error for the first unusable line of a JSONL file, naming its file and line."""
+    if bad.reason == REASON_NOT_AN_OBJECT:  # the reader's detail ends "found a JSON <type>"
+        return EvaluationError(f"{bad.path}:{bad.line}: expected a JSON object, found {bad.detail.rsplit(' ', 1)[-1]}.")
+    if bad.reason in (REASON_MALFORMED_JSON, REASON_TRUNCATED_LAST_LINE):
+        try:  # re-parsed for the parser's own words and column, as the reader parsed the line
+            json.loads((bad.raw or "").lstrip("\ufeff"), strict=False)
+        except json.JSONDecodeError as exc:
+            return EvaluationError(
+                f"{bad.path}:{bad.line}: invalid JSON ({exc.msg} at column {exc.colno}). "
+                "Each line must be one JSON object; fix or remove that line."
+            )
+    return EvaluationError(f"{bad.message()}.")  # not UTF-8, or an unpaired surrogate escape
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    """(FILE:LINE, row) pairs, read as sft/prepare_data.py reads JSONL (sft/dataprep/jsonl_io.py:
+    blank lines skipped, a byte order mark and CRLF line ends accepted)."""
+    rows = []
+    try:
+        for chunk in JsonlReader(path):
+            if chunk.bad:
+                raise _bad_line_error(chunk.bad[0])
+            rows.extend((f"{path}:{line}", row) for line, row in zip(chunk.lines, chunk.rows))
+    except InputError as exc:
+        raise EvaluationError(str(exc)) from None
+    return rows
+
+
 def _read_rows(path: Path) -> list[tuple[str, dict]]:
     """(location, row) pairs; location is 'FILE:LINE' for JSONL and 'FILE row N' for Parquet."""
     if not path.is_file():
@@ -131,22 +169,7 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
             raise EvaluationError(f"{path}: not a readable Parquet file ({exc}).") from exc
         return [(f"{path} row {i}", _plain(row)) for i, row in enumerate(table.to_pylist())]
     if suffix in (".jsonl", ".json"):
-        rows = []
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise EvaluationError(
-                        f"{path}:{line_number}: invalid JSON ({exc.msg} at column {exc.colno}). "
-                        "Each line must be one JSON object; fix or remove that line."
-                    ) from None
-                if not isinstance(row, dict):
-                    raise EvaluationError(f"{path}:{line_number}: expected a JSON object, found {type(row).__name__}.")
-                rows.append((f"{path}:{line_number}", row))
-        return rows
+        return _read_jsonl(path)
     raise EvaluationError(f"{path}: unsupported file type {suffix!r}; use .parquet or .jsonl.")
 
 
@@ -157,6 +180,68 @@ def _check_messages(messages: Any, where: str) -> list[dict]:
         if not isinstance(message, dict) or "role" not in message or not isinstance(message.get("content"), str):
             raise EvaluationError(f"{where}: every message needs a 'role' and a string 'content'; found {message!r}.")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _conversation(row: dict, where: str, prompt_key: str, solution_key: str) -> tuple[list[dict], Any, str]:
+    """(prompt messages, reference solution or None, what the solution is called in messages)."""
+    if row.get("messages") is not None:
+        messages = _check_messages(row["messages"], where)
+        last_assistant = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last_assistant is not None:
+            solution = messages[last_assistant]["content"]
+            messages = messages[:last_assistant]
+        else:
+            solution = None
+        solution_name = "the last assistant message"
+    elif row.get(prompt_key) is not None:
+        prompt = row[prompt_key]
+        if isinstance(prompt, str):
+            messages = [{"role": "user", "content": prompt}]
+        else:  # verl's RL format keeps a message list under `prompt`
+            messages = _check_messages(prompt, where)
+        solution = row.get(solution_key)
+        solution_name = f"the '{solution_key}' field"
+    else:
+        raise EvaluationError(
+            f"{where}: no 'messages' and no '{prompt_key}' field (fields: {', '.join(sorted(row)) or 'none'}). "
+            "Pass --prompt-key NAME for a differently named prompt column."
+        )
+    if not messages or messages[-1]["role"] != "user":
+        raise EvaluationError(f"{where}: the prompt must end with a user message; found {messages[-1:]!r}.")
+    return messages, solution, solution_name
+
+
+def _with_system_prompt(messages: list[dict], system_prompt: str | None, where: str) -> list[dict]:
+    """`messages` with --system-prompt first; a row's own, different system message is an error."""
+    if system_prompt is None:
+        return messages
+    if messages[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}, *messages]
+    if messages[0]["content"] != system_prompt:
+        raise EvaluationError(
+            f"{where}: the row already has a system message that differs from --system-prompt. "
+            "Drop --system-prompt to use the data's own, or remove it from the data."
+        )
+    return messages
+
+
+def _reference(row: dict, solution: Any, solution_name: str, answer_key: str | None) -> tuple[Any, Any, str | None]:
+    """(reference as given, final answer to grade against, why the row is skipped or None)."""
+    skip_reason = None
+    if answer_key is not None:
+        value = row.get(answer_key)
+        reference = None if value is None else str(value).strip() or None
+        ref_answer = reference_answer(reference)
+        if ref_answer is None:
+            skip_reason = f"no value in the '{answer_key}' field"
+    else:
+        reference = solution if isinstance(solution, str) and solution.strip() else None
+        ref_answer = extract_final_answer(reference)
+        if reference is None:
+            skip_reason = f"no reference solution ({solution_name} is missing); pass --answer-key COLUMN"
+        elif ref_answer is None:
+            skip_reason = f"the reference solution ({solution_name}) states no final answer"
+    return reference, ref_answer, skip_reason
 
 
 def load_samples(
@@ -177,55 +262,9 @@ def load_samples(
         raise EvaluationError(f"{path}: no rows to evaluate.")
     samples = []
     for index, (where, row) in enumerate(rows):
-        if row.get("messages") is not None:
-            messages = _check_messages(row["messages"], where)
-            last_assistant = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-            if last_assistant is not None:
-                solution = messages[last_assistant]["content"]
-                messages = messages[:last_assistant]
-            else:
-                solution = None
-            solution_name = "the last assistant message"
-        elif row.get(prompt_key) is not None:
-            prompt = row[prompt_key]
-            if isinstance(prompt, str):
-                messages = [{"role": "user", "content": prompt}]
-            else:  # verl's RL format keeps a message list under `prompt`
-                messages = _check_messages(prompt, where)
-            solution = row.get(solution_key)
-            solution_name = f"the '{solution_key}' field"
-        else:
-            raise EvaluationError(
-                f"{where}: no 'messages' and no '{prompt_key}' field (fields: {', '.join(sorted(row)) or 'none'}). "
-                "Pass --prompt-key NAME for a differently named prompt column."
-            )
-        if not messages or messages[-1]["role"] != "user":
-            raise EvaluationError(f"{where}: the prompt must end with a user message; found {messages[-1:]!r}.")
-
-        if system_prompt is not None:
-            if messages[0]["role"] == "system":
-                if messages[0]["content"] != system_prompt:
-                    raise EvaluationError(
-                        f"{where}: the row already has a system message that differs from --system-prompt. "
-                        "Drop --system-prompt to use the data's own, or remove it from the data."
-                    )
-            else:
-                messages = [{"role": "system", "content": system_prompt}, *messages]
-
-        skip_reason = None
-        if answer_key is not None:
-            value = row.get(answer_key)
-            reference = None if value is None else str(value).strip() or None
-            ref_answer = reference_answer(reference)
-            if ref_answer is None:
-                skip_reason = f"no value in the '{answer_key}' field"
-        else:
-            reference = solution if isinstance(solution, str) and solution.strip() else None
-            ref_answer = extract_final_answer(reference)
-            if reference is None:
-                skip_reason = f"no reference solution ({solution_name} is missing); pass --answer-key COLUMN"
-            elif ref_answer is None:
-                skip_reason = f"the reference solution ({solution_name}) states no final answer"
+        messages, solution, solution_name = _conversation(row, where, prompt_key, solution_key)
+        messages = _with_system_prompt(messages, system_prompt, where)
+        reference, ref_answer, skip_reason = _reference(row, solution, solution_name, answer_key)
         samples.append(
             EvalSample(
                 index=index,
@@ -263,18 +302,15 @@ def _resolve_device(device: str) -> str:
 
 def _resolve_dtype(dtype: str, device: str, model_dir: Path):
     """auto: float32 on CPU (bf16 matmuls are slow and lossy there), the config's dtype on GPU."""
-    import torch
-
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if not device.startswith("cuda"):
-        return torch.float32
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        config = {}
-    name = config.get("dtype") or config.get("torch_dtype") or "float32"
-    return getattr(torch, name) if name in DTYPES[1:] else torch.float32
+    if dtype == "auto" and not device.startswith("cuda"):
+        return torch_dtype("float32", {})
+    config = {}
+    if dtype == "auto":
+        try:
+            config = json.loads((model_dir / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            pass
+    return torch_dtype(dtype, config)
 
 
 def _stop_token_ids(tokenizer, model_dir: Path) -> set[int]:
@@ -567,14 +603,67 @@ def compare_summaries(base: dict, tuned: dict, base_label: str = "base", tuned_l
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-# --------------------------------------------------------------------------- files
+# --------------------------------------------------------------------------- evaluation
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+def _check_setup(model_dir: Path, backend: str, dtype: str, max_new_tokens: int, batch_size: int) -> None:
+    """Refuse bad settings before anything is loaded."""
+    if backend not in BACKENDS:
+        raise EvaluationError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if dtype not in DTYPES:
+        raise EvaluationError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise EvaluationError("max_new_tokens and batch_size must be at least 1")
+    if backend == "vllm":
+        _require_vllm()  # fail before loading anything
+    if not (model_dir / "config.json").is_file():
+        raise EvaluationError(
+            f"{model_dir / 'config.json'} not found: {model_dir} is not a Hugging Face model directory. "
+            "Export a training checkpoint first: python -m sft.export OUTPUT_DIR -o MODEL_DIR."
+        )
+
+
+class _Run(NamedTuple):
+    """What generating took: the outputs, the seconds and the CPU threads torch used."""
+
+    generations: list[Generation]
+    seconds: float
+    threads: int
+
+
+def _generate(
+    model_dir: Path, prompts: list[list[int]], tokenizer, stop_ids: set[int], *, backend: str, device: str,
+    dtype: str, resolved_dtype, max_new_tokens: int, batch_size: int, num_threads: int | None, progress: bool,
+) -> _Run:
+    """Generate with `backend`, torch's CPU threads set to `num_threads` for this call only."""
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if num_threads and device == "cpu":
+        torch.set_num_threads(num_threads)
+    threads_used = torch.get_num_threads()
+    started = time.time()
+    try:
+        if backend == "vllm":
+            generations = generate_vllm(
+                model_dir, tokenizer, prompts, stop_ids=stop_ids, max_new_tokens=max_new_tokens,
+                dtype=resolved_dtype if dtype != "auto" else None, progress=progress,
+            )
+        else:
+            generations = generate_transformers(
+                model_dir, tokenizer, prompts, stop_ids=stop_ids, max_new_tokens=max_new_tokens,
+                batch_size=batch_size, device=device, dtype=resolved_dtype, progress=progress,
+            )
+    finally:
+        torch.set_num_threads(threads_before)  # a library call leaves the caller's setting alone
+    return _Run(generations, time.time() - started, threads_used)
+
+
+def _write_outputs(output_dir: Path, records: list[dict], summary: dict) -> None:
+    """results.jsonl, summary.md and summary.json, each written atomically."""
+    write_text_atomic(output_dir / RESULTS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(output_dir / SUMMARY_MD, format_summary(summary))
+    write_text_atomic(output_dir / SUMMARY_JSON, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
 
 def evaluate(
@@ -604,20 +693,7 @@ def evaluate(
     Raises EvaluationError for bad input or setup, before anything is written.
     """
     model_dir, data_path, output_dir = Path(model_dir), Path(data_path), Path(output_dir)
-    if backend not in BACKENDS:
-        raise EvaluationError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if dtype not in DTYPES:
-        raise EvaluationError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if max_new_tokens < 1 or batch_size < 1:
-        raise EvaluationError("max_new_tokens and batch_size must be at least 1")
-    if backend == "vllm":
-        _require_vllm()  # fail before loading anything
-    if not (model_dir / "config.json").is_file():
-        raise EvaluationError(
-            f"{model_dir / 'config.json'} not found: {model_dir} is not a Hugging Face model directory. "
-            "Export a training checkpoint first: python -m sft.export OUTPUT_DIR -o MODEL_DIR."
-        )
-
+    _check_setup(model_dir, backend, dtype, max_new_tokens, batch_size)
     samples = load_samples(
         data_path, answer_key=answer_key, prompt_key=prompt_key, solution_key=solution_key,
         system_prompt=system_prompt, limit=limit,
@@ -628,55 +704,37 @@ def evaluate(
         raise EvaluationError(f"{data_path}: no row has a reference answer to grade against ({'; '.join(reasons)}).")
 
     resolved_device = _resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, resolved_device, model_dir)
+    resolved_dtype = _resolve_dtype(dtype, resolved_device, model_dir)
     tokenizer = _load_tokenizer(model_dir)
     stop_ids = _stop_token_ids(tokenizer, model_dir)
     prompts = _prompt_token_ids(tokenizer, [s.messages for s in to_generate])
+    run = _generate(
+        model_dir, prompts, tokenizer, stop_ids, backend=backend, device=resolved_device, dtype=dtype,
+        resolved_dtype=resolved_dtype, max_new_tokens=max_new_tokens, batch_size=batch_size, num_threads=num_threads,
+        progress=progress,
+    )
 
-    import torch
-
-    threads_before = torch.get_num_threads()
-    if num_threads and resolved_device == "cpu":
-        torch.set_num_threads(num_threads)
-    threads_used = torch.get_num_threads()
-    started = time.time()
-    try:
-        if backend == "vllm":
-            generations = generate_vllm(
-                model_dir, tokenizer, prompts, stop_ids=stop_ids, max_new_tokens=max_new_tokens,
-                dtype=torch_dtype if dtype != "auto" else None, progress=progress,
-            )
-        else:
-            generations = generate_transformers(
-                model_dir, tokenizer, prompts, stop_ids=stop_ids, max_new_tokens=max_new_tokens,
-                batch_size=batch_size, device=resolved_device, dtype=torch_dtype, progress=progress,
-            )
-    finally:
-        torch.set_num_threads(threads_before)  # a library call leaves the caller's setting alone
-    seconds = time.time() - started
-
-    by_index = {s.index: grade(s, g, strict=strict_grading) for s, g in zip(to_generate, generations)}
+    by_index = {s.index: grade(s, g, strict=strict_grading) for s, g in zip(to_generate, run.generations)}
     records = [by_index.get(s.index) or skipped_record(s) for s in samples]
+    output_tokens = sum(g.output_tokens for g in run.generations)
     summary = summarize(
         records,
         model=str(model_dir.resolve()),
         data=str(data_path.resolve()),
         backend=backend,
         device=resolved_device if backend == "transformers" else "vllm",
-        dtype=str(torch_dtype).removeprefix("torch."),
+        dtype=str(resolved_dtype).removeprefix("torch."),
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
-        num_threads=threads_used if resolved_device == "cpu" and backend == "transformers" else None,
+        num_threads=run.threads if resolved_device == "cpu" and backend == "transformers" else None,
         limit=limit,
         answer_key=answer_key,
         system_prompt=system_prompt,
         grader="strict" if strict_grading else "lenient",
-        generation_seconds=round(seconds, 3),
-        output_tokens_per_second=round(sum(g.output_tokens for g in generations) / seconds, 1) if seconds > 0 else None,
+        generation_seconds=round(run.seconds, 3),
+        output_tokens_per_second=round(output_tokens / run.seconds, 1) if run.seconds > 0 else None,
     )
-    _atomic_write_text(output_dir / RESULTS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    _atomic_write_text(output_dir / SUMMARY_MD, format_summary(summary))
-    _atomic_write_text(output_dir / SUMMARY_JSON, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    _write_outputs(output_dir, records, summary)
     return summary
 
 
@@ -752,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(summary))
     if baseline is not None:
         table = compare_summaries(baseline, summary)
-        _atomic_write_text(Path(args.output_dir) / COMPARISON_MD, table)
+        write_text_atomic(Path(args.output_dir) / COMPARISON_MD, table)
         print(table)
     print(f"wrote {RESULTS_FILE}, {SUMMARY_JSON}, {SUMMARY_MD} to {args.output_dir} "
           f"({summary['generation_seconds']:.1f}s generating on {summary['device']})")

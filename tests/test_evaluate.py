@@ -161,6 +161,28 @@ def test_bad_input_errors_name_file_line_and_fix(tmp_path):
         load_samples(tmp_path / "data.csv")
 
 
+def test_jsonl_read_as_prepare_data_reads_it(tmp_path):
+    """A UTF-8 byte order mark and CRLF line ends are accepted (sft/dataprep/jsonl_io.py's reader);
+    row locations still count the file's lines, blank ones included."""
+    rows = [{"id": "a", "prompt": "p1", "generated_solution": "So \\boxed{7}."},
+            {"id": "b", "prompt": "p2", "generated_solution": "The answer is 8"}]
+    data = tmp_path / "windows.jsonl"
+    data.write_bytes(b"\xef\xbb\xbf" + b"\r\n\r\n".join(json.dumps(r).encode() for r in rows) + b"\r\n")
+    samples = load_samples(data)
+    assert [s.id for s in samples] == ["a", "b"] and [s.index for s in samples] == [0, 1]
+    assert [s.reference_answer for s in samples] == ["7", "8"]
+    assert samples[0].messages == [{"role": "user", "content": "p1"}]
+    data.write_bytes(data.read_bytes() + b'{"prompt": "p3"}\r\n{"prompt": oops}\r\n')
+    with pytest.raises(EvaluationError, match=r"windows.jsonl:5: invalid JSON .*fix or remove that line"):
+        load_samples(data)
+    data.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows[0]).encode() + b'\r\n["not", "an", "object"]\r\n')
+    with pytest.raises(EvaluationError, match=r"windows.jsonl:2: expected a JSON object, found list"):
+        load_samples(data)
+    data.write_bytes(json.dumps(rows[0]).encode() + b'\r\n{"prompt": "caf\xe9"}\r\n')
+    with pytest.raises(EvaluationError, match=r"windows.jsonl:2: invalid UTF-8 byte 0xe9"):
+        load_samples(data)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
