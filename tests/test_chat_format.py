@@ -11,6 +11,7 @@ must learn: the response plus the end-of-turn token, after exactly the tokens of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -87,8 +88,14 @@ def _prepare(tmp_path, family_dir, prompts, responses, **options):
     return prepare_data([str(source)], tmp_path / "out", config)
 
 
+@functools.cache
+def _tokenizer(family_dir):
+    """The family's tokenizer as training loads it, loaded once per module (4 s each for Qwen's vocabulary)."""
+    return AutoTokenizer.from_pretrained(family_dir)
+
+
 def _items(family_dir, train_file):
-    tokenizer = AutoTokenizer.from_pretrained(family_dir)
+    tokenizer = _tokenizer(family_dir)
     dataset = ChatTemplateSFTDataset(str(train_file), tokenizer, {"max_length": 100_000, "pad_mode": "no_padding"})
     table = pq.read_table(train_file)
     return tokenizer, dataset, table.to_pylist()
@@ -117,20 +124,20 @@ def test_fixtures_are_the_recorded_templates_and_render_as_recorded(family_dirs)
         assert hashlib.sha256(raw).hexdigest() == spec["source"]["sha256"], family
         if family in ("llama-3.2-instruct", "smollm3"):
             continue  # they print today's date; the recorded renders are of 2025-01-01
-        tokenizer = AutoTokenizer.from_pretrained(family_dirs[family])
+        tokenizer = _tokenizer(family_dirs[family])
         messages = spec["render"]["messages"]
         assert tokenizer.apply_chat_template(messages, tokenize=False) == spec["example_render"], family
         assert tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True) \
             == spec["example_generation_prompt"], family
 
 
-@pytest.mark.parametrize("kind", ["plain", "reasoning"])
 @pytest.mark.parametrize("family", MUST_HAVE)
-def test_loss_masked_tokens_are_the_response_and_end_of_turn_after_the_exact_prompt(family, kind, family_dirs, tmp_path):
-    responses = PLAIN if kind == "plain" else REASONING
-    manifest = _prepare(tmp_path, family_dirs[family], PROMPTS, responses)
-    assert manifest["counts"]["train"] == len(PROMPTS)
+def test_loss_masked_tokens_are_the_response_and_end_of_turn_after_the_exact_prompt(family, family_dirs, tmp_path):
+    # Plain and reasoning responses in one file: one preparation and one dataset per family.
+    manifest = _prepare(tmp_path, family_dirs[family], PROMPTS * 2, PLAIN + REASONING)
+    assert manifest["counts"]["train"] == 2 * len(PROMPTS)
     tokenizer, dataset, rows = _items(family_dirs[family], tmp_path / "out" / "train.parquet")
+    assert sorted(row["generated_solution"] for row in rows) == sorted(PLAIN + REASONING)
     for index, row in enumerate(rows):
         item = dataset[index]
         ids, mask = item["input_ids"].tolist(), item["loss_mask"].tolist()
@@ -150,7 +157,7 @@ def test_loss_masked_tokens_are_the_response_and_end_of_turn_after_the_exact_pro
 @pytest.mark.parametrize("family", ["qwen2.5-instruct", "llama-3.1-instruct", "gemma-2-it", "mistral-nemo-instruct",
                                     "phi-3.5-mini"])
 def test_where_the_template_keeps_the_reply_the_ids_are_the_whole_conversations_tokens(family, family_dirs):
-    tokenizer = AutoTokenizer.from_pretrained(family_dirs[family])
+    tokenizer = _tokenizer(family_dirs[family])
     chat = ChatFormat(tokenizer)
     for prompt, response in zip(PROMPTS, PLAIN + REASONING):
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
@@ -173,7 +180,7 @@ def test_reasoning_data_generated_after_an_opened_think_block_is_trained_without
 
 @pytest.mark.parametrize("family", OTHERS)
 def test_other_families_train_the_whole_reply_after_the_exact_prompt(family, family_dirs):
-    tokenizer = AutoTokenizer.from_pretrained(family_dirs[family])
+    tokenizer = _tokenizer(family_dirs[family])
     chat = ChatFormat(tokenizer)
     for prompt, response in zip(PROMPTS * 2, PLAIN + REASONING):
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
@@ -300,7 +307,7 @@ def test_a_tokenizer_without_a_chat_template_or_a_bad_name_is_refused_clearly(ti
 
 def test_training_rejects_template_kwargs_that_contradict_the_prepared_files(family_dirs, tmp_path):
     _prepare(tmp_path, family_dirs["qwen3"], PROMPTS, PLAIN, chat_template_kwargs={"enable_thinking": False})
-    tokenizer = AutoTokenizer.from_pretrained(family_dirs["qwen3"])
+    tokenizer = _tokenizer(family_dirs["qwen3"])
     train = str(tmp_path / "out" / "train.parquet")
     dataset = ChatTemplateSFTDataset(train, tokenizer, {"max_length": 4096, "pad_mode": "no_padding"})
     ids, mask = dataset[0]["input_ids"].tolist(), dataset[0]["loss_mask"].tolist()
