@@ -18,6 +18,11 @@ import re
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as `python sft/plot_training.py`: make `import sft.x` work
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sft.common.files import atomic_path
+
 _CONSOLE_STEP = re.compile(r"step:(\d+) - (.*)")
 _METRIC = re.compile(r"([\w/()]+):([-+0-9.eE]+)")
 
@@ -68,10 +73,9 @@ def plot_loss(metrics: dict[str, dict[int, float]], output: str | Path, title: s
     figure.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp.png")
-    figure.savefig(tmp)
+    with atomic_path(output) as tmp:
+        figure.savefig(tmp, format="png")  # the temporary name's suffix is not .png
     plt.close(figure)
-    tmp.replace(output)
     return output
 
 

@@ -23,10 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python sft/bench/qwen_tokenizer.py`: make `import sft.x` work
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sft.common.files import staging_directory
 
 BUILD_VERSION = 1
 MARKER = "qwen_tokenizer_build.json"
@@ -183,21 +186,12 @@ def build_qwen_tokenizer(output_dir: str | os.PathLike, force: bool = False) -> 
                 return output_dir
         except (OSError, ValueError):
             pass
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        tmp_dir.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary shared directory
+    with staging_directory(output_dir) as tmp_dir:  # published with the user's umask modes
         # Saving the backend and wrapping the file is much faster than wrapping the object (a deep copy).
         build_backend().save(str(tmp_dir / "tokenizer.json"))
         tokenizer = _wrap(tmp_dir / "tokenizer.json")
         tokenizer.save_pretrained(tmp_dir)
         (tmp_dir / MARKER).write_text(json.dumps(expected))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(tmp_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return output_dir
 
 

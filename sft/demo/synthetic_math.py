@@ -51,7 +51,7 @@ if __package__ in (None, ""):  # run as `python sft/demo/synthetic_math.py`: mak
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sft.common.cli import HelpFormatter
-from sft.dataprep.jsonl_io import atomic_path
+from sft.common.files import atomic_path
 
 OPERATIONS = ("add", "sub", "mul")
 """Problem families: two-digit addition, two-digit subtraction (non-negative result),
@@ -105,22 +105,6 @@ DEMO_RECIPE = {
     },
     # ... plus these Hydra overrides the launcher does not set itself:
     "launcher_extra_overrides": ["engine.use_torch_compile=False", "+optim.override_optimizer_config.fused=True"],
-    # The same run as Hydra overrides for `torchrun -m verl.trainer.sft_trainer` directly
-    # (with model.path, data.*_files, trainer.device=cpu, engine.strategy=fsdp2, sdpa).
-    "hydra_overrides": [
-        "data.train_batch_size=16",
-        "data.micro_batch_size_per_gpu=8",
-        "trainer.total_epochs=2",
-        "optim.lr=7e-3",
-        "optim.lr_scheduler_type=cosine",
-        "optim.lr_warmup_steps_ratio=0.05",
-        "+engine.mixed_precision.param_dtype=fp32",
-        "model.use_remove_padding=False",
-        "model.enable_gradient_checkpointing=False",
-        "engine.use_torch_compile=False",
-        "+optim.override_optimizer_config.fused=True",
-        "data.num_workers=0",
-    ],
     # Evaluation: greedy decoding. Addition solutions are 60 tokens on average and at most 78
     # (+1 for EOS) with the demo's tokenizer; a random base model never stops and uses all 96.
     "max_new_tokens": 96,

@@ -17,11 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python sft/demo/tiny_model.py`: make `import sft.x` work
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sft.common.files import staging_directory
 
 # The Qwen2.5 chat template without its default system prompt: every message renders as
 # "<|im_start|>{role}\n{content}<|im_end|>\n". Rendering each message separately and
@@ -175,20 +178,12 @@ def build_tiny_model(output_dir: str | os.PathLike, spec: TinyModelSpec | None =
     if not force and spec_path.is_file() and spec_path.read_text() == spec_json:
         return output_dir
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with staging_directory(output_dir) as tmp_dir:
         tokenizer = build_tokenizer(spec)
         model = build_model(spec, tokenizer)
         tokenizer.save_pretrained(tmp_dir)
         model.save_pretrained(tmp_dir, safe_serialization=True)
         (tmp_dir / SPEC_FILE).write_text(spec_json)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(tmp_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return output_dir
 
 
