@@ -41,9 +41,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):
-    sys.path.insert(0, str(REPO))
+if __package__ in (None, ""):  # run as `python scripts/benchmark_prepare_data.py`: make `import sft.x` work
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import json
@@ -53,6 +52,9 @@ import statistics
 import subprocess
 import time
 
+from sft.common.files import atomic_path, write_text_atomic
+
+REPO = Path(__file__).resolve().parents[1]
 GENERATOR_VERSION = 1
 WORDS = (
     "the of and to a in is that we so then let be number sum product total each find value equation solve "
@@ -94,9 +96,8 @@ def generate_jsonl(path: Path, rows: int, seed: int = 0) -> None:
     picks = rng.integers(0, len(pool), int(solution_sentences.sum() + prompt_sentences.sum())).tolist()
     answers = rng.integers(0, 1000, rows).tolist()
     per_problem = rng.integers(1, 9, rows).tolist()
-    tmp = path.with_suffix(".tmp")
     position, problem, left, prompt = 0, -1, 0, ""
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         for i in range(rows):
             if left == 0:
                 problem += 1
@@ -111,7 +112,6 @@ def generate_jsonl(path: Path, rows: int, seed: int = 0) -> None:
             solution = f"{steps}\nTherefore, the final answer is $\\boxed{{{answers[i]}}}$."
             handle.write(orjson.dumps({"id": problem, "prompt": prompt, "generated_solution": solution,
                                        "num_tokens": n * 30}) + b"\n")
-    os.replace(tmp, path)
 
 
 def baseline(input_path: str, output_dir: str, val_split: float = 0.1, seed: int = 0) -> None:
@@ -285,64 +285,86 @@ TOKEN_TEMPLATES = (
 TEMPLATE_DIR = REPO / "tests" / "assets" / "chat_templates"  # byte-exact copies of the models' templates
 
 
-def token_benchmark(data: Path, work: Path, token_rows: int, repeats: int) -> list[dict]:
+def _first_conversations(data: Path, token_rows: int) -> tuple[list[str], list[str]]:
+    """(prompts, solutions) of the first `token_rows` rows of the synthetic JSONL."""
     import orjson
 
-    from sft.text.chat_format import ChatFormat
-    from sft.text.chat_tokens import BATCH_TEXTS
-    from sft.bench.qwen_tokenizer import build_qwen_tokenizer, load_qwen_tokenizer
-
-    path = build_qwen_tokenizer(REPO / "outputs" / "qwen-tokenizer")
     prompts, responses = [], []
     with open(data, "rb") as handle:
         for _, line in zip(range(token_rows), handle):
             row = orjson.loads(line)
             prompts.append(row["prompt"])
             responses.append(row["generated_solution"])
+    return prompts, responses
+
+
+def _template_tokenizer(path: Path, name: str, template_file: str | None):
+    """The Qwen-vocabulary tokenizer at `path` with the chat template (and its added tokens) of `name`."""
+    from sft.bench.qwen_tokenizer import load_qwen_tokenizer
+
+    tokenizer = load_qwen_tokenizer(path)
+    if template_file is not None:
+        tokenizer.chat_template = (TEMPLATE_DIR / template_file).read_text(encoding="utf-8")
+        from tokenizers import AddedToken
+
+        # ordinary (not special) added tokens matched verbatim, as in Qwen3's and DeepSeek's tokenizers
+        tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in ("<think>", "</think>")])
+        if "deepseek" in name:
+            tokenizer.add_special_tokens({"bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>",
+                                          "additional_special_tokens": ["<｜User｜>", "<｜Assistant｜>"]})
+    return tokenizer
+
+
+def _time_token_counts(tokenizer, conversations: list[list[dict]], repeats: int) -> dict:
+    """Token counting by sft.text.chat_format against the library's batched encoding, alternating rounds."""
+    from sft.text.chat_format import ChatFormat
+    from sft.text.chat_tokens import BATCH_TEXTS
+
+    rendered = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+    backend = tokenizer.backend_tokenizer
+
+    def library() -> int:  # the library's batched encoding of the rendered conversations (rendering not timed)
+        total = 0
+        for start in range(0, len(rendered), BATCH_TEXTS):
+            total += sum(len(e) for e in backend.encode_batch_fast(rendered[start : start + BATCH_TEXTS],
+                                                                   add_special_tokens=False))
+        return total
+
+    start = time.perf_counter()
+    chat = ChatFormat(tokenizer)  # template analysis and the tiktoken self-test: once per run
+    setup_s = time.perf_counter() - start
+
+    def ours() -> int:  # every render (cache emptied) and every token, as prepare_data and training do
+        chat._render_cached.cache_clear()
+        return sum(chat.count(conversations)[0])
+
+    exact = ChatFormat(tokenizer, fast_text=False)  # the same encoding with the library for every text
+    reference = sum(exact.count(conversations)[0])
+    times: dict[str, list[float]] = {"ours": [], "library": []}
+    totals = {}
+    for _ in range(repeats):
+        for label, fn in (("ours", ours), ("library", library)):
+            start = time.perf_counter()
+            totals[label] = fn()
+            times[label].append(time.perf_counter() - start)
+    return {"chat": chat, "setup_s": setup_s, "reference": reference, "times": times, "totals": totals}
+
+
+def token_benchmark(data: Path, work: Path, token_rows: int, repeats: int) -> list[dict]:
+    from sft.bench.qwen_tokenizer import build_qwen_tokenizer
+
+    path = build_qwen_tokenizer(REPO / "outputs" / "qwen-tokenizer")
+    prompts, responses = _first_conversations(data, token_rows)
     results = []
     for name, template_file, reasoning in TOKEN_TEMPLATES:
-        tokenizer = load_qwen_tokenizer(path)
-        if template_file is not None:
-            tokenizer.chat_template = (TEMPLATE_DIR / template_file).read_text(encoding="utf-8")
-            from tokenizers import AddedToken
-
-            # ordinary (not special) added tokens matched verbatim, as in Qwen3's and DeepSeek's tokenizers
-            tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in ("<think>", "</think>")])
-            if "deepseek" in name:
-                tokenizer.add_special_tokens({"bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>",
-                                              "additional_special_tokens": ["<｜User｜>", "<｜Assistant｜>"]})
+        tokenizer = _template_tokenizer(path, name, template_file)
         replies = [f"<think>\n{r}\n</think>\n\nSo that is the answer." if reasoning else r for r in responses]
         conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}]
                          for p, r in zip(prompts, replies)]
-        rendered = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
-        backend = tokenizer.backend_tokenizer
-
-        def library() -> int:  # the library's batched encoding of the rendered conversations (rendering not timed)
-            total = 0
-            for start in range(0, len(rendered), BATCH_TEXTS):
-                total += sum(len(e) for e in backend.encode_batch_fast(rendered[start : start + BATCH_TEXTS],
-                                                                       add_special_tokens=False))
-            return total
-
-        start = time.perf_counter()
-        chat = ChatFormat(tokenizer)  # template analysis and the tiktoken self-test: once per run
-        setup_s = time.perf_counter() - start
-
-        def ours() -> int:  # every render (cache emptied) and every token, as prepare_data and training do
-            chat._render_cached.cache_clear()
-            return sum(chat.count(conversations)[0])
-
-        exact = ChatFormat(tokenizer, fast_text=False)  # the same encoding with the library for every text
-        reference = sum(exact.count(conversations)[0])
-        times: dict[str, list[float]] = {"ours": [], "library": []}
-        totals = {}
-        for _ in range(repeats):
-            for label, fn in (("ours", ours), ("library", library)):
-                start = time.perf_counter()
-                totals[label] = fn()
-                times[label].append(time.perf_counter() - start)
-        if totals["ours"] != reference:
-            raise AssertionError(f"{name}: fast counts {totals['ours']} differ from the library path's {reference}")
+        timed = _time_token_counts(tokenizer, conversations, repeats)
+        chat, times, totals = timed["chat"], timed["times"], timed["totals"]
+        if totals["ours"] != timed["reference"]:
+            raise AssertionError(f"{name}: fast counts {totals['ours']} differ from the library path's {timed['reference']}")
         best = {label: sorted(t)[len(t) // 2] for label, t in times.items()}  # medians of alternating runs
         per_sample, encodings = chat.count(conversations)
         outcomes = sorted({o for e in encodings for o in e.outcomes})
@@ -358,7 +380,7 @@ def token_benchmark(data: Path, work: Path, token_rows: int, repeats: int) -> li
             "ours_tokens_per_s": round(totals["ours"] / best["ours"]),
             "library_tokens_per_s": round(totals["library"] / best["library"]),
             "ratio_to_library": round((totals["ours"] / best["ours"]) / (totals["library"] / best["library"]), 3),
-            "setup_s": round(setup_s, 2),
+            "setup_s": round(timed["setup_s"], 2),
             "all_times_s": {k: [round(t, 2) for t in v] for k, v in times.items()},
             "text_encoder": chat.text.text_encoder,
             "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "(unset: on)"),
@@ -367,7 +389,7 @@ def token_benchmark(data: Path, work: Path, token_rows: int, repeats: int) -> li
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--rows", type=int, default=500_000, help="rows in the synthetic JSONL")
     parser.add_argument("--token-rows", type=int, default=4000, help="rows used for the token-counting benchmark")
@@ -381,31 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-grading", action="store_true", help="skip the grading part")
     parser.add_argument("--gradings", type=int, default=10_000, help="solutions graded in the grading part")
     parser.add_argument("--_baseline", nargs=2, metavar=("INPUT", "OUTDIR"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args._baseline:
-        baseline(*args._baseline)
-        return 0
+    return parser.parse_args(argv)
 
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    data = work / f"synthetic-{args.rows}-seed{args.seed}-v{GENERATOR_VERSION}.jsonl"
-    if not data.exists():
-        print(f"generating {args.rows:,} rows into {data} ...", flush=True)
-        start = time.perf_counter()
-        generate_jsonl(data, args.rows, args.seed)
-        print(f"  {data.stat().st_size / 1e6:,.0f} MB in {time.perf_counter() - start:.0f} s", flush=True)
-    results: dict = {"input": str(data), "input_mb": round(data.stat().st_size / 1e6, 1), "load_average": os.getloadavg()}
-    if not args.skip_pipeline:
-        results["pipeline"] = pipeline_benchmark(data, work, args.rows, args.repeats)
-    if not args.skip_tokens:
-        print("token counting ...", flush=True)
-        results["tokens"] = token_benchmark(data, work, args.token_rows, max(5, args.repeats))
-    if not args.skip_grading:
-        print("grading ...", flush=True)
-        results["grading"] = grading_benchmark(work, args.gradings, args.repeats)
-    results["load_average_after"] = os.getloadavg()
-    (work / "results.json").write_text(json.dumps(results, indent=2))
 
+def print_results(results: dict, work: Path) -> None:
+    """The summary tables of the parts that ran."""
     print("\n== results ==")
     if "pipeline" in results:
         p = results["pipeline"]
@@ -437,6 +439,34 @@ def main(argv: list[str] | None = None) -> int:
               f"outcomes {g['kept_with_answer_key']})")
     print(f"load average before/after: {results['load_average']} / {results['load_average_after']} (other jobs share these CPUs)")
     print(f"results written to {work / 'results.json'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args._baseline:
+        baseline(*args._baseline)
+        return 0
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / f"synthetic-{args.rows}-seed{args.seed}-v{GENERATOR_VERSION}.jsonl"
+    if not data.exists():
+        print(f"generating {args.rows:,} rows into {data} ...", flush=True)
+        start = time.perf_counter()
+        generate_jsonl(data, args.rows, args.seed)
+        print(f"  {data.stat().st_size / 1e6:,.0f} MB in {time.perf_counter() - start:.0f} s", flush=True)
+    results: dict = {"input": str(data), "input_mb": round(data.stat().st_size / 1e6, 1), "load_average": os.getloadavg()}
+    if not args.skip_pipeline:
+        results["pipeline"] = pipeline_benchmark(data, work, args.rows, args.repeats)
+    if not args.skip_tokens:
+        print("token counting ...", flush=True)
+        results["tokens"] = token_benchmark(data, work, args.token_rows, max(5, args.repeats))
+    if not args.skip_grading:
+        print("grading ...", flush=True)
+        results["grading"] = grading_benchmark(work, args.gradings, args.repeats)
+    results["load_average_after"] = os.getloadavg()
+    write_text_atomic(work / "results.json", json.dumps(results, indent=2))
+    print_results(results, work)
     return 0
 
 
