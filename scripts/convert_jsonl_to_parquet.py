@@ -12,8 +12,8 @@ not grow with the file: rows are parsed and written one chunk (about --chunk-mb)
 Blank lines are skipped and counted; a UTF-8 BOM and CRLF line ends are accepted. A bad row
 (invalid JSON or UTF-8, not an object, a truncated last line) stops the conversion with its
 file, line and reason (--on-error fail, the default) or is written to the rejects file with
-them (--on-error skip). The Parquet file is written to a temporary name and renamed into place,
-so an interrupted run never leaves a partial file.
+them (--on-error skip). The Parquet file is written to a temporary name and renamed into place
+(sft/common/files.py), so an interrupted run never leaves a partial file.
 """
 
 from __future__ import annotations
@@ -28,30 +28,22 @@ import argparse
 import collections
 import contextlib
 import os
-import shutil
-import tempfile
 
 import pyarrow.parquet as pq
 
+from sft.common.files import atomic_path, scratch_directory
 from sft.dataprep.jsonl_io import (
     DEFAULT_CHUNK_BYTES,
-    BadLine,
+    DataError,
     InputError,
     JsonlReader,
     SchemaTracker,
-    atomic_path,
     conform_table,
     ensure_writable_dir,
     rows_to_table,
 )
 
-
-class DataError(Exception):
-    """A bad row under --on-error fail."""
-
-    def __init__(self, bad: BadLine):
-        super().__init__(bad.message())
-        self.bad = bad
+__all__ = ["DataError", "InputError", "convert_jsonl_to_parquet", "main"]
 
 
 def convert_jsonl_to_parquet(
@@ -67,8 +59,6 @@ def convert_jsonl_to_parquet(
     Raises InputError (unreadable input, unwritable output, no rows) or DataError (first bad
     row under on_error="fail"); in both cases no output file is left behind.
     """
-    from tqdm import tqdm
-
     if on_error not in ("fail", "skip"):
         raise InputError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     input_path, output_path = str(input_path), Path(output_path)
@@ -79,13 +69,53 @@ def convert_jsonl_to_parquet(
     if rejects_path is None:
         rejects_path = Path(str(output_path) + ".rejects.jsonl")
     reader = JsonlReader(input_path, chunk_bytes=chunk_bytes)
-    tracker = SchemaTracker()
-    rejected: collections.Counter = collections.Counter()
-    rows_written = 0
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
-    parts: list[Path] = []
+    with scratch_directory(output_path, prefix=f".{output_path.name}.") as tmp_dir:
+        parts = _write_parts(reader, tmp_dir, on_error, progress)
+        if parts.rows_written == 0:
+            raise InputError(f"{input_path} has no rows to convert ({reader.blank_lines} blank lines, "
+                             f"{sum(parts.rejected.values())} rejected)")
+        with atomic_path(output_path) as tmp:
+            _merge_parts(parts, tmp)
+        if on_error == "skip":
+            if sum(parts.rejected.values()):
+                with atomic_path(rejects_path) as tmp:
+                    os.replace(parts.rejects, tmp)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(rejects_path)
+    return {
+        "input": input_path,
+        "output": str(output_path),
+        "rows_read": reader.rows_read,
+        "rows_written": parts.rows_written,
+        "blank_lines": reader.blank_lines,
+        "rejected": dict(parts.rejected),
+        "rejects_file": str(rejects_path) if sum(parts.rejected.values()) else None,
+        "sha256": reader.sha256,
+        "schema": {f.name: str(f.type) for f in parts.tracker.schema},
+    }
+
+
+class _Parts:
+    """The rows written so far: Parquet parts (a new one each time the schema widens) and the rejects file.
+    (A plain class: the tests load this script without registering it as a module, which dataclasses need.)"""
+
+    def __init__(self, rejects: Path):
+        self.rejects = rejects
+        self.files: list[Path] = []
+        self.tracker = SchemaTracker()
+        self.rows_written = 0
+        self.rejected: collections.Counter = collections.Counter()
+
+
+def _write_parts(reader: JsonlReader, tmp_dir: Path, on_error: str, progress: bool) -> _Parts:
+    """Read every chunk and write its rows to Parquet parts in `tmp_dir` (bad rows to its rejects.jsonl
+    with on_error="skip"; DataError for the first with "fail")."""
+    from tqdm import tqdm
+
+    parts = _Parts(tmp_dir / "rejects.jsonl")
     writer = writer_schema = None
-    rejects_handle = open(tmp_dir / "rejects.jsonl", "wb") if on_error == "skip" else None  # noqa: SIM115
+    rejects_handle = open(parts.rejects, "wb") if on_error == "skip" else None  # noqa: SIM115
     bar = tqdm(total=reader.size, unit="B", unit_scale=True, desc="converting", disable=not progress, mininterval=1.0)
     try:
         for chunk in reader:
@@ -93,62 +123,39 @@ def convert_jsonl_to_parquet(
             for bad in chunk.bad:
                 if on_error == "fail":
                     raise DataError(bad)
-                rejected[bad.reason] += 1
+                parts.rejected[bad.reason] += 1
                 rejects_handle.write(bad.to_json())
             if not chunk.rows:
                 continue
-            table = tracker.conform(rows_to_table(chunk.rows))
-            if writer is None or writer_schema != tracker.schema:
+            table = parts.tracker.conform(rows_to_table(chunk.rows))
+            if writer is None or writer_schema != parts.tracker.schema:
                 # the schema widened: finish this part; the parts are merged at the end
                 if writer is not None:
                     writer.close()
-                parts.append(tmp_dir / f"part{len(parts):04d}.parquet")
-                writer_schema = tracker.schema
-                writer = pq.ParquetWriter(str(parts[-1]), writer_schema)
+                parts.files.append(tmp_dir / f"part{len(parts.files):04d}.parquet")
+                writer_schema = parts.tracker.schema
+                writer = pq.ParquetWriter(str(parts.files[-1]), writer_schema)
             writer.write_table(table)
-            rows_written += table.num_rows
-        if writer is not None:
-            writer.close()
-            writer = None
-        bar.close()
-        if rows_written == 0:
-            raise InputError(f"{input_path} has no rows to convert ({reader.blank_lines} blank lines, "
-                             f"{sum(rejected.values())} rejected)")
-        with atomic_path(output_path) as tmp:
-            if len(parts) == 1:
-                os.replace(parts[0], tmp)
-            else:
-                with pq.ParquetWriter(str(tmp), tracker.schema) as final:
-                    for part in parts:
-                        source = pq.ParquetFile(str(part))
-                        for group in range(source.num_row_groups):
-                            final.write_table(conform_table(source.read_row_group(group), tracker.schema))
-        if rejects_handle is not None:
-            rejects_handle.close()
-            if sum(rejected.values()):
-                with atomic_path(rejects_path) as tmp:
-                    os.replace(tmp_dir / "rejects.jsonl", tmp)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(rejects_path)
+            parts.rows_written += table.num_rows
     finally:
         bar.close()
         if writer is not None:
             writer.close()
-        if rejects_handle is not None and not rejects_handle.closed:
+        if rejects_handle is not None:
             rejects_handle.close()
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return {
-        "input": input_path,
-        "output": str(output_path),
-        "rows_read": reader.rows_read,
-        "rows_written": rows_written,
-        "blank_lines": reader.blank_lines,
-        "rejected": dict(rejected),
-        "rejects_file": str(rejects_path) if sum(rejected.values()) else None,
-        "sha256": reader.sha256,
-        "schema": {f.name: str(f.type) for f in tracker.schema},
-    }
+    return parts
+
+
+def _merge_parts(parts: _Parts, path: Path) -> None:
+    """The parts as one Parquet file at `path`, every row in the final schema."""
+    if len(parts.files) == 1:
+        os.replace(parts.files[0], path)
+        return
+    with pq.ParquetWriter(str(path), parts.tracker.schema) as final:
+        for part in parts.files:
+            source = pq.ParquetFile(str(part))
+            for group in range(source.num_row_groups):
+                final.write_table(conform_table(source.read_row_group(group), parts.tracker.schema))
 
 
 def main(argv: list[str] | None = None) -> int:

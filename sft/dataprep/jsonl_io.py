@@ -25,7 +25,6 @@ hashing overlaps parsing.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import json
@@ -40,7 +39,8 @@ from typing import Any, Iterator
 import orjson
 import pyarrow as pa
 
-from sft.common.files import atomic_path, write_json_atomic  # noqa: F401  (re-exported for the data modules)
+from sft.common.errors import UserError
+from sft.common.files import atomic_path, write_json_atomic  # noqa: F401  (re-exported: sft/evaluate.py, sft/demo/synthetic_math.py)
 
 DEFAULT_CHUNK_BYTES = 8 << 20
 
@@ -79,8 +79,16 @@ class BadLine:
         return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY, default=str) + b"\n"
 
 
-class InputError(Exception):
+class InputError(UserError):
     """A problem with the inputs or the output location that the user has to fix."""
+
+
+class DataError(UserError):
+    """A bad input row under --on-error fail (prepare_data and convert_jsonl_to_parquet)."""
+
+    def __init__(self, bad: BadLine):
+        super().__init__(bad.message())
+        self.bad = bad
 
 
 @dataclass
