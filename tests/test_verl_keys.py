@@ -156,6 +156,11 @@ def test_same_name_keys_and_hydra_forms_are_left_alone(keys):
     assert translate(overrides, keys) == (overrides, [])
 
 
+def test_an_empty_dict_needs_no_plus(keys):
+    assert translate(["data.apply_chat_template_kwargs={}"], keys) == (["data.apply_chat_template_kwargs={}"], [])
+    assert _composed(["data.apply_chat_template_kwargs={}"])["data"]["apply_chat_template_kwargs"] == {}
+
+
 def test_a_translated_key_given_with_plus_is_still_translated(keys):
     overrides, _ = translate(["+optim.warmup_ratio=0.2"], keys)
     assert overrides == ["optim.lr_warmup_steps_ratio=0.2"]

@@ -15,7 +15,7 @@ Where each old name comes from (all in https://github.com/volcengine/verl):
     data.prompt_key / response_key / prompt_dict_keys / response_dict_keys, data.micro_batch_size:
     v0.4.0-v0.6.1; data.multiturn.enable_thinking_key: v0.4.1-v0.6.1;
     optim.warmup_steps_ratio: v0.4.0-v0.6.0 (v0.6.1 already calls it lr_warmup_steps_ratio);
-    trainer.resume_path: v0.4.0-v0.4.1 (v0.5.0 has resume_mode + resume_from_path);
+    trainer.resume_path: v0.4.0-v0.4.1, declared but read by no code (v0.5.0 has resume_mode + resume_from_path);
     trainer.checkpoint.{save_contents, load_contents}: v0.5.0-v0.6.1 (top-level `checkpoint` in 0.9.1).
   optim.grad_clip: the PPO actor's name (verl/trainer/config/actor/*.yaml); verl 0.9.1's
     FSDPOptimizerConfig still has it as a deprecated alias but its YAML does not, so Hydra refuses it.
@@ -144,7 +144,8 @@ RENAMED: tuple[KeyRow, ...] = (
     KeyRow("use_remove_padding", "model.use_remove_padding", "verl v0.4.0-v0.6.1"),
     KeyRow("ulysses_sequence_parallel_size", "engine.ulysses_sequence_parallel_size", "verl v0.4.0-v0.6.1"),
     KeyRow("trainer.resume_path", "trainer.resume_from_path", "verl v0.4.0-v0.4.1",
-           "(used with trainer.resume_mode=auto or resume_path; the path must name a global_step_N directory)"),
+           "(verl 0.4's trainer declared but never read it; verl 0.9.1 resumes from this global_step_N "
+           "directory under trainer.resume_mode=auto or resume_path)"),
     KeyRow("trainer.checkpoint.save_contents", "checkpoint.save_contents", "verl v0.5.0-v0.6.1"),
     KeyRow("trainer.checkpoint.load_contents", "checkpoint.load_contents", "verl v0.5.0-v0.6.1"),
     KeyRow("data.multiturn.messages_key", "data.messages_key", "verl v0.4.0-v0.6.1"),
@@ -323,7 +324,7 @@ def translate(overrides: list[str], known_keys: set[str] | frozenset[str]) -> tu
             continue
         value = normalise_value(value)
         if key in known_keys or (prefix and key not in ROWS_BY_OLD):
-            if not prefix and value.startswith("{") and _is_open_dict(key, known_keys):
+            if not prefix and value.startswith("{") and value != "{}" and _is_open_dict(key, known_keys):
                 prefix = "++"
                 notes.append(f"{key} is an empty dictionary in verl 0.9.1's config: passed ++{key}={value}.")
             translated.append(f"{prefix}{key}={value}")
