@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sft.dataprep.jsonl_io import InputError
-from sft.prepare_data import DataError, PrepareConfig, _Preparer, main, prepare_data
+from sft.dataprep import write as data_write
+from sft.prepare_data import DataError, PrepareConfig, main, prepare_data
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -309,10 +310,10 @@ def test_interrupted_run_leaves_previous_outputs_and_no_partial_files(tmp_path, 
     out = tmp_path / "out"
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def interrupted(self, table, schema):
+    def interrupted(table, schema, config):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_Preparer, "_to_output", interrupted)
+    monkeypatch.setattr(data_write, "to_output", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, [source], seed=5)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -539,33 +540,34 @@ def test_token_counting_in_workers_matches_one_process(tmp_path, tiny_model_dir)
     assert os.environ.get("TOKENIZERS_PARALLELISM") == parallelism_before  # the caller's setting is restored
 
 
-def _scan_everything(source: Path, spill_dir: Path, fast: bool, chunk_bytes: int = 600,
+def _scan_everything(source: Path, spill_dir: Path, vectorised: bool, chunk_bytes: int = 600,
                      **settings) -> tuple[list, dict, pa.Schema, int]:
     from sft.dataprep import scan as data_scan
     from sft.dataprep.jsonl_io import conform_table
 
     spill_dir.mkdir()
-    scanner = data_scan.Scanner(data_scan.ScanSettings(spill_dir=str(spill_dir), buckets=3, chunk_bytes=chunk_bytes,
-                                                       **settings))
-    scanner.fast = fast
-    fast_chunks = 0
-    if fast:
-        original = scanner._spill_fast
+    config = PrepareConfig(chunk_mb=chunk_bytes / (1 << 20), progress=False, **settings)
+    assert config.chunk_bytes == chunk_bytes
+    scanner = data_scan.Scanner(data_scan.ScanSettings(config, spill_dir=str(spill_dir), buckets=3))
+    scanner.vectorised = vectorised
+    vectorised_chunks = 0
+    if vectorised:
+        original = scanner._spill_vectorised
 
         def counting(*args):
-            nonlocal fast_chunks
+            nonlocal vectorised_chunks
             taken = original(*args)
-            fast_chunks += taken
+            vectorised_chunks += taken
             return taken
 
-        scanner._spill_fast = counting
+        scanner._spill_vectorised = counting
     results = [scanner.scan(task) for task in data_scan.plan_tasks([str(source)], task_bytes=3000)]
     spill = scanner.finish()
     buckets = {}
     for bucket, paths in spill.files.items():
         tables = [pa.ipc.open_stream(path).read_all() for path in paths]
         buckets[bucket] = pa.concat_tables([conform_table(t, spill.schema) for t in tables]).to_pylist()
-    return results, buckets, spill.schema, fast_chunks
+    return results, buckets, spill.schema, vectorised_chunks
 
 
 @pytest.mark.parametrize("settings", [{}, {"group_by": "prompt"}, {"dedup": True}, {"id_key": "absent"}])
@@ -592,16 +594,16 @@ def test_vectorised_scan_equals_the_row_by_row_scan(tmp_path, settings):
         rows.append(row)
     source = write_jsonl(tmp_path / "a.jsonl", rows)
     on_error = {"on_error": "skip"}
-    slow = _scan_everything(source, tmp_path / "slow", fast=False, **on_error, **settings)
-    fast = _scan_everything(source, tmp_path / "fast", fast=True, **on_error, **settings)
-    assert fast[3] >= 5, "the vectorised path was hardly taken"
-    assert fast[1] == slow[1] and fast[2] == slow[2]  # the same rows, values and types in every bucket
-    for a, b in zip(slow[0], fast[0]):
+    by_row = _scan_everything(source, tmp_path / "by_row", vectorised=False, **on_error, **settings)
+    vectorised = _scan_everything(source, tmp_path / "vectorised", vectorised=True, **on_error, **settings)
+    assert vectorised[3] >= 5, "the vectorised path was hardly taken"
+    assert vectorised[1] == by_row[1] and vectorised[2] == by_row[2]  # the same rows, values and types in every bucket
+    for a, b in zip(by_row[0], vectorised[0]):
         for name in ("order", "groups", "prompts", "digests"):
             assert np.array_equal(getattr(a, name), getattr(b, name)) if getattr(a, name) is not None \
                 else getattr(b, name) is None, name
         assert (a.rows_read, a.rejected, a.filtered) == (b.rows_read, b.rejected, b.filtered)
-    assert sum(sum(r.rejected.values()) for r in fast[0]) == 3  # the three blank responses
+    assert sum(sum(r.rejected.values()) for r in vectorised[0]) == 3  # the three blank responses
 
 
 def test_long_texts_are_written_without_dictionary_or_statistics(tmp_path):
@@ -622,8 +624,8 @@ def test_vectorised_scan_keeps_the_first_seen_order_of_nested_fields(tmp_path, s
     # bucket order the vectorised path builds its table in.
     rows = [{**r, "extra": {"j": "first"} if i == 0 else {"k": i}} for i, r in enumerate(make_rows(problems=20))]
     source = write_jsonl(tmp_path / "a.jsonl", rows)
-    slow = _scan_everything(source, tmp_path / "slow", fast=False, chunk_bytes=1 << 20, seed=seed)
-    fast = _scan_everything(source, tmp_path / "fast", fast=True, chunk_bytes=1 << 20, seed=seed)
-    assert fast[3] >= 1
-    assert fast[2] == slow[2] and fast[2].field("extra").type.field(0).name == "j"
-    assert fast[1] == slow[1]
+    by_row = _scan_everything(source, tmp_path / "by_row", vectorised=False, chunk_bytes=1 << 20, seed=seed)
+    vectorised = _scan_everything(source, tmp_path / "vectorised", vectorised=True, chunk_bytes=1 << 20, seed=seed)
+    assert vectorised[3] >= 1
+    assert vectorised[2] == by_row[2] and vectorised[2].field("extra").type.field(0).name == "j"
+    assert vectorised[1] == by_row[1]

@@ -1,20 +1,27 @@
-"""The scan of sft/prepare_data.py (row by row, or vectorised for clean chunks), run in parallel worker processes.
+"""The scan of sft/prepare_data.py: parse, validate, filter, hash and spill rows (imported; not a command).
 
-Usage (internal; prepare_data drives it):
+Usage (internal; prepare_data drives it, in worker processes through sft.dataprep.workers):
     tasks = plan_tasks(files)                       # ~32 MiB line-aligned byte ranges
     scanner = Scanner(settings, answers, chat)      # one per worker process (chat: a ChatFormat or None)
     result = scanner.scan(task)                     # parse, validate, filter, hash, spill
-    spill = scanner.finish()                        # the Arrow IPC bucket files it wrote
+    spill = scanner.finish()                        # the Arrow IPC bucket files it wrote (sft.dataprep.spill)
 
-Each task's rows are parsed (sft.dataprep.jsonl_io), validated (bad rows become rejects with a reason),
-turned into the messages to train on (a row's own conversation, --system-prompt, replies less
-their reasoning with --answers-only) and, with --tokenizer, encoded by sft.text.chat_format (rows the
-chat template refuses are rejects), passed through the row-local filters (final answer,
-correctness, token limits) and written to
-the shuffle buckets on disk, tagged with an order key (task index << 32 | line in task) and
-the seeded hash of their problem. What needs every row in input order (dedup, the first K per
-problem, the split) is decided afterwards by prepare_data from the compact per-row arrays in
-the TaskResult, so any number of workers gives the same output.
+Each task's rows are parsed (sft.dataprep.jsonl_io), validated (bad rows become rejects with a
+reason), turned into the messages to train on (a row's own conversation, --system-prompt,
+replies less their reasoning with --answers-only) and, with --tokenizer, encoded by
+sft.text.chat_format (rows the chat template refuses are rejects), passed through the
+row-local filters (final answer, correctness, token limits) and written to the shuffle
+buckets on disk, tagged with an order key (task index << 32 | line in task) and the seeded
+hash of their problem. What needs every row in input order (dedup, the first K per problem,
+the split) is decided afterwards by prepare_data from the compact per-row arrays in the
+TaskResult, so any number of workers gives the same output.
+
+A chunk takes one of two paths with identical results. The vectorised path
+(`_spill_vectorised`: Arrow validates, hashes and builds the whole chunk's table) is taken
+when no row-local filter needs the rows as Python values (`Scanner.vectorised`) and the chunk
+has no bad line; it hands back any chunk with a row it cannot take. The row-by-row path
+(`_scan_rows`: `_validate`, `_conversations`, `_filter_rows`, `_spill_items`) takes every
+other chunk and finds and names every bad row.
 """
 
 from __future__ import annotations
@@ -23,35 +30,35 @@ import collections
 import hashlib
 import math
 import operator
-import os
-import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
 
-from sft.dataprep.jsonl_io import BadLine, JsonlReader, SchemaTracker, line_boundaries, rows_to_table, values_to_array
+from sft.common.errors import UserError
+from sft.dataprep.jsonl_io import BadLine, JsonlReader, line_boundaries, rows_to_table, values_to_array
+from sft.dataprep.spill import (
+    ANSWER_COLUMN,
+    CONVERSATION_COLUMN,
+    GROUP_COLUMN,
+    ORDER_COLUMN,
+    RULE_COLUMN,
+    TOKENS_COLUMN,
+    append_line_records,
+    SpillInfo,
+    SpillWriter,
+)
+
+if TYPE_CHECKING:
+    from sft.dataprep.config import PrepareConfig
 
 TASK_BYTES = 32 << 20
 HEAVY_TASK_BYTES = 512 << 10
 """Task size when every row is graded (--answer-key/--answers): milliseconds a row, so more, smaller tasks."""
-ORDER_COLUMN = "__sft_order"
-GROUP_COLUMN = "__sft_group"
-TOKENS_COLUMN = "sft_num_tokens"
-ANSWER_COLUMN = "sft_answer"
-"""With --answer-key/--answers: the answer the grader found in the kept solution."""
-RULE_COLUMN = "sft_answer_rule"
-"""... and how it found it (sft.text.math_answers.RULES, or strict)."""
-GRADING_COLUMNS = (ANSWER_COLUMN, RULE_COLUMN)
 MESSAGES_COLUMN = "messages"
-CONVERSATION_COLUMN = "__sft_messages"
-"""JSON of the messages to train on, for rows whose messages are not [system?, prompt, response]
-(conversation rows, and responses whose reasoning --answers-only removed)."""
-INTERNAL_COLUMNS = (ORDER_COLUMN, GROUP_COLUMN, CONVERSATION_COLUMN)
 
 # Reject reasons added by validation (parse failures come from sft.dataprep.jsonl_io).
 REASON_MISSING = "missing_field"
@@ -76,7 +83,7 @@ ROW_FILTERS = (
 )
 
 
-class ConfigurationError(Exception):
+class ConfigurationError(UserError):
     """The data does not fit the options (e.g. rows already have a `messages` field)."""
 
 
@@ -91,30 +98,11 @@ class ScanTask:
 
 @dataclass
 class ScanSettings:
-    """What a worker needs; picklable."""
+    """What a worker needs; picklable: the run's options, and where and into how many buckets to spill."""
 
+    config: PrepareConfig
     spill_dir: str
     buckets: int
-    seed: int = 0
-    prompt_key: str = "prompt"
-    response_key: str = "generated_solution"
-    id_key: str = "id"
-    group_by: str = "id"
-    system_prompt: str | None = None
-    require_final_answer: bool = False
-    answer_key: str | None = None
-    check_answers: bool = False
-    min_tokens: int | None = None
-    max_tokens: int | None = None
-    max_length: int | None = None
-    num_tokens_key: str = "num_tokens"
-    dedup: bool = False
-    on_error: str = "fail"
-    chunk_bytes: int = 8 << 20
-    messages_key: str = "messages"
-    strict_grading: bool = False
-    answers_only: bool = False
-    reasoning_tags: tuple[str, str] = ("<think>", "</think>")
 
 
 @dataclass
@@ -144,14 +132,6 @@ class TaskResult:
     """token counts of every row that reached the length filters (for the summary)"""
     template_flags: collections.Counter = field(default_factory=collections.Counter)
     """how the chat template placed those rows' replies (sft.text.chat_format outcomes and flags), rows per flag"""
-
-
-@dataclass
-class SpillInfo:
-    files: dict[int, list[str]]
-    schema: pa.Schema | None
-    first_seen: dict[str, int]
-    """order key of the first row with each column: fixes the output column order"""
 
 
 def plan_tasks(files: list[str], task_bytes: int = TASK_BYTES) -> list[ScanTask]:
@@ -240,42 +220,25 @@ class Scanner:
 
     def __init__(self, settings: ScanSettings, answers: dict[str, str] | None = None, counter=None,
                  worker_id: int = 0):
-        self.s = settings
+        self.settings = settings
+        self.cfg = s = settings.config
+        self.tags = s.tags
         self.answers = answers
         self.chat = counter
-        self.worker_id = worker_id
-        self.tracker = SchemaTracker()
-        self.first_seen: dict[str, int] = {}
-        self.files: dict[int, list[str]] = collections.defaultdict(list)
-        self.writers: dict[int, tuple[Any, pa.Schema]] = {}
-        self.group_hash = _HashCache(_seed_key(settings.seed, "group"))
+        self.spill = SpillWriter(settings.spill_dir, settings.buckets, worker_id)
+        self.group_hash = _HashCache(_seed_key(s.seed, "group"))
         self.prompt_hash = _HashCache(_seed_key(0, "prompt"))
         # No row-local filter needs the rows as Python values: chunks take the vectorised path.
-        self.fast = not (settings.require_final_answer or settings.check_answers or counter is not None
-                         or settings.min_tokens or settings.max_tokens or settings.answers_only)
-
-    # -- spill ------------------------------------------------------------------------
-    def _write(self, bucket: int, table: pa.Table) -> None:
-        current = self.writers.get(bucket)
-        if current is None or current[1] != table.schema:
-            if current is not None:
-                current[0].close()
-            name = f"b{bucket:04d}-w{self.worker_id:03d}-{len(self.files[bucket]):03d}.arrow"
-            path = os.path.join(self.s.spill_dir, name)
-            self.files[bucket].append(path)
-            current = (ipc.new_stream(path, table.schema), table.schema)
-            self.writers[bucket] = current
-        current[0].write_table(table)
+        self.vectorised = not (s.require_final_answer or s.check_answers or counter is not None
+                               or s.min_tokens or s.max_tokens or s.answers_only)
 
     def finish(self) -> SpillInfo:
-        for writer, _ in self.writers.values():
-            writer.close()
-        self.writers.clear()
-        return SpillInfo(dict(self.files), self.tracker.schema, self.first_seen)
+        """Close the spill files; what they are, for the parent."""
+        return self.spill.finish()
 
     # -- one task ---------------------------------------------------------------------
     def _validate(self, path: str, line: int, row: dict) -> BadLine | None:
-        s = self.s
+        s = self.cfg
         if s.messages_key in row:  # a conversation row: its messages are the sample
             from sft.text.chat_format import conversation_problem
 
@@ -314,59 +277,30 @@ class Scanner:
     def _reference(self, row: dict) -> str | None:
         from sft.text.math_answers import reference_answer
 
-        if self.s.answer_key:
-            value = row.get(self.s.answer_key)
+        if self.cfg.answer_key:
+            value = row.get(self.cfg.answer_key)
             return reference_answer(None if value is None else str(value))
-        ident = row.get(self.s.id_key)
+        ident = row.get(self.cfg.id_key)
         return None if ident is None or self.answers is None else self.answers.get(str(ident))
 
     def scan(self, task: ScanTask, progress: Callable[[int], None] | None = None,
              stop: Callable[[], bool] | None = None) -> TaskResult:
-        s = self.s
+        """Scan one task: every chunk takes the vectorised path if it can, the row-by-row path otherwise."""
         result = TaskResult(task.index, task.file_index)
-        rejects_handle = None
         arrays: dict[str, list] = collections.defaultdict(list)
         self.group_hash.clear()
         self.prompt_hash.clear()
-        reader = JsonlReader(task.path, chunk_bytes=s.chunk_bytes, start=task.start, end=task.end)
-        try:
-            for chunk in reader:
-                result.nbytes += chunk.nbytes
-                if progress is not None:
-                    progress(chunk.nbytes)
-                if not chunk.bad and self.fast and self._spill_fast(task, chunk.rows, chunk.lines, arrays):
-                    if stop is not None and stop():
-                        result.skipped = True
-                        break
-                    continue
-                bad = list(chunk.bad)
-                rows, lines = [], []
-                for line, row in zip(chunk.lines, chunk.rows):
-                    problem = self._validate(task.path, line, row)
-                    if problem is None:
-                        rows.append(row)
-                        lines.append(line)
-                    else:
-                        bad.append(problem)
-                items = self._conversations(task.path, rows, lines, result, bad) if rows else []
-                if bad:
-                    bad.sort(key=lambda b: b.line)
-                    if s.on_error == "fail":
-                        result.first_bad = bad[0]
-                        break
-                    if rejects_handle is None:
-                        fd, result.rejects_path = tempfile.mkstemp(dir=s.spill_dir, prefix=f"rejects-{task.index:06d}-")
-                        rejects_handle = os.fdopen(fd, "wb")
-                    for item in bad:
-                        result.rejected[item.reason] += 1
-                        rejects_handle.write(item.to_json())
-                self._filter_and_spill(task, items, result, arrays)
-                if stop is not None and stop():
-                    result.skipped = True
-                    break
-        finally:
-            if rejects_handle is not None:
-                rejects_handle.close()
+        reader = JsonlReader(task.path, chunk_bytes=self.cfg.chunk_bytes, start=task.start, end=task.end)
+        for chunk in reader:
+            result.nbytes += chunk.nbytes
+            if progress is not None:
+                progress(chunk.nbytes)
+            spilled = not chunk.bad and self.vectorised and self._spill_vectorised(task, chunk.rows, chunk.lines, arrays)
+            if not spilled and self._scan_rows(task, chunk, result, arrays):
+                break  # a bad row under --on-error fail
+            if stop is not None and stop():
+                result.skipped = True
+                break
         result.lines = reader.lines
         result.rows_read = reader.rows_read
         result.blank_lines = reader.blank_lines
@@ -377,8 +311,34 @@ class Scanner:
             result.digests = np.frombuffer(b"".join(arrays["digests"]), dtype=np.uint64)
         return result
 
+    # -- row by row ---------------------------------------------------------------------
+    def _scan_rows(self, task: ScanTask, chunk, result: TaskResult, arrays: dict[str, list]) -> bool:
+        """Validate, filter and spill a chunk row by row; True when it holds a bad row under --on-error fail
+        (then `result.first_bad` is the first)."""
+        bad = list(chunk.bad)
+        rows, lines = [], []
+        for line, row in zip(chunk.lines, chunk.rows):
+            problem = self._validate(task.path, line, row)
+            if problem is None:
+                rows.append(row)
+                lines.append(line)
+            else:
+                bad.append(problem)
+        items = self._conversations(task.path, rows, lines, result, bad) if rows else []
+        if bad:
+            bad.sort(key=lambda b: b.line)
+            if self.cfg.on_error == "fail":
+                result.first_bad = bad[0]
+                return True
+            for item in bad:
+                result.rejected[item.reason] += 1
+            result.rejects_path = append_line_records(result.rejects_path, self.settings.spill_dir, "rejects",
+                                                      task.index, [item.to_json() for item in bad])
+        self._filter_and_spill(task, items, result, arrays)
+        return False
+
     # -- the common case, vectorised ------------------------------------------------------
-    def _spill_fast(self, task: ScanTask, rows: list[dict], lines: list[int], arrays: dict[str, list]) -> bool:
+    def _spill_vectorised(self, task: ScanTask, rows: list[dict], lines: list[int], arrays: dict[str, list]) -> bool:
         """Validate, hash and spill a chunk with no bad line, with Arrow doing the per-row work.
 
         Gives exactly what the row-by-row path gives (same columns, types, hashes and
@@ -386,21 +346,47 @@ class Scanner:
         missing, null, non-string, empty or blank prompt/response, an id that is not a
         string or number, a `messages` field), so bad rows are still found and named there.
         """
-        s = self.s
+        s = self.cfg
         if not rows:
             return True
         order_in = (np.uint64(task.index) << np.uint64(32)) | np.asarray(lines, dtype=np.uint64)
-        buckets = bucket_of(order_in, s.seed, s.buckets)
+        buckets = bucket_of(order_in, s.seed, self.settings.buckets)
         perm = np.argsort(buckets, kind="stable")
         # The long text columns are built in bucket order (no take of them); the others in input
         # order and then taken, since Arrow infers a struct's field order from the first values.
         ordered = list(map(rows.__getitem__, perm.tolist()))
-        take = pa.array(perm)
+        columns = self._vectorised_columns(rows, ordered, pa.array(perm))
+        if columns is None:
+            return False
+        table = pa.table(columns)
+
+        # Hashes, computed once per distinct prompt / id; the same values as the row-by-row path.
+        prompts = columns[s.prompt_key].dictionary_encode()
+        prompt_codes = prompts.indices.to_numpy()
+        distinct_prompts = prompts.dictionary.to_pylist()
+        prompt_hashes = np.array([self.prompt_hash(p) for p in distinct_prompts], dtype=np.uint64)[prompt_codes]
+        groups = self._vectorised_groups(columns.get(s.id_key), distinct_prompts, prompt_codes, ordered)
+
+        unsort = np.empty_like(perm)
+        unsort[perm] = np.arange(len(perm))
+        arrays["order"].append(order_in)
+        arrays["groups"].append(groups[unsort])
+        arrays["prompts"].append(prompt_hashes[unsort])
+        if s.dedup:
+            arrays["digests"].extend(_dedup_digest(row[s.prompt_key], row[s.response_key]) for row in rows)
+
+        self.spill.append(table, int(order_in[0]), {GROUP_COLUMN: groups, ORDER_COLUMN: order_in[perm]}, buckets[perm])
+        return True
+
+    def _vectorised_columns(self, rows: list[dict], ordered: list[dict], take: pa.Array) -> dict[str, pa.Array] | None:
+        """The chunk's columns in bucket order (`ordered`: the rows in that order, `take`: the permutation),
+        or None when a row needs the row-by-row path."""
+        s = self.cfg
         first = rows[0]
         keys = list(first) if len(set().union(*rows)) == len(first) else list(
             dict.fromkeys(k for row in rows for k in row))
         if MESSAGES_COLUMN in keys or s.messages_key in keys or s.prompt_key not in keys or s.response_key not in keys:
-            return False
+            return None
         columns = {}
         for key in keys:
             text = key in (s.prompt_key, s.response_key)
@@ -413,28 +399,26 @@ class Scanner:
                 try:  # raises on any value that is not a str
                     array = pa.array(values, type=pa.string())
                 except (pa.ArrowTypeError, pa.ArrowInvalid):
-                    return False
+                    return None
                 if array.null_count or not self._all_filled(array):
-                    return False
+                    return None
             elif key == s.id_key:
                 try:
                     array = pa.array(values, from_pandas=False)
                 except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError):
-                    return False
+                    return None
                 if array.type not in _ID_TYPES:
-                    return False
+                    return None
                 array = array.take(take)
             else:
                 array = values_to_array(values).take(take)
             columns[key] = array
-        table = pa.table(columns)
+        return columns
 
-        # Hashes, computed once per distinct prompt / id; the same values as the row-by-row path.
-        prompts = columns[s.prompt_key].dictionary_encode()
-        prompt_codes = prompts.indices.to_numpy()
-        distinct_prompts = prompts.dictionary.to_pylist()
-        prompt_hashes = np.array([self.prompt_hash(p) for p in distinct_prompts], dtype=np.uint64)[prompt_codes]
-        ids = columns.get(s.id_key)
+    def _vectorised_groups(self, ids: pa.Array | None, distinct_prompts: list[str], prompt_codes: np.ndarray,
+                           ordered: list[dict]) -> np.ndarray:
+        """The problem hash of each row in bucket order, each distinct id or prompt hashed once."""
+        s = self.cfg
         if s.group_by == "prompt" or ids is None or ids.null_count == len(ids):
             by_prompt = np.array([self.group_hash("p\x1f" + p) for p in distinct_prompts], dtype=np.uint64)
             groups = by_prompt[prompt_codes]
@@ -449,17 +433,7 @@ class Scanner:
                                 else "i\x1f" + str(row[s.id_key]))
                 for row in ordered
             ], dtype=np.uint64)
-
-        unsort = np.empty_like(perm)
-        unsort[perm] = np.arange(len(perm))
-        arrays["order"].append(order_in)
-        arrays["groups"].append(groups[unsort])
-        arrays["prompts"].append(prompt_hashes[unsort])
-        if s.dedup:
-            arrays["digests"].extend(_dedup_digest(row[s.prompt_key], row[s.response_key]) for row in rows)
-
-        self._spill(table, int(order_in[0]), {GROUP_COLUMN: groups, ORDER_COLUMN: order_in[perm]}, buckets[perm])
-        return True
+        return groups
 
     @staticmethod
     def _all_filled(array: pa.Array) -> bool:
@@ -478,12 +452,12 @@ class Scanner:
         with no answer by --answers-only are counted as filtered."""
         from sft.text.chat_format import canonical_messages, split_reasoning
 
-        s = self.s
+        s = self.cfg
         items: list[_Item] = []
         system = [{"role": "system", "content": s.system_prompt}] if s.system_prompt is not None else []
         for line, row in zip(lines, rows):
             if s.messages_key in row:
-                messages = canonical_messages(row[s.messages_key], s.reasoning_tags)
+                messages = canonical_messages(row[s.messages_key], self.tags)
                 if system and messages[0]["role"] != "system":
                     messages = system + messages
                 prompt = next(m["content"] for m in messages if m["role"] == "user")
@@ -493,7 +467,7 @@ class Scanner:
                 messages = system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
                 custom = False
             if s.answers_only:
-                replies = [split_reasoning(m["content"], s.reasoning_tags)[1] if m["role"] == "assistant" else None
+                replies = [split_reasoning(m["content"], self.tags)[1] if m["role"] == "assistant" else None
                            for m in messages]
                 if any(m["role"] == "assistant" and not reply.strip() for m, reply in zip(messages, replies)):
                     result.filtered["no_answer_after_reasoning"] += 1
@@ -501,7 +475,7 @@ class Scanner:
                 if any(reply is not None and reply != m["content"] for m, reply in zip(messages, replies)):
                     messages = [dict(m, content=reply) if reply is not None else m for m, reply in zip(messages, replies)]
                     custom = True
-            answer = split_reasoning(messages[-1]["content"], s.reasoning_tags)[1]
+            answer = split_reasoning(messages[-1]["content"], self.tags)[1]
             if custom:
                 head = orjson.dumps(messages[:-1]).decode()
                 items.append(_Item(row, line, prompt, answer, head, messages[-1]["content"], messages))
@@ -523,7 +497,7 @@ class Scanner:
         return items
 
     def _default(self, item: _Item) -> list[dict]:
-        s = self.s
+        s = self.cfg
         system = [{"role": "system", "content": s.system_prompt}] if s.system_prompt is not None else []
         return system + [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": item.response}]
 
@@ -537,7 +511,7 @@ class Scanner:
         records = []
         for i in keep:
             reference = self._reference(items[i].row)
-            verdict = grade(items[i].answer, reference, items[i].prompt, strict=self.s.strict_grading)
+            verdict = grade(items[i].answer, reference, items[i].prompt, strict=self.cfg.strict_grading)
             result.grading_outcomes[verdict.outcome] += 1
             result.grading_rules[verdict.rule] += 1
             if verdict.outcome == "correct":
@@ -550,16 +524,22 @@ class Scanner:
         for reason in ("no_reference_answer", "no_answer_found", "wrong_answer"):
             drop(dropped[reason], reason)
         if records:
-            if result.drops_path is None:
-                fd, result.drops_path = tempfile.mkstemp(dir=self.s.spill_dir, prefix=f"drops-{task.index:06d}-")
-                os.close(fd)
-            with open(result.drops_path, "ab") as handle:
-                handle.writelines(records)
+            result.drops_path = append_line_records(result.drops_path, self.settings.spill_dir, "drops", task.index,
+                                                    records)
 
     def _filter_and_spill(self, task: ScanTask, items: list[_Item], result: TaskResult, arrays: dict[str, list]) -> None:
-        s = self.s
         if not items:
             return
+        keep, tokens = self._filter_rows(task, items, result, arrays)
+        if keep:
+            counts = [tokens[i] for i in keep] if tokens is not None and self.chat is not None else None
+            self._spill_items(task, [items[i] for i in keep], counts, arrays)
+
+    def _filter_rows(self, task: ScanTask, items: list[_Item], result: TaskResult,
+                     arrays: dict[str, list]) -> tuple[list[int], dict[int, int] | None]:
+        """The row-local filters, in ROW_FILTERS' order: the indices of the items they keep, and the items'
+        token counts (None without --tokenizer and token limits); drops are counted in `result`."""
+        s = self.cfg
         keep = list(range(len(items)))
 
         def drop(indices: list[int], reason: str) -> None:
@@ -600,10 +580,11 @@ class Scanner:
             ):
                 if limit is not None:
                     drop([i for i in keep if too_far(tokens[i], limit)], reason)
-        if not keep:
-            return
+        return keep, tokens
 
-        kept = [items[i] for i in keep]
+    def _spill_items(self, task: ScanTask, kept: list[_Item], tokens: list[int] | None, arrays: dict[str, list]) -> None:
+        """Hash the kept items and spill them (`tokens`: their chat-template token counts, with --tokenizer)."""
+        s = self.cfg
         order = (np.uint64(task.index) << np.uint64(32)) | np.array([item.line for item in kept], dtype=np.uint64)
         if s.group_by == "prompt":
             groups = [self.group_hash("p\x1f" + item.prompt) for item in kept]
@@ -624,8 +605,8 @@ class Scanner:
         table_rows = [{k: v for k, v in item.row.items() if k != s.messages_key} if custom else item.row
                       for item, custom in zip(kept, conversations)]
         added: dict[str, Any] = {}
-        if tokens is not None and self.chat is not None:
-            token_array = np.array([tokens[i] for i in keep], dtype=np.int64)
+        if tokens is not None:
+            token_array = np.array(tokens, dtype=np.int64)
             arrays["tokens"].append(token_array)
             added[TOKENS_COLUMN] = token_array
         if s.check_answers:
@@ -636,84 +617,4 @@ class Scanner:
                 [orjson.dumps(item.messages).decode() if item.messages is not None else None for item in kept],
                 type=pa.string())
         added.update({GROUP_COLUMN: groups, ORDER_COLUMN: order})
-        self._spill(rows_to_table(table_rows), int(order[0]), added, bucket_of(order, s.seed, s.buckets))
-
-    def _spill(self, table: pa.Table, first_order: int, added: dict[str, Any], buckets: np.ndarray) -> None:
-        """Append `table`'s rows, with the `added` columns, to their buckets' spill files.
-
-        `first_order` is the order key of the chunk's first row in input order (it fixes the
-        output column order); rows already grouped by bucket (`buckets` sorted) are not moved.
-        """
-        for name in table.column_names:
-            if name not in self.first_seen:
-                self.first_seen[name] = first_order
-        ours = [name for name in (TOKENS_COLUMN, *GRADING_COLUMNS) if name in table.column_names and name in added]
-        if TOKENS_COLUMN in table.column_names and TOKENS_COLUMN not in ours:
-            ours.append(TOKENS_COLUMN)
-        if ours:  # an input field of the same name is replaced by this run's value
-            table = table.drop_columns(ours)
-        for name, values in added.items():
-            if not isinstance(values, pa.Array):
-                values = pa.array(values, type=pa.int64() if name == TOKENS_COLUMN else pa.uint64())
-            table = table.append_column(name, values)
-        table = self.tracker.conform(table)
-        if len(buckets) > 1 and (buckets[1:] < buckets[:-1]).any():
-            by_bucket = np.argsort(buckets, kind="stable")
-            table, buckets = table.take(pa.array(by_bucket)), buckets[by_bucket]
-        bounds = np.searchsorted(buckets, np.arange(self.s.buckets + 1))
-        for bucket in range(self.s.buckets):
-            start, end = int(bounds[bucket]), int(bounds[bucket + 1])
-            if end > start:
-                self._write(bucket, table.slice(start, end - start))
-
-
-# ---------------------------------------------------------------------------------------
-# Worker processes
-
-_INHERITED: dict[str, Any] = {}
-"""Set by the parent before forking, so forked workers reuse its tokenizer and answers."""
-
-
-def load_counter(tokenizer_path: str, options: dict | None = None):
-    """The ChatFormat of a tokenizer (`options`: ChatFormat keyword arguments)."""
-    from sft.text.chat_format import ChatFormat
-
-    return ChatFormat.load(tokenizer_path, **(options or {}))
-
-
-def worker_main(worker_id: int, settings: ScanSettings, tokenizer: tuple[str, dict] | None, answers_path_or_map,
-                tasks, results, stop_after) -> None:
-    """Entry point of a worker process: scan tasks until a None arrives, then report the spill files."""
-    import traceback
-
-    try:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker process
-        counter = _INHERITED.get("counter")
-        if counter is None and tokenizer:
-            counter = load_counter(*tokenizer)
-        answers = _INHERITED.get("answers", answers_path_or_map)
-        scanner = Scanner(settings, answers, counter, worker_id)
-        pending = 0
-
-        def progress(nbytes: int) -> None:
-            nonlocal pending
-            pending += nbytes
-            if pending >= 4 << 20:
-                results.put(("progress", pending))
-                pending = 0
-
-        while True:
-            task = tasks.get()
-            if task is None:
-                break
-            if task.index > stop_after.value:
-                results.put(("task", TaskResult(task.index, task.file_index, skipped=True)))
-                continue
-            result = scanner.scan(task, progress, stop=lambda: stop_after.value < task.index)
-            results.put(("task", result))
-        if pending:
-            results.put(("progress", pending))
-        results.put(("done", worker_id, scanner.finish()))
-    except BaseException as exc:  # report anything, the parent decides
-        kind = "config" if isinstance(exc, ConfigurationError) else "error"
-        results.put((kind, worker_id, str(exc) if kind == "config" else traceback.format_exc()))
+        self.spill.append(rows_to_table(table_rows), int(order[0]), added, bucket_of(order, s.seed, self.settings.buckets))

@@ -1,0 +1,207 @@
+"""The write pass of sft/prepare_data.py: shuffle the spilled rows and write train/val Parquet (imported; not a command).
+
+Usage (internal; prepare_data drives it):
+    schema = output_schema(spill_schema, encoding_record(config, chat))
+    outputs, rows = write_outputs(spills, spill_schema, schema, rows_out, config, tmp_dir, buckets, progress_factory)
+
+Each bucket of the spill (sft.dataprep.spill) is read whole, its rows not dropped by the
+global filters are put back in input order and permuted with a seeded RNG, then written in
+slices of about SLICE_BYTES of text to train or val (a row is in val when its problem's hash
+is below the split's threshold), with the `messages` column built from the prompt and
+response (or the stored conversation). Each Parquet file is written on its own thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sft.dataprep.config import PrepareConfig
+from sft.dataprep.scan import MESSAGES_COLUMN
+from sft.dataprep.spill import CONVERSATION_COLUMN, GROUP_COLUMN, INTERNAL_COLUMNS, ORDER_COLUMN, SpillInfo, \
+    read_bucket, remove_bucket
+
+SLICE_BYTES = 16 << 20
+"""Rows are taken, templated and written in slices of about this much text (bounds memory)."""
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+@dataclass
+class RowsOut:
+    """Which spilled rows go where: the order keys of the rows the global filters dropped (sorted), and
+    the split's threshold (rows whose problem hash is below it go to val; None: no val)."""
+
+    dropped_order: np.ndarray
+    threshold: Any
+
+
+def encoding_record(cfg: PrepareConfig, chat) -> dict:
+    """How the messages are to be encoded; written into each Parquet file's schema metadata
+    (chat_format.PARQUET_METADATA_KEY) so that training encodes them as this run counted them."""
+    record = {"version": 1, "template_kwargs": cfg.chat_template_kwargs or {}, "reasoning_tags": list(cfg.tags),
+              "answers_only": cfg.answers_only}
+    if chat is not None:
+        described = chat.describe()
+        record.update(tokenizer=described["tokenizer"], chat_template_sha256=described["chat_template_sha256"],
+                      text_encoder=described["text_encoder"])
+    return record
+
+
+def output_schema(spill_schema: pa.Schema, encoding: dict) -> pa.Schema:
+    from sft.text.chat_format import PARQUET_METADATA_KEY
+
+    fields = [pa.field(MESSAGES_COLUMN, MESSAGES_TYPE)]
+    fields += [f for f in spill_schema if f.name not in INTERNAL_COLUMNS]
+    return pa.schema(fields, metadata={PARQUET_METADATA_KEY: orjson.dumps(encoding)})
+
+
+def build_messages(prompts: pa.Array, responses: pa.Array, system_prompt: str | None) -> pa.Array:
+    """list<struct<role, content>> per row: [system?], user=prompt, assistant=response."""
+    n = len(prompts)
+    parts, roles = [prompts, responses], ["user", "assistant"]
+    if system_prompt is not None:
+        parts.insert(0, pa.array([system_prompt] * n, type=pa.string()))
+        roles.insert(0, "system")
+    width = len(parts)
+    order = (np.arange(n)[:, None] + np.arange(width)[None, :] * n).ravel()
+    contents = pa.concat_arrays(parts).take(pa.array(order))
+    role_array = pa.array(roles, type=pa.string()).take(pa.array(np.tile(np.arange(width), n)))
+    items = pa.StructArray.from_arrays([role_array, contents], names=["role", "content"])
+    offsets = pa.array(np.arange(0, width * n + 1, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, items)
+
+
+def to_output(table: pa.Table, schema: pa.Schema, cfg: PrepareConfig) -> pa.Table:
+    """Spilled rows as output rows: `messages` first, the internal columns gone."""
+    names = table.column_names
+    conversations = table.column(CONVERSATION_COLUMN) if CONVERSATION_COLUMN in names else None
+    if conversations is not None and conversations.null_count < table.num_rows:
+        messages = _mixed_messages(table, conversations, cfg)
+    else:
+        prompts = table.column(cfg.prompt_key).combine_chunks()
+        responses = table.column(cfg.response_key).combine_chunks()
+        messages = build_messages(prompts, responses, cfg.system_prompt)
+    columns = [messages] + [table.column(name) for name in schema.names[1:]]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _mixed_messages(table: pa.Table, conversations: pa.ChunkedArray, cfg: PrepareConfig) -> pa.Array:
+    """Messages of a slice holding conversation rows (stored as JSON) and maybe prompt/response rows."""
+    names = table.column_names
+    n = table.num_rows
+    prompts = table.column(cfg.prompt_key).to_pylist() if cfg.prompt_key in names else [None] * n
+    responses = table.column(cfg.response_key).to_pylist() if cfg.response_key in names else [None] * n
+    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt is not None else []
+    rows = [
+        orjson.loads(text) if text is not None else
+        system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        for text, prompt, response in zip(conversations.to_pylist(), prompts, responses)
+    ]
+    return pa.array(rows, type=MESSAGES_TYPE)
+
+
+def write_outputs(spills: list[SpillInfo], spill_schema: pa.Schema, schema: pa.Schema, rows_out: RowsOut,
+                  cfg: PrepareConfig, tmp_dir: Path, buckets: int, progress_factory) -> tuple[dict[str, Path], dict[str, int]]:
+    """Write train (and val) Parquet files into `tmp_dir`, bucket by bucket, deleting each bucket's
+    spill files once written; returns the files and their row counts by name."""
+    outputs = {"train": tmp_dir / "train.parquet"}
+    if rows_out.threshold is not None:
+        outputs["val"] = tmp_dir / "val.parquet"
+    compression = None if cfg.compression == "none" else cfg.compression
+    text = {f"{MESSAGES_COLUMN}.list.element.content", cfg.prompt_key, cfg.response_key}
+    # Dictionary encoding and min/max statistics help small repeated values (ids, roles),
+    # not long unique texts: there they only cost time (about 6% of the write).
+    indexed = [path for path in _leaf_paths(schema) if path not in text]
+    writers = {name: _WriterThread(path, schema, compression, indexed) for name, path in outputs.items()}
+    rows = {"train": 0, "val": 0}
+    progress = progress_factory(total=buckets, desc="shuffle+write", unit="bucket")
+    try:
+        for bucket in range(buckets):
+            table = read_bucket(spills, bucket, spill_schema)
+            if table.num_rows:
+                for name, count in _write_bucket(bucket, table, schema, rows_out, cfg, writers).items():
+                    rows[name] += count
+            del table
+            remove_bucket(spills, bucket)
+            progress.update(1)
+    finally:
+        progress.close()
+        errors = [error for error in (writer.close() for writer in writers.values()) if error is not None]
+    if errors:
+        raise errors[0]
+    return outputs, rows
+
+
+def _write_bucket(bucket: int, table: pa.Table, schema: pa.Schema, rows_out: RowsOut, cfg: PrepareConfig,
+                  writers: dict) -> dict[str, int]:
+    """Shuffle one bucket's kept rows and hand them to the writers; returns the rows written by name."""
+    keys = table.column(ORDER_COLUMN).to_numpy()
+    dropped = rows_out.dropped_order
+    rows = np.flatnonzero(~np.isin(keys, dropped, assume_unique=True)) if len(dropped) else np.arange(len(keys))
+    rows = rows[np.argsort(keys[rows], kind="stable")]  # input order, whichever worker wrote what
+    rows = rows[np.random.default_rng([cfg.seed, bucket]).permutation(len(rows))]
+    groups = table.column(GROUP_COLUMN).to_numpy()[rows]
+    is_val = groups < rows_out.threshold if rows_out.threshold is not None else np.zeros(len(rows), dtype=bool)
+    per_slice = max(1, int(SLICE_BYTES * table.num_rows / max(1, table.nbytes)))
+    written = {}
+    for name, selected in (("train", rows[~is_val]), ("val", rows[is_val])):
+        for start in range(0, len(selected), per_slice):
+            part = table.take(pa.array(selected[start : start + per_slice]))
+            writers[name].put(to_output(part, schema, cfg))
+        written[name] = len(selected)
+    return written
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    """Parquet column paths of the leaves of `schema` (lists as `name.list.element`)."""
+
+    def walk(name: str, data_type: pa.DataType) -> list[str]:
+        if pa.types.is_struct(data_type):
+            return [p for child in data_type for p in walk(f"{name}.{child.name}", child.type)]
+        if pa.types.is_map(data_type):
+            return walk(f"{name}.key_value.key", data_type.key_type) + walk(f"{name}.key_value.value", data_type.item_type)
+        if pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or pa.types.is_fixed_size_list(data_type):
+            return walk(f"{name}.list.element", data_type.value_type)
+        return [name]
+
+    return [p for f in schema for p in walk(f.name, f.type)]
+
+
+class _WriterThread:
+    """A Parquet file written on its own thread, so compressing one slice overlaps preparing the
+    next (and train overlaps val): Arrow's C++ code releases the GIL."""
+
+    def __init__(self, path: Path, schema: pa.Schema, compression: str | None, indexed: list[str]):
+        self.writer = pq.ParquetWriter(str(path), schema, compression=compression, use_dictionary=indexed,
+                                       write_statistics=indexed)
+        self.pending: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"write-{path.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (table := self.pending.get()) is not None:
+            if self.error is None:
+                try:
+                    self.writer.write_table(table)
+                except BaseException as exc:  # raised in the main thread by put() or close()
+                    self.error = exc
+
+    def put(self, table: pa.Table) -> None:
+        if self.error is not None:
+            raise self.error
+        self.pending.put(table)
+
+    def close(self) -> BaseException | None:
+        self.pending.put(None)
+        self.thread.join()
+        self.writer.close()
+        return self.error
