@@ -21,13 +21,8 @@
 # interpreter and the repository root.
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ -x "${REPO_ROOT}/.venv/bin/python" ]]; then
-  DEFAULT_PYTHON="${REPO_ROOT}/.venv/bin/python"  # the project's own environment, when set up
-else
-  DEFAULT_PYTHON="python3"
-fi
-PYTHON="${PYTHON:-${DEFAULT_PYTHON}}"
+# shellcheck source=lib/python.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/python.sh"  # PYTHON and SFT_REPO_ROOT
 
 if [[ $# -eq 0 ]]; then
   echo "usage: $0 CHECKPOINT [-o OUTPUT_DIR] [--dtype DTYPE] [--force]   (see --help)" >&2
@@ -35,5 +30,5 @@ if [[ $# -eq 0 ]]; then
 fi
 
 # Relative paths stay relative to the caller's directory: find `sft` through PYTHONPATH, not cd.
-export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
+export PYTHONPATH="${SFT_REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 exec "${PYTHON}" -m sft.export "$@"

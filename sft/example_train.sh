@@ -39,11 +39,8 @@ ANSWER_KEY="${ANSWER_KEY:-}"
 EVAL_LIMIT="${EVAL_LIMIT:-}"
 MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-auto}"
 QUICK="${QUICK:-0}"
-if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then
-  PYTHON="${PYTHON:-$REPO_ROOT/.venv/bin/python}"
-else
-  PYTHON="${PYTHON:-python3}"
-fi
+# shellcheck source=../scripts/lib/python.sh
+source "$REPO_ROOT/scripts/lib/python.sh"
 export PYTHON
 # Idle OpenMP threads spin by default; on a busy CPU that makes decoding many times slower.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
