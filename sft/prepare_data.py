@@ -36,6 +36,14 @@ id), exactly round(val_split x problems) problems in val, chosen by a seeded has
 shuffled uniformly at random (seeded) with bounded memory: each row goes to a hashed bucket on
 disk, each bucket is permuted in memory. Parsing runs in --workers processes; the output does
 not depend on their number. See sft/README.md ("Data preparation") for details.
+
+The code, in pipeline order (`prepare_data` below reads top to bottom): every option is one
+field of PrepareConfig (sft/dataprep/config.py); plan_run loads the answers and the chat
+template and cuts the inputs into tasks; scan runs them in worker processes
+(sft/dataprep/workers.py, sft/dataprep/scan.py) that spill rows to disk (sft/dataprep/spill.py);
+select_rows (--dedup, --max-per-problem) and split_problems decide on all rows in input
+order; write_outputs shuffles and writes the Parquet files (sft/dataprep/write.py); the
+summaries, build_manifest and publish finish the run.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python sft/prepare_data.py`: make `import sft.x` work
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import collections
 import contextlib

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import orjson
 
@@ -184,10 +185,12 @@ _TYPES = {"int": int, "float": float}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One command-line option per PrepareConfig field, in argument groups, in field order."""
     defaults = PrepareConfig()
-    groups: dict[str, argparse._ArgumentGroup] = {}
+    groups: dict[str, Any] = {}
     for spec in fields(PrepareConfig):
         meta = spec.metadata
-        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        if meta["group"] not in groups:
+            groups[meta["group"]] = parser.add_argument_group(meta["group"])
+        group = groups[meta["group"]]
         if meta["negated_flag"]:
             group.add_argument(meta["negated_flag"], action="store_true", help=meta["help"])
             continue
