@@ -19,16 +19,6 @@
 set -euo pipefail
 
 export SFT_MODE=lora
-LEARNING_RATE="${LEARNING_RATE:-1e-4}"  # adapters start at zero and need larger steps
-LORA_RANK="${LORA_RANK:-32}"
-LORA_ALPHA="${LORA_ALPHA:-64}"  # scale 2, the common choice
-TARGET_MODULES="${TARGET_MODULES:-all-linear}"  # every linear layer: closest to full fine-tuning
-export LORA_RANK LORA_ALPHA TARGET_MODULES
-
-# shellcheck source=lib/sft_env.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/sft_env.sh"
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sft_print_usage "${BASH_SOURCE[0]}" "$SFT_REPO_ROOT/scripts/lib/sft_env.sh"
-  exit 0
-fi
-sft_launch "$@"
+# shellcheck source=lib/sft_launch.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/sft_launch.sh"
+sft_launch "${BASH_SOURCE[0]}" "$@"

@@ -17,12 +17,6 @@
 set -euo pipefail
 
 export SFT_MODE=full
-LEARNING_RATE="${LEARNING_RATE:-1e-5}"  # full fine-tuning of a pretrained model; verl's 1e-3 diverges
-
-# shellcheck source=lib/sft_env.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/sft_env.sh"
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sft_print_usage "${BASH_SOURCE[0]}" "$SFT_REPO_ROOT/scripts/lib/sft_env.sh"
-  exit 0
-fi
-sft_launch "$@"
+# shellcheck source=lib/sft_launch.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/sft_launch.sh"
+sft_launch "${BASH_SOURCE[0]}" "$@"

@@ -13,16 +13,12 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from sft.common.launch_settings import LAUNCHER_VARIABLES  # noqa: E402
 from sft.demo.tiny_model import TinyModelSpec, build_tiny_model  # noqa: E402
 
-# Settings a user's shell may carry that would change what the launchers do under test.
-_LAUNCHER_VARIABLES = (
-    "NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT RDZV_ID DEVICE MODEL_NAME TRAIN_FILE VAL_FILE "
-    "TRUST_REMOTE_CODE MAX_LENGTH MAX_TOKENS_PER_GPU BATCH_SIZE TRAIN_BATCH_SIZE EPOCHS LEARNING_RATE "
-    "LR_SCHEDULER WARMUP_RATIO WEIGHT_DECAY SEED PROJECT_NAME EXPERIMENT_NAME OUTPUT_DIR SAVE_FREQ TEST_FREQ "
-    "LOGGER DRY_RUN ATTN_IMPLEMENTATION COMPUTE_DTYPE REMOVE_PADDING GRADIENT_CHECKPOINTING DYNAMIC_BATCH VERL_DIR PYTHON LORA_RANK LORA_ALPHA TARGET_MODULES "
-    "SFT_MODE VERL_USE_EXTERNAL_MODULES"
-).split()
+# Settings a user's shell may carry that would change what the launchers do under test: every
+# setting of the launchers' table, and the verl plugin list the launcher extends.
+_LAUNCHER_VARIABLES = [*LAUNCHER_VARIABLES, "VERL_USE_EXTERNAL_MODULES"]
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,10 @@
 
 Run: .venv/bin/python -m pytest -q tests/test_docs.py
 
-- Every environment variable a shell script defaults (`NAME="${NAME:-...}"`, `: "${NAME:=...}"`)
-  and every long option of a Python command-line script appears in sft/README.md as inline code
-  (`NAME`, `--flag`, or `NAME=...`, `--flag VALUE`).
+- Every environment variable a shell script defaults (`NAME="${NAME:-...}"`, `: "${NAME:=...}"`),
+  every setting of the launchers (the table in sft/common/launch_settings.py) and every long
+  option of a Python command-line script appears in sft/README.md as inline code (`NAME`,
+  `--flag`, or `NAME=...`, `--flag VALUE`).
 - Every command in the ```bash blocks of sft/SFT_QUICKSTART.md, README.md and sft/README.md is
   checked the way a user would run it, without training and without a GPU, a cluster or the hub:
   * scripts/run_sft_*.sh lines run with DRY_RUN=1. The doc's own model and data paths point to a
@@ -41,6 +42,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, launcher_env, write_chat_parquet
+from sft.common.launch_settings import SETTINGS
 
 SFT_README = REPO_ROOT / "sft" / "README.md"
 QUICKSTART = REPO_ROOT / "sft" / "SFT_QUICKSTART.md"
@@ -48,11 +50,8 @@ QUICKSTART = REPO_ROOT / "sft" / "SFT_QUICKSTART.md"
 COMMAND_DOCS = [QUICKSTART, REPO_ROOT / "README.md", SFT_README]
 
 SHELL_SCRIPT_GLOBS = ("scripts/*.sh", "scripts/lib/*.sh", "sft/*.sh", "slurm/*.slurm", "slurm/lib/*.sh")
-# Settings that Python code reads from the environment itself, where no shell default is set.
-PYTHON_READ_VARIABLES = {
-    "VAL_FILE": "sft/launcher.py (unset and empty mean different things, so bash gives no default)",
-    "SFT_STOP_FILE": "sft/verl_plugins/verl_fixes.py",
-}
+# Every setting of the launchers: defaulted in their table (Python), not in bash.
+LAUNCHER_SETTINGS = {row.name: row.read_by or "sft/common/launch_settings.py" for row in SETTINGS}
 # Variables that are defaulted in a script but are internal, so users never set them:
 # name -> why. Keep this short. Anything a user can set belongs in sft/README.md instead.
 UNDOCUMENTED_BY_DESIGN: dict[str, str] = {}
@@ -254,11 +253,12 @@ def test_every_environment_variable_the_scripts_default_is_documented():
             for match in _SHELL_DEFAULT.finditer(line):
                 defaults.setdefault(match.group(1) or match.group(2), []).append(
                     f"{script.relative_to(REPO_ROOT)}:{number}")
-    assert {"MODEL_NAME", "LORA_RANK", "MAX_REQUEUES", "DEMO_DIR"} <= defaults.keys(), "the pattern finds nothing"
+    assert {"MAX_REQUEUES", "DEMO_DIR", "PYTHON"} <= defaults.keys(), "the pattern finds nothing"
+    assert {"MODEL_NAME", "LORA_RANK", "VAL_FILE", "SFT_STOP_FILE"} <= LAUNCHER_SETTINGS.keys()
+    for name, reader in LAUNCHER_SETTINGS.items():
+        defaults.setdefault(name, []).append(reader)
     stale = sorted(set(UNDOCUMENTED_BY_DESIGN) - defaults.keys())
     assert not stale, f"UNDOCUMENTED_BY_DESIGN names variables no script defaults any more: {stale}"
-    for name, reader in PYTHON_READ_VARIABLES.items():
-        defaults.setdefault(name, []).append(reader)
 
     spans = _inline_code(SFT_README.read_text())
     missing = {name: where for name, where in sorted(defaults.items())

@@ -1,4 +1,7 @@
-"""The launchers end to end on CPU, the way users run them: training, LoRA, resume, dry runs, errors."""
+"""The launchers: the settings table resolved as a pure function (environment in, settings,
+overrides and printed output out), and end to end on CPU through the real bash launchers, the
+way users run them: --help, dry runs, and (slow) training, LoRA and resume.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import pandas as pd
 import pytest
 
 from conftest import REPO_ROOT, launcher_env, run_launcher, train_losses, write_chat_parquet
+from sft import launcher
+from sft.common.launch_settings import SETTINGS, LaunchError, exported_settings, listing, resolve_settings
 
 # Spaces, quotes, $, $(...), a Hydra interpolation and a comma: none may be evaluated or mangled.
 AWKWARD_NAME = "out dir $(touch PWNED) 'q' ${HOME},x"
@@ -20,6 +25,30 @@ def _checkpoint_steps(output_dir: Path) -> list[int]:
     return sorted(int(p.name.split("_")[-1]) for p in output_dir.glob("global_step_*"))
 
 
+@pytest.fixture
+def launch_in_process(monkeypatch, capsys, tmp_path):
+    """Run `python -m sft.launcher` as the launchers do, in this process: (exit code, output).
+
+    `mode` is the SFT_MODE a launcher sets; relative paths are relative to tmp_path. Only dry runs
+    and errors can run here: a launch that would exec torchrun fails the test instead.
+    """
+
+    def refuse_exec(*args):
+        raise AssertionError(f"the launcher would have started torchrun: {args[1]}")
+
+    monkeypatch.setattr(launcher.os, "execve", refuse_exec)
+    monkeypatch.chdir(tmp_path)
+
+    def run(env: dict[str, str], *overrides: str, mode: str = "full") -> tuple[int, str]:
+        capsys.readouterr()
+        rc = launcher.main(["--", *overrides], env={**env, "SFT_MODE": mode})
+        captured = capsys.readouterr()
+        return rc, captured.out + captured.err
+
+    return run
+
+
+@pytest.mark.slow
 def test_full_finetune_trains_checkpoints_and_resumes(tmp_path, tiny_model_dir, chat_data_dir):
     output_dir = tmp_path / AWKWARD_NAME
     env = launcher_env(
@@ -51,6 +80,7 @@ def test_full_finetune_trains_checkpoints_and_resumes(tmp_path, tiny_model_dir, 
     assert _checkpoint_steps(output_dir) == [4, 8]
 
 
+@pytest.mark.slow
 def test_lora_trains_and_writes_lora_metadata(tmp_path, tiny_model_dir, chat_data_dir):
     output_dir = tmp_path / "lora run"
     env = launcher_env(
@@ -117,12 +147,12 @@ def test_dry_run_user_overrides_win_and_nothing_trains(tmp_path, tiny_model_dir,
     assert "sk-secret" not in result.stdout
 
 
-def test_dry_run_rejects_an_override_verl_does_not_know(tmp_path, tiny_model_dir, chat_data_dir):
+def test_dry_run_rejects_an_override_verl_does_not_know(tmp_path, tiny_model_dir, chat_data_dir, launch_in_process):
     env = launcher_env(MODEL_NAME=tiny_model_dir, TRAIN_FILE=chat_data_dir / "train.parquet", DRY_RUN=1,
                        OUTPUT_DIR=tmp_path / "out")
-    result = run_launcher("run_sft_training.sh", env, "optim.no_such_key=1", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "no_such_key" in result.stdout and "Hydra config does not accept" in result.stdout
+    returncode, output = launch_in_process(env, "optim.no_such_key=1")
+    assert returncode != 0
+    assert "no_such_key" in output and "Hydra config does not accept" in output
 
 
 def test_verl_dir_checkout_is_used_instead_of_the_installed_package(tmp_path, tiny_model_dir, chat_data_dir):
@@ -174,7 +204,7 @@ def no_messages_parquet(tmp_path_factory) -> Path:
     ],
 )
 def test_preflight_errors_name_the_problem_and_the_fix(tmp_path, tiny_model_dir, chat_data_dir, no_messages_parquet,
-                                                       settings, expected):
+                                                       settings, expected, launch_in_process):
     not_parquet = tmp_path / "train.parquet"
     not_parquet.write_text("id,prompt\n1,hello\n")
     tiny_val = write_chat_parquet(tmp_path / "tiny_val.parquet", 4)
@@ -183,22 +213,24 @@ def test_preflight_errors_name_the_problem_and_the_fix(tmp_path, tiny_model_dir,
     settings = {k: replacements.get(v, v) for k, v in settings.items()}
     defaults = {"MODEL_NAME": tiny_model_dir, "TRAIN_FILE": chat_data_dir / "train.parquet", "OUTPUT_DIR": tmp_path / "out"}
     env = launcher_env(**{**defaults, **settings})
-    result = run_launcher("run_sft_training.sh", env, cwd=tmp_path)
-    assert result.returncode == 2, result.stdout[-2000:]
-    assert expected in result.stdout
-    assert "[verl-sft] error:" in result.stdout and not (tmp_path / "out").exists()
+    with pytest.raises(LaunchError, match=re.escape(expected)):
+        resolve_settings({**env, "SFT_MODE": "full"})
+    returncode, output = launch_in_process(env)
+    assert returncode == 2, output[-2000:]
+    assert expected in output
+    assert "[verl-sft] error:" in output and not (tmp_path / "out").exists()
 
 
-def test_max_length_comes_from_the_prepare_data_manifest(tmp_path, tiny_model_dir):
+def test_max_length_comes_from_the_prepare_data_manifest(tmp_path, tiny_model_dir, launch_in_process):
     data = tmp_path / "data"
     write_chat_parquet(data / "train.parquet", 32)
     tokens = {"recommended_max_length": 768, "recommended_max_tokens_per_gpu": 12288}
     (data / "manifest.json").write_text(json.dumps({"tokens": tokens}))
     env = launcher_env(MODEL_NAME=tiny_model_dir, TRAIN_FILE=data / "train.parquet", TRAIN_BATCH_SIZE=32,
                        OUTPUT_DIR=tmp_path / "out", DRY_RUN=1)
-    result = run_launcher("run_sft_training.sh", env, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:]
-    composed = _composed(result.stdout)
+    returncode, output = launch_in_process(env)
+    assert returncode == 0, output[-3000:]
+    composed = _composed(output)
     assert composed["data.max_length"] == "768"
     assert composed["data.max_token_len_per_gpu"] == "12288"
     assert composed["data.val_files"] == "None"  # no val.parquet beside TRAIN_FILE
@@ -206,7 +238,8 @@ def test_max_length_comes_from_the_prepare_data_manifest(tmp_path, tiny_model_di
 
 
 
-def test_training_encodes_rows_with_the_chat_template_dataset_and_flags_a_template_mismatch(tmp_path, tiny_model_dir):
+def test_training_encodes_rows_with_the_chat_template_dataset_and_flags_a_template_mismatch(tmp_path, tiny_model_dir,
+                                                                                          launch_in_process):
     import hashlib
 
     from sft.demo.tiny_model import TinyModelSpec, build_tiny_model
@@ -217,42 +250,113 @@ def test_training_encodes_rows_with_the_chat_template_dataset_and_flags_a_templa
     prepared = {"tokenizer": str(tiny_model_dir), "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()}
     (data / "manifest.json").write_text(json.dumps({"chat_template": prepared}))
     base = dict(TRAIN_FILE=data / "train.parquet", TRAIN_BATCH_SIZE=32, OUTPUT_DIR=tmp_path / "out", DRY_RUN=1)
-    same = run_launcher("run_sft_training.sh", launcher_env(MODEL_NAME=tiny_model_dir, **base), cwd=tmp_path)
-    assert same.returncode == 0, same.stdout[-3000:]
-    composed = _composed(same.stdout)
+    same_rc, same = launch_in_process(launcher_env(MODEL_NAME=tiny_model_dir, **base))
+    assert same_rc == 0, same[-3000:]
+    composed = _composed(same)
     assert composed["data.custom_cls.path"] == str(REPO_ROOT / "sft" / "verl_plugins" / "sft_dataset.py")
     assert composed["data.custom_cls.name"] == "ChatTemplateSFTDataset"
-    assert "template differs" not in same.stdout
+    assert "template differs" not in same
     other = build_tiny_model(tmp_path / "other model", TinyModelSpec(seed=1))
     (other / "chat_template.jinja").write_text(template.replace("<|im_start|>", "<|im_start|> "))
-    changed = run_launcher("run_sft_training.sh", launcher_env(MODEL_NAME=other, **base), cwd=tmp_path)
-    assert changed.returncode == 0, changed.stdout[-3000:]
-    assert "note: TRAIN_FILE was prepared with the chat template of" in changed.stdout
-    assert "MODEL_NAME's template differs" in changed.stdout
+    changed_rc, changed = launch_in_process(launcher_env(MODEL_NAME=other, **base))
+    assert changed_rc == 0, changed[-3000:]
+    assert "note: TRAIN_FILE was prepared with the chat template of" in changed
+    assert "MODEL_NAME's template differs" in changed
 
 
-def test_a_max_length_shorter_than_the_longest_sample_is_flagged(tmp_path, tiny_model_dir):
+def test_a_max_length_shorter_than_the_longest_sample_is_flagged(tmp_path, tiny_model_dir, launch_in_process):
     data = tmp_path / "data"
     write_chat_parquet(data / "train.parquet", 32)
     tokens = {"tokenizer": "tiny", "recommended_max_length": 768, "train": {"max": 600}}
     (data / "manifest.json").write_text(json.dumps({"tokens": tokens}))
     base = dict(MODEL_NAME=tiny_model_dir, TRAIN_FILE=data / "train.parquet", TRAIN_BATCH_SIZE=32,
                 OUTPUT_DIR=tmp_path / "out", DRY_RUN=1)
-    short = run_launcher("run_sft_training.sh", launcher_env(**base, MAX_LENGTH=512), cwd=tmp_path)
-    assert short.returncode == 0, short.stdout[-3000:]
-    assert "note: MAX_LENGTH=512 is shorter than the longest training sample (600 tokens" in short.stdout
-    enough = run_launcher("run_sft_training.sh", launcher_env(**base, MAX_LENGTH=600), cwd=tmp_path)
-    assert enough.returncode == 0 and "shorter than the longest" not in enough.stdout
+    short_rc, short = launch_in_process(launcher_env(**base, MAX_LENGTH=512))
+    assert short_rc == 0, short[-3000:]
+    assert "note: MAX_LENGTH=512 is shorter than the longest training sample (600 tokens" in short
+    enough_rc, enough = launch_in_process(launcher_env(**base, MAX_LENGTH=600))
+    assert enough_rc == 0 and "shorter than the longest" not in enough
+
 
 @pytest.mark.parametrize("script", ["run_sft_training.sh", "run_sft_peft.sh"])
 def test_help_documents_every_setting_the_launcher_reads(script):
     result = subprocess.run([str(REPO_ROOT / "scripts" / script), "--help"], capture_output=True, text=True,
                             env=launcher_env())
     assert result.returncode == 0
-    sources = (REPO_ROOT / "scripts" / script).read_text() + (REPO_ROOT / "scripts/lib/sft_env.sh").read_text()
-    variables = set(re.findall(r'^([A-Z_]+)="\$\{\1:-', sources, re.MULTILINE)) - {"SFT_MODE"}
+    mode = "lora" if script == "run_sft_peft.sh" else "full"
+    variables = {row.name for row in SETTINGS if mode in row.modes}
     assert {"NPROC_PER_NODE", "MODEL_NAME", "LEARNING_RATE", "DRY_RUN", "VERL_DIR"} <= variables
     if script == "run_sft_peft.sh":
         assert {"LORA_RANK", "LORA_ALPHA", "TARGET_MODULES"} <= variables
     documented = set(re.findall(r"^  ([A-Z_]+) ", result.stdout, re.MULTILINE))
     assert variables - documented == set(), "settings missing from --help"
+
+
+def _header(path: Path) -> str:
+    """The header comment of a bash file (what --help prints), without the leading "# "."""
+    lines = path.read_text().splitlines()[1:]
+    comment = [line for line in lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))]]
+    return "\n".join(re.sub(r"^# ?", "", line) for line in comment)
+
+
+@pytest.mark.parametrize(("path", "block"), [("scripts/lib/sft_env.sh", "shared"),
+                                             ("scripts/run_sft_training.sh", "full"),
+                                             ("scripts/run_sft_peft.sh", "lora")])
+def test_header_listing_is_the_settings_table(path, block):
+    header, expected = _header(REPO_ROOT / path), listing(block)
+    pasteable = "\n".join(f"# {line}".rstrip() for line in expected.splitlines())
+    assert expected in header, f"{path}: its settings listing differs from the table; replace it with:\n{pasteable}"
+    names = re.compile(r"^  ([A-Z_]+) ", re.MULTILINE)
+    assert names.findall(header) == names.findall(expected), f"{path} lists settings the table does not have"
+
+
+def _minimal_env(tiny_model_dir, chat_data_dir, **settings) -> dict[str, str]:
+    return launcher_env(MODEL_NAME=tiny_model_dir, TRAIN_FILE=chat_data_dir / "train.parquet", **settings)
+
+
+def test_resolution_applies_the_defaults_of_each_mode(tmp_path, tiny_model_dir, chat_data_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    full = resolve_settings({**_minimal_env(tiny_model_dir, chat_data_dir), "SFT_MODE": "full"})
+    assert full["LEARNING_RATE"] == 1e-5 and "LORA_RANK" not in full.values
+    assert full["EXPERIMENT_NAME"] == "tiny-full" and full["OUTPUT_DIR"] == tmp_path / "checkpoints/verl-sft/tiny-full"
+    assert full["VAL_FILE"] == chat_data_dir / "val.parquet" and full.sources["VAL_FILE"] == "auto: sibling val.parquet"
+    assert (full["BATCH_SIZE"], full["DYNAMIC_BATCH"], full["COMPUTE_DTYPE"]) == (1, False, "fp32")
+    assert full.sources["BATCH_SIZE"] == "auto: cpu" and "DEVICE" not in full.sources  # DEVICE=cpu was given
+    lora = resolve_settings({**_minimal_env(tiny_model_dir, chat_data_dir, VAL_FILE=""), "SFT_MODE": "lora"})
+    assert (lora["LEARNING_RATE"], lora["LORA_RANK"], lora["LORA_ALPHA"], lora["TARGET_MODULES"]) == (1e-4, 32, 64, "all-linear")
+    assert lora["VAL_FILE"] is None and lora["TEST_FREQ"] == -1 and lora.sources["TEST_FREQ"] == "no VAL_FILE: validation off"
+    overrides = launcher.hydra_overrides(lora)
+    assert overrides[-3:] == ["model.lora_rank=32", "model.lora_alpha=64", "model.target_modules=all-linear"]
+    assert "optim.lr=0.0001" in overrides and "data.val_files=null" in overrides and "trainer.test_freq=-1" in overrides
+
+
+def test_every_setting_with_a_verl_key_reaches_the_command(tmp_path, tiny_model_dir, chat_data_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = resolve_settings({**_minimal_env(tiny_model_dir, chat_data_dir), "SFT_MODE": "lora"})
+    keys = [override.split("=", 1)[0] for override in launcher.hydra_overrides(settings)]
+    assert len(keys) == len(set(keys)), "an override is given twice"
+    assert {key for row in SETTINGS for key in row.verl} <= set(keys)
+
+
+def test_bash_gets_every_default_the_way_the_old_bash_defaults_set_them(tiny_model_dir):
+    env = {"MODEL_NAME": "org/My-Model/", "PROJECT_NAME": "p", "EPOCHS": "", "VERL_DIR": "/v"}
+    exported = dict(exported_settings(env, "lora"))
+    assert exported["EXPERIMENT_NAME"] == "My-Model-lora"  # ${MODEL_NAME%/}, then ##*/
+    assert exported["OUTPUT_DIR"] == "checkpoints/p/My-Model-lora"
+    assert exported["EPOCHS"] == "3" and exported["VERL_DIR"] == "/v" and exported["RDZV_ID"] == ""
+    assert exported["LEARNING_RATE"] == "1e-4" and exported["LORA_RANK"] == "32"
+    assert "VAL_FILE" not in exported and "PYTHON" not in exported
+    assert "LORA_RANK" not in dict(exported_settings(env, "full"))
+
+
+def test_sourcing_sft_env_exports_every_setting_for_bash_code(tmp_path):
+    """What slurm/lib/sft_slurm.sh relies on: after sourcing, every setting is an exported variable."""
+    script = ('set -euo pipefail; SFT_MODE=lora; source "$1"; '
+              'env -0 | grep -z -E "^(SFT_MODE|OUTPUT_DIR|EXPERIMENT_NAME|LORA_RANK|DRY_RUN|MASTER_PORT|VAL_FILE)="')
+    env = launcher_env(MODEL_NAME="/models/my model", PROJECT_NAME="a $(b) 'c'")
+    result = subprocess.run(["bash", "-c", script, "bash", str(REPO_ROOT / "scripts/lib/sft_env.sh")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    exported = dict(item.split("=", 1) for item in result.stdout.split("\0") if item)
+    assert exported == {"SFT_MODE": "lora", "EXPERIMENT_NAME": "my model-lora", "LORA_RANK": "32", "DRY_RUN": "0",
+                        "OUTPUT_DIR": "checkpoints/a $(b) 'c'/my model-lora", "MASTER_PORT": "auto"}

@@ -2,9 +2,9 @@
 # Shared settings of scripts/run_sft_training.sh and scripts/run_sft_peft.sh (sourced, not run).
 #
 # Every variable below can be set in the environment; the table gives its default.
-# The launchers set SFT_MODE (full | lora) and their mode-specific defaults (LEARNING_RATE,
-# LoRA settings) before sourcing this file. `sft/launcher.py` validates all of them, resolves the
-# "auto" values, prints the settings and the exact command, and starts torchrun.
+# The launchers set SFT_MODE (full | lora); their own settings (LEARNING_RATE, LoRA's) are in
+# their headers. `sft/launcher.py` validates all of them, resolves the "auto" values, prints
+# the settings and the exact command, and starts torchrun.
 #
 # Topology (torchrun):
 #   NPROC_PER_NODE   auto      processes per node: all visible GPUs; on CPU 2 (1 on a 1-core machine)
@@ -16,7 +16,7 @@
 #   DEVICE           auto      auto | cuda | cpu (auto: cuda when a GPU is visible, else cpu)
 # Model and data:
 #   MODEL_NAME       Qwen/Qwen2.5-0.5B-Instruct  Hugging Face id or local directory
-#   TRAIN_FILE       data/sft/train.parquet      Parquet with a `messages` column (sft/prepare_data.py)
+#   TRAIN_FILE       data/sft/train.parquet  Parquet with a `messages` column (sft/prepare_data.py)
 #   VAL_FILE         (unset)   unset: TRAIN_FILE's sibling val.parquet if it exists; empty: no validation
 #   TRUST_REMOTE_CODE 0        1 lets transformers run code shipped with the model
 #   MAX_LENGTH       auto      longest sample in tokens; auto: manifest.json's recommendation, else 2048
@@ -52,65 +52,26 @@
 #   SFT_STOP_FILE    (unset)   a path: once that file exists, the run saves a checkpoint at the end of
 #                              the current step and exits 0 (sft/verl_plugins/verl_fixes.py; slurm/ batch files set it)
 
-SFT_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=python.sh
+source "$(dirname "${BASH_SOURCE[0]}")/python.sh"
 
-NPROC_PER_NODE="${NPROC_PER_NODE:-auto}"  # every GPU of the node; the launcher picks for CPU
-NNODES="${NNODES:-1}"
-NODE_RANK="${NODE_RANK:-0}"
-MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
-MASTER_PORT="${MASTER_PORT:-auto}"  # a free port: two jobs on one node never collide
-RDZV_ID="${RDZV_ID:-}"
-DEVICE="${DEVICE:-auto}"
-MODEL_NAME="${MODEL_NAME:-Qwen/Qwen2.5-0.5B-Instruct}"
-TRAIN_FILE="${TRAIN_FILE:-data/sft/train.parquet}"  # what sft/prepare_data.py writes by default
-TRUST_REMOTE_CODE="${TRUST_REMOTE_CODE:-0}"  # off: never run a model's code unasked
-MAX_LENGTH="${MAX_LENGTH:-auto}"  # sized from the data so verl's truncation=error never fires
-MAX_TOKENS_PER_GPU="${MAX_TOKENS_PER_GPU:-auto}"
-BATCH_SIZE="${BATCH_SIZE:-auto}"
-DYNAMIC_BATCH="${DYNAMIC_BATCH:-auto}"
-TRAIN_BATCH_SIZE="${TRAIN_BATCH_SIZE:-64}"  # a common SFT batch; verl's 256 starves small data sets
-EPOCHS="${EPOCHS:-3}"
-LR_SCHEDULER="${LR_SCHEDULER:-cosine}"  # decays to 0 over the run; verl's default is constant
-WARMUP_RATIO="${WARMUP_RATIO:-0.03}"
-WEIGHT_DECAY="${WEIGHT_DECAY:-0.01}"
-SEED="${SEED:-42}"
-PROJECT_NAME="${PROJECT_NAME:-verl-sft}"
-_sft_model_dir="${MODEL_NAME%/}"
-EXPERIMENT_NAME="${EXPERIMENT_NAME:-${_sft_model_dir##*/}-${SFT_MODE}}"  # same command, same name: resumes
-OUTPUT_DIR="${OUTPUT_DIR:-checkpoints/${PROJECT_NAME}/${EXPERIMENT_NAME}}"  # stable: reruns resume
-SAVE_FREQ="${SAVE_FREQ:-500}"  # bounds the work a preempted job repeats
-TEST_FREQ="${TEST_FREQ:-after_each_epoch}"
-LOGGER="${LOGGER:-console}"  # works offline; add wandb or tensorboard when wanted
-DRY_RUN="${DRY_RUN:-0}"
-ATTN_IMPLEMENTATION="${ATTN_IMPLEMENTATION:-auto}"
-COMPUTE_DTYPE="${COMPUTE_DTYPE:-auto}"
-REMOVE_PADDING="${REMOVE_PADDING:-auto}"
-GRADIENT_CHECKPOINTING="${GRADIENT_CHECKPOINTING:-auto}"
-VERL_DIR="${VERL_DIR:-}"
-if [[ -x "$SFT_REPO_ROOT/.venv/bin/python" ]]; then
-  PYTHON="${PYTHON:-$SFT_REPO_ROOT/.venv/bin/python}"
-else
-  PYTHON="${PYTHON:-python3}"
+# The listing above is the table in sft/common/launch_settings.py, which holds the defaults
+# (tests/test_launchers.py checks that the two agree). The launchers never source this file:
+# bash code that needs the settings' values before launching (slurm/lib/sft_slurm.sh) does.
+# After setting SFT_MODE, sourcing it exports every setting of that mode, defaults applied.
+# VAL_FILE stays as it is: unset (auto) and empty (none) mean different things.
+export SFT_MODE
+
+_sft_settings=()
+mapfile -d '' _sft_settings < <(PYTHONPATH="$SFT_REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+  "$PYTHON" -m sft.common.launch_settings --export)
+if ((${#_sft_settings[@]} == 0 || ${#_sft_settings[@]} % 2)); then
+  echo "scripts/lib/sft_env.sh: \`$PYTHON -m sft.common.launch_settings --export\` failed (SFT_MODE=$SFT_MODE)." \
+    "Set PYTHON to an interpreter with this project's requirements (scripts/setup_env.sh)." >&2
+  exit 1
 fi
-
-export NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT RDZV_ID DEVICE MODEL_NAME TRAIN_FILE \
-  TRUST_REMOTE_CODE MAX_LENGTH MAX_TOKENS_PER_GPU BATCH_SIZE DYNAMIC_BATCH TRAIN_BATCH_SIZE EPOCHS LR_SCHEDULER \
-  WARMUP_RATIO WEIGHT_DECAY SEED PROJECT_NAME EXPERIMENT_NAME OUTPUT_DIR SAVE_FREQ TEST_FREQ LOGGER \
-  DRY_RUN ATTN_IMPLEMENTATION COMPUTE_DTYPE REMOVE_PADDING GRADIENT_CHECKPOINTING VERL_DIR LEARNING_RATE SFT_MODE
-# VAL_FILE is exported only when set: unset (auto) and empty (none) mean different things.
-if [[ -n "${VAL_FILE+set}" ]]; then export VAL_FILE; fi
-
-# Print the header comment of each file given (the usage doc), without the leading "# ".
-sft_print_usage() {
-  local file
-  for file in "$@"; do
-    sed -n '2,/^[^#]/{/^#/!d;s/^# \{0,1\}//;/^shellcheck/d;p}' "$file"
-    echo
-  done
-}
-
-# Hand over to the Python launcher; it execs torchrun, so signals reach the trainer directly.
-sft_launch() {
-  export PYTHONPATH="$SFT_REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
-  exec "$PYTHON" -m sft.launcher -- "$@"
-}
+for ((_sft_i = 0; _sft_i < ${#_sft_settings[@]}; _sft_i += 2)); do
+  printf -v "${_sft_settings[_sft_i]}" '%s' "${_sft_settings[_sft_i + 1]}"
+  export "${_sft_settings[_sft_i]}"
+done
+unset _sft_settings _sft_i
