@@ -17,7 +17,11 @@ from typing import Any
 import orjson
 
 from sft.dataprep.jsonl_io import DEFAULT_CHUNK_BYTES, InputError
-from sft.dataprep.scan import HEAVY_TASK_BYTES, TASK_BYTES
+
+TASK_BYTES = 32 << 20
+"""Input per scan task (--task-mb 0): line-aligned byte ranges of about this size."""
+HEAVY_TASK_BYTES = 512 << 10
+"""Task size when every row is graded (--answer-key/--answers): milliseconds a row, so more, smaller tasks."""
 
 SPLIT = "split and shuffle"
 FIELDS = "fields"

@@ -31,7 +31,7 @@ import hashlib
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import orjson
@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sft.common.errors import UserError
+from sft.dataprep.config import TASK_BYTES, PrepareConfig
 from sft.dataprep.jsonl_io import BadLine, JsonlReader, line_boundaries, rows_to_table, values_to_array
 from sft.dataprep.spill import (
     ANSWER_COLUMN,
@@ -52,12 +53,6 @@ from sft.dataprep.spill import (
     SpillWriter,
 )
 
-if TYPE_CHECKING:
-    from sft.dataprep.config import PrepareConfig
-
-TASK_BYTES = 32 << 20
-HEAVY_TASK_BYTES = 512 << 10
-"""Task size when every row is graded (--answer-key/--answers): milliseconds a row, so more, smaller tasks."""
 MESSAGES_COLUMN = "messages"
 
 # Reject reasons added by validation (parse failures come from sft.dataprep.jsonl_io).
