@@ -220,9 +220,12 @@ class _Plan:
     tasks: list[ScanTask]
     workers: int
     inputs: WorkerInputs
-    chat: Any
-    """the ChatFormat of --tokenizer, or None"""
     warnings: list[str]
+
+    @property
+    def chat(self):
+        """The ChatFormat of --tokenizer, or None."""
+        return self.inputs.chat
 
 
 def plan_run(files: list[str], cfg: PrepareConfig) -> _Plan:
@@ -243,7 +246,7 @@ def plan_run(files: list[str], cfg: PrepareConfig) -> _Plan:
         tokenizer = (cfg.tokenizer, options)
     tasks = plan_tasks(files, int(cfg.task_bytes))
     workers = min(cfg.workers or _cpu_count(), len(tasks))
-    return _Plan(files, buckets, tasks, workers, WorkerInputs(answers, chat, tokenizer), chat, warnings)
+    return _Plan(files, buckets, tasks, workers, WorkerInputs(answers, chat, tokenizer), warnings)
 
 
 # ---------------------------------------------------------------------------------------

@@ -26,8 +26,15 @@ import pyarrow.parquet as pq
 
 from sft.dataprep.config import PrepareConfig
 from sft.dataprep.scan import MESSAGES_COLUMN
-from sft.dataprep.spill import CONVERSATION_COLUMN, GROUP_COLUMN, INTERNAL_COLUMNS, ORDER_COLUMN, SpillInfo, \
-    read_bucket, remove_bucket
+from sft.dataprep.spill import (
+    CONVERSATION_COLUMN,
+    GROUP_COLUMN,
+    INTERNAL_COLUMNS,
+    ORDER_COLUMN,
+    SpillInfo,
+    read_bucket,
+    remove_bucket,
+)
 
 SLICE_BYTES = 16 << 20
 """Rows are taken, templated and written in slices of about this much text (bounds memory)."""
