@@ -80,9 +80,13 @@ class Resolution:
     def gpus(self) -> int:
         return self.fact("gpus", _detect_cuda)
 
+    def train_path(self) -> Path:
+        """TRAIN_FILE as given, not resolved: manifest.json is looked up, and named, beside it."""
+        self["TRAIN_FILE"]  # resolving it records the path
+        return self.facts["train_path"]
+
     def manifest_tokens(self) -> dict:
-        self["TRAIN_FILE"]
-        return self.fact("manifest_tokens", lambda: read_manifest_section(self.facts["train_path"], "tokens"))
+        return self.fact("manifest_tokens", lambda: read_manifest_section(self.train_path(), "tokens"))
 
 
 def _resolve_row(r: Resolution, row: Setting) -> Any:
@@ -173,7 +177,7 @@ def required(message: str) -> Parser:
     return parse
 
 
-def text(r: Resolution, name: str, value: str) -> str:
+def any_text(r: Resolution, name: str, value: str) -> str:
     return value
 
 
@@ -221,7 +225,7 @@ def _model_name(r: Resolution, name: str, model_name: str) -> str:
 
 def _train_file(r: Resolution, name: str, value: str) -> Path:
     train_path = Path(value).expanduser()
-    r.facts["train_path"] = train_path  # as given: manifest.json is looked up, and named, beside it
+    r.facts["train_path"] = train_path
     r.facts["train_rows"] = read_parquet_facts(train_path, name)
     mismatch = template_mismatch_note(r["MODEL_NAME"], train_path)
     if mismatch:
@@ -232,8 +236,7 @@ def _train_file(r: Resolution, name: str, value: str) -> Path:
 def _val_file(r: Resolution, name: str, value: str | None) -> Path | None:
     """Unset: TRAIN_FILE's sibling val.parquet, if any; empty: no validation."""
     if value is None:
-        r["TRAIN_FILE"]
-        sibling = r.facts["train_path"].parent / "val.parquet"
+        sibling = r.train_path().parent / "val.parquet"
         val_file = sibling if sibling.exists() and sibling.resolve() != r["TRAIN_FILE"] else None
         r.sources[name] = "auto: sibling val.parquet" if val_file else "auto: none beside TRAIN_FILE"
     else:
@@ -325,7 +328,7 @@ def _auto_port(r: Resolution):
 def _auto_max_length(r: Resolution):
     recommended = r.manifest_tokens().get("recommended_max_length")
     if isinstance(recommended, int) and recommended > 0:
-        return recommended, f"auto: {r.facts['train_path'].parent / 'manifest.json'}"
+        return recommended, f"auto: {r.train_path().parent / 'manifest.json'}"
     return _FALLBACK_MAX_LENGTH, "auto: no token summary in manifest.json (run prepare_data.py --tokenizer)"
 
 
@@ -381,7 +384,7 @@ class Setting:
     default: str | dict[str, str] | Callable[[Callable[[str], str], str], str] | None
     help: str | dict[str, str]  # per mode where the modes differ; "\n" continues the line in the listing
     group: str  # the heading it is listed under in scripts/lib/sft_env.sh ("" for one launcher's own)
-    parse: Parser | None = text  # None: read elsewhere (read_by); the launcher passes it through
+    parse: Parser | None = any_text  # None: read elsewhere (read_by); the launcher passes it through
     auto: Callable[[Resolution], tuple[Any, str | None]] | None = None
     verl: tuple[str, ...] = ()  # the Hydra keys it sets
     modes: tuple[str, ...] = MODES
@@ -587,9 +590,6 @@ class Settings:
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.values.get(name, default)
 
 
 def settings_of(mode: str) -> list[Setting]:
