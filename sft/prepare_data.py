@@ -677,6 +677,7 @@ def prepare_data(inputs: list[str], output_dir: str | os.PathLike, config: Prepa
         if not counts.balanced():  # a bug, never bad input: every row must be accounted for
             raise RuntimeError(f"internal error: stage counts do not add up: {counts.as_dict()}")
 
+        # with no train rows neither Parquet file is published (main reports the error)
         produced = {name: (path, getattr(counts, name)) for name, path in written.items() if counts.train}
         produced.update(line_record_files(results, cfg, tmp_dir))
         hash_thread.join()
