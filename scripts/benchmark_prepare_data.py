@@ -338,7 +338,7 @@ def _time_token_counts(tokenizer, conversations: list[list[dict]], repeats: int)
         chat._render_cached.cache_clear()
         return sum(chat.count(conversations)[0])
 
-    exact = ChatFormat(tokenizer, fast_text=False)  # the same encoding with the library for every text
+    exact = ChatFormat(tokenizer, use_tiktoken=False)  # the same encoding with the library for every text
     reference = sum(exact.count(conversations)[0])
     times: dict[str, list[float]] = {"ours": [], "library": []}
     totals = {}

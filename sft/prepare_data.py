@@ -180,7 +180,7 @@ def load_chat_format(files: list[str], cfg: PrepareConfig) -> tuple[Any, list[st
 
 
 def _text_encoder_agrees(chat, files: list[str], cfg: PrepareConfig, rows: int = 256) -> bool:
-    """Compare the fast text encoder with the tokenizer library on the first rows' texts before any
+    """Compare the tiktoken text encoder with the tokenizer library on the first rows' texts before any
     worker starts, so every worker (and training, which reads the choice from the Parquet files)
     uses the same one."""
     from sft.text.chat_format import ConversationError, TemplateError, canonical_messages
@@ -241,8 +241,8 @@ def plan_run(files: list[str], cfg: PrepareConfig) -> _Plan:
     tokenizer = None
     if chat is not None:  # what a worker started by spawn needs to build the same ChatFormat
         options = cfg.chat_options()
-        if chat.text.fast is None:
-            options["fast_text"] = False
+        if chat.text.tiktoken is None:
+            options["use_tiktoken"] = False
         tokenizer = (cfg.tokenizer, options)
     tasks = plan_tasks(files, int(cfg.task_bytes))
     workers = min(cfg.workers or _cpu_count(), len(tasks))

@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from sft.text.chat_tokens import TEXT_ENCODER_FAST, TextTokenizer, length_summary, recommend
+from sft.text.chat_tokens import TEXT_ENCODER_TIKTOKEN, TextTokenizer, length_summary, recommend
 
 # Texts that break naive tokenization: leading/trailing whitespace that merges with neighbours under
 # byte-level BPE, added tokens inside text, unicode, CRLF, template syntax.
@@ -33,12 +33,12 @@ def test_fast_path_gives_the_library_ids_with_added_tokens_inside_texts(data_qwe
 
     tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
     texts = TextTokenizer(tokenizer)
-    assert texts.text_encoder == TEXT_ENCODER_FAST and texts.fast.split_re is not None
+    assert texts.text_encoder == TEXT_ENCODER_TIKTOKEN and texts.tiktoken.split_re is not None
     sample = _mixed_texts()
     assert texts.encode_batch(sample) == _library_ids(tokenizer, sample)
     assert texts.encode_batch(sample) == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in sample]
     assert texts.lengths(sample).tolist() == [len(i) for i in _library_ids(tokenizer, sample)]
-    assert texts.check(sample) and texts.fast is not None  # nothing differed
+    assert texts.check(sample) and texts.tiktoken is not None  # nothing differed
 
 
 def test_fast_path_is_dropped_when_a_real_text_differs(data_qwen_tokenizer_dir):
@@ -47,11 +47,11 @@ def test_fast_path_is_dropped_when_a_real_text_differs(data_qwen_tokenizer_dir):
     tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
     texts = TextTokenizer(tokenizer)
     right = texts.encode_batch(EDGE_TEXTS)
-    exact = texts.fast.encode_ascii
-    texts.fast.encode_ascii = lambda batch: [ids + [0] for ids in exact(batch)]  # a fast path that is wrong
+    exact = texts.tiktoken.encode_ascii
+    texts.tiktoken.encode_ascii = lambda batch: [ids + [0] for ids in exact(batch)]  # a tiktoken path that is wrong
     assert texts.encode_batch(EDGE_TEXTS) != right
     assert not texts.check(EDGE_TEXTS)
-    assert texts.fast is None and texts.text_encoder == "tokenizers"
+    assert texts.tiktoken is None and texts.text_encoder == "tokenizers"
     assert texts.encode_batch(EDGE_TEXTS) == right
 
 
@@ -59,8 +59,8 @@ def test_forcing_the_library_gives_the_same_ids(data_qwen_tokenizer_dir):
     from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
     tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
-    library = TextTokenizer(tokenizer, fast=False)
-    assert library.fast is None and library.text_encoder == "tokenizers"
+    library = TextTokenizer(tokenizer, use_tiktoken=False)
+    assert library.tiktoken is None and library.text_encoder == "tokenizers"
     sample = _mixed_texts(seed=2, count=50)
     assert library.encode_batch(sample) == TextTokenizer(tokenizer).encode_batch(sample)
 
@@ -86,7 +86,7 @@ def test_no_fast_path_for_a_tokenizer_that_changes_text(data_qwen_tokenizer_dir)
     tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
     tokenizer.backend_tokenizer.normalizer = normalizers.Lowercase()
     texts = TextTokenizer(tokenizer)
-    assert texts.fast is None
+    assert texts.tiktoken is None
     assert texts.encode_batch(EDGE_TEXTS) == _library_ids(tokenizer, EDGE_TEXTS)
 
 
@@ -98,7 +98,7 @@ def test_added_tokens_that_swallow_whitespace_leave_texts_with_them_to_the_libra
     tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
     tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken("<|end|>", rstrip=True, normalized=False)]})
     texts = TextTokenizer(tokenizer)
-    assert texts.fast is not None and texts.fast.split_re is None  # texts with added tokens go whole
+    assert texts.tiktoken is not None and texts.tiktoken.split_re is None  # texts with added tokens go whole
     sample = EDGE_TEXTS + ["a<|end|>\n\nb", "<|end|>  x"]
     assert texts.encode_batch(sample) == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in sample]
 
@@ -127,8 +127,8 @@ def test_added_tokens_matched_on_normalised_text_split_only_ascii_texts(data_qwe
     tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
     tokenizer.add_tokens(["<think>", "</think>"])  # transformers' default for added tokens: normalized=True
     texts = TextTokenizer(tokenizer)
-    assert texts.fast is not None and texts.fast.ascii_only
-    assert texts.fast.pieces("a<think>b") == ["a", "<think>", "b"] and texts.fast.pieces("é<think>") is None
+    assert texts.tiktoken is not None and texts.tiktoken.ascii_only
+    assert texts.tiktoken.pieces("a<think>b") == ["a", "<think>", "b"] and texts.tiktoken.pieces("é<think>") is None
     # U+037E (Greek question mark) is ";" after NFC: normalisation can make ASCII out of non-ASCII.
     sample = _mixed_texts(seed=3, count=100) + ["\u037e<think>x", "<think>\u037e</think>é", "ﬁ<think>"]
     assert texts.encode_batch(sample) == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in sample]

@@ -257,7 +257,7 @@ class ChatFormat:
     """The model's chat template, turned into token ids and a loss mask (see the module docstring)."""
 
     def __init__(self, tokenizer, template_kwargs: dict | None = None, reasoning_tags: Sequence[str] = REASONING_TAGS,
-                 name: str | None = None, fast_text: bool | None = None):
+                 name: str | None = None, use_tiktoken: bool | None = None):
         from sft.text.chat_tokens import TextTokenizer
 
         self.tokenizer = tokenizer
@@ -272,7 +272,7 @@ class ChatFormat:
         if not getattr(tokenizer, "chat_template", None):
             raise TemplateError(f"{self.name} has no chat template, so there is no format to train in. Use a chat or "
                                 "instruct model's tokenizer, or set its chat_template")
-        self.text = TextTokenizer(tokenizer, fast=fast_text)
+        self.text = TextTokenizer(tokenizer, use_tiktoken=use_tiktoken)
         decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
         self._added = sorted({t.content for t in decoder.values() if getattr(t, "content", None)}, key=len, reverse=True)
         # Added tokens that swallow the whitespace after (rstrip) or before (lstrip) them, as Phi's

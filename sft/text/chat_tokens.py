@@ -1,4 +1,4 @@
-"""Token ids of texts exactly as the model's tokenizer gives them, fast; length summaries.
+"""Token ids of texts exactly as the model's tokenizer gives them (tiktoken where it is exact); length summaries.
 
 Usage (as a library; sft/text/chat_format.py encodes every conversation through it):
     from sft.text.chat_tokens import TextTokenizer, length_summary
@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 BATCH_TEXTS = 512
-TEXT_ENCODER_FAST = "tiktoken+tokenizers"
+TEXT_ENCODER_TIKTOKEN = "tiktoken+tokenizers"
 """`text_encoder` when ASCII pieces go through tiktoken (checked equal) and the rest through tokenizers."""
 TEXT_ENCODER_LIBRARY = "tokenizers"
 TEXT_ENCODER_PYTHON = "python"
@@ -154,10 +154,10 @@ class _TiktokenPieces:
         added = {token.content: token_id for token_id, token in decoder.items() if token.content}
         splits = not any(t.lstrip or t.rstrip or t.single_word for t in decoder.values())
         normalized = any(t.normalized for t in decoder.values())
-        fast = cls(encoding, added, splits, ascii_only=normalized)
+        pieces = cls(encoding, added, splits, ascii_only=normalized)
         texts = _self_test_texts(list(added)[:64])
         library = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
-        return fast if _encode(fast, backend, texts) == library else None
+        return pieces if _encode(pieces, backend, texts) == library else None
 
     @staticmethod
     def _pattern(pre: dict | None) -> str | None:
@@ -206,13 +206,13 @@ def _library_ids(backend, texts: list[str]) -> list[list[int]]:
     return ids
 
 
-def _encode(fast: _TiktokenPieces, backend, texts: Sequence[str]) -> list[list[int]]:
+def _encode(tiktoken: _TiktokenPieces, backend, texts: Sequence[str]) -> list[list[int]]:
     """Ids of `texts` with tiktoken for ASCII pieces, the added-token table and the library for the rest."""
     plan: list[list] = []  # per text: ids (list) or ("a"|"l", index into the batches)
     ascii_batch: list[str] = []
     library_batch: list[str] = []
     for text in texts:
-        parts = fast.pieces(text)
+        parts = tiktoken.pieces(text)
         if parts is None:
             plan.append([("l", len(library_batch))])
             library_batch.append(text)
@@ -220,7 +220,7 @@ def _encode(fast: _TiktokenPieces, backend, texts: Sequence[str]) -> list[list[i
         steps: list = []
         for position, part in enumerate(parts):
             if position % 2:
-                steps.append([fast.added[part]])
+                steps.append([tiktoken.added[part]])
             elif not part:
                 continue
             elif part.isascii():
@@ -230,7 +230,7 @@ def _encode(fast: _TiktokenPieces, backend, texts: Sequence[str]) -> list[list[i
                 steps.append(("l", len(library_batch)))
                 library_batch.append(part)
         plan.append(steps)
-    ascii_ids = fast.encode_ascii(ascii_batch) if ascii_batch else []
+    ascii_ids = tiktoken.encode_ascii(ascii_batch) if ascii_batch else []
     library_ids = _library_ids(backend, library_batch) if library_batch else []
     out: list[list[int]] = []
     for steps in plan:
@@ -245,28 +245,30 @@ def _encode(fast: _TiktokenPieces, backend, texts: Sequence[str]) -> list[list[i
 
 
 class TextTokenizer:
-    """Exact token ids of texts (as `tokenizer(text, add_special_tokens=False)`), fast.
+    """Exact token ids of texts (as `tokenizer(text, add_special_tokens=False)`), through tiktoken where exact.
 
-    `fast=False` forces the library path (what a Parquet file recorded as counted without
-    tiktoken is trained with); `fast=None` builds the tiktoken path where it applies.
+    `use_tiktoken=False` forces the library path (what a Parquet file recorded as counted without
+    tiktoken is trained with); `use_tiktoken=None` builds the tiktoken path where it applies
+    (`self.tiktoken`, None where it does not or after `check` found a difference).
     """
 
-    def __init__(self, tokenizer, fast: bool | None = None):
+    def __init__(self, tokenizer, use_tiktoken: bool | None = None):
         self.tokenizer = tokenizer
         self.backend = getattr(tokenizer, "backend_tokenizer", None)
-        self.fast = _TiktokenPieces.build(self.backend) if self.backend is not None and fast is not False else None
+        self.tiktoken = (_TiktokenPieces.build(self.backend)
+                         if self.backend is not None and use_tiktoken is not False else None)
 
     @property
     def text_encoder(self) -> str:
-        if self.fast is not None:
-            return TEXT_ENCODER_FAST
+        if self.tiktoken is not None:
+            return TEXT_ENCODER_TIKTOKEN
         return TEXT_ENCODER_LIBRARY if self.backend is not None else TEXT_ENCODER_PYTHON
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text; identical texts are encoded once."""
         unique = list(dict.fromkeys(texts))
-        if self.fast is not None:
-            encoded = _encode(self.fast, self.backend, unique)
+        if self.tiktoken is not None:
+            encoded = _encode(self.tiktoken, self.backend, unique)
         elif self.backend is not None:
             encoded = _library_ids(self.backend, unique)
         else:  # a slow (Python) tokenizer
@@ -282,11 +284,11 @@ class TextTokenizer:
     def check(self, texts: Sequence[str]) -> bool:
         """Compare the tiktoken path with the library on real texts; on any difference stop using
         it (later ids come from the library). True when nothing differed."""
-        if self.fast is None or not texts:
+        if self.tiktoken is None or not texts:
             return True
         texts = list(dict.fromkeys(texts))
-        if _encode(self.fast, self.backend, texts) != [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]:
-            self.fast = None
+        if _encode(self.tiktoken, self.backend, texts) != [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]:
+            self.tiktoken = None
             return False
         return True
 

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from sft.text.chat_format import PARQUET_METADATA_KEY as METADATA_KEY
 from sft.text.chat_format import ChatFormat, ConversationError, TemplateError
+from sft.text.chat_tokens import TEXT_ENCODER_TIKTOKEN
 
 
 def read_encoding_metadata(path: str | os.PathLike) -> dict | None:
@@ -98,7 +99,7 @@ class ChatTemplateSFTDataset(Dataset):
         asked = _plain(config.get("apply_chat_template_kwargs", {})) or {}
         kwargs = dict(asked)
         tags = None
-        fast_text = None
+        use_tiktoken = None
         if recorded:
             kept = recorded.get("template_kwargs") or {}
             if asked and asked != kept:
@@ -108,10 +109,10 @@ class ChatTemplateSFTDataset(Dataset):
                     f"--chat-template-kwargs '{json.dumps(asked)}', or drop the override")
             kwargs = dict(kept)
             tags = recorded.get("reasoning_tags")
-            fast_text = False if recorded.get("text_encoder") not in (None, "tiktoken+tokenizers") else None
+            use_tiktoken = False if recorded.get("text_encoder") not in (None, TEXT_ENCODER_TIKTOKEN) else None
         try:
             self.chat = ChatFormat(tokenizer, template_kwargs=kwargs, name=getattr(tokenizer, "name_or_path", None),
-                                   fast_text=fast_text, **({"reasoning_tags": tags} if tags else {}))
+                                   use_tiktoken=use_tiktoken, **({"reasoning_tags": tags} if tags else {}))
         except TemplateError as exc:
             raise ValueError(str(exc)) from None
 
