@@ -16,7 +16,7 @@ verl's Hydra overrides with every value quoted for Hydra, prints the settings an
 command, and then replaces itself with torchrun. User overrides go last, so they win. With
 DRY_RUN=1 it composes verl's Hydra config with all overrides and exits without training.
 The settings themselves (defaults, parsing, auto rules, verl keys, help) are one table:
-sft/common/launch_settings.py.
+sft/launch/settings.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from sft.common.errors import exit_on_user_error
-from sft.common.launch_settings import (  # noqa: F401  (LaunchError, resolve_settings: this module's interface)
+from sft.launch.settings import (  # noqa: F401  (LaunchError, resolve_settings: this module's interface)
     SETTINGS,
     LaunchError,
     Settings,

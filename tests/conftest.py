@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny model and chat data built locally, and a way to run the launchers."""
+"""Shared fixtures, by what they build: models and tokenizers, chat data, launcher runs, and the
+uninterrupted reference run that resumed runs must reproduce. Everything is built locally."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from sft.common.launch_settings import LAUNCHER_VARIABLES  # noqa: E402
+from sft.launch.settings import LAUNCHER_VARIABLES  # noqa: E402
 from sft.demo.tiny_model import TinyModelSpec, build_tiny_model  # noqa: E402
 
 # Settings a user's shell may carry that would change what the launchers do under test: every
@@ -21,10 +22,42 @@ from sft.demo.tiny_model import TinyModelSpec, build_tiny_model  # noqa: E402
 _LAUNCHER_VARIABLES = [*LAUNCHER_VARIABLES, "VERL_USE_EXTERNAL_MODULES"]
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "slow: trains a tiny model with verl on CPU (tens of seconds each); skip with -m 'not slow'",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and tokenizers.
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 0.1M-parameter Qwen2 model with its tokenizer (random weights, built in about a second)."""
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", TinyModelSpec())
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    """The tiny model's tokenizer, loaded with AutoTokenizer as training loads it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir(request):
+    """The Qwen2.5-style tokenizer (real 151k vocabulary), built once and kept in pytest's cache
+    directory between runs (building takes 10-30 s on a busy 2-core machine)."""
+    from sft.bench.qwen_tokenizer import build_qwen_tokenizer
+
+    return build_qwen_tokenizer(request.config.cache.mkdir("verl-sft-qwen-tokenizer") / "tokenizer")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat data.
 
 
 def write_chat_parquet(path: Path, rows: int, seed: int = 0) -> Path:
@@ -60,6 +93,10 @@ def chat_data_dir(tmp_path_factory) -> Path:
     return directory
 
 
+# ---------------------------------------------------------------------------------------------
+# Launcher runs.
+
+
 def launcher_env(**settings: str) -> dict[str, str]:
     """The current environment without launcher settings, plus `settings` (CPU, 16 samples per step by default)."""
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARIABLES}
@@ -90,31 +127,8 @@ def train_losses(output: str) -> dict[int, float]:
     return {int(step): float(loss) for step, loss in _STEP_LOSS.findall(output)}
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "slow: trains a tiny model with verl on CPU (tens of seconds each); skip with -m 'not slow'",
-    )
-
-
-@pytest.fixture(scope="session")
-def data_tiny_tokenizer(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="session")
-def data_qwen_tokenizer_dir(request):
-    """The Qwen2.5-style tokenizer (real 151k vocabulary), built once and kept in pytest's cache
-    directory between runs (building takes 10-30 s on a busy 2-core machine)."""
-    from sft.bench.qwen_tokenizer import build_qwen_tokenizer
-
-    return build_qwen_tokenizer(request.config.cache.mkdir("verl-sft-qwen-tokenizer") / "tokenizer")
-
-
 # ---------------------------------------------------------------------------------------------
-# Shared by tests/test_resume.py and tests/test_slurm.py: one uninterrupted reference run that
+# The reference run (tests/test_resume.py, tests/test_slurm.py): one uninterrupted run that
 # interrupted and requeued runs must reproduce exactly.
 
 from dataclasses import dataclass  # noqa: E402  (kept with the code that uses it)
@@ -123,23 +137,23 @@ _LAUNCHER_VARIABLES.extend(["SFT_STOP_FILE", "MAX_REQUEUES", "STOP_TIMEOUT", "RE
 
 # 64 rows / 16 per step = 4 steps per epoch, 2 epochs. One thread per process: the same
 # arithmetic in every run, so weights can be compared bit for bit.
-SLURM_RESUME_SETTINGS = {"TRAIN_BATCH_SIZE": "16", "EPOCHS": "2", "LEARNING_RATE": "1e-3", "VAL_FILE": "",
+RESUME_SETTINGS = {"TRAIN_BATCH_SIZE": "16", "EPOCHS": "2", "LEARNING_RATE": "1e-3", "VAL_FILE": "",
                          "OMP_NUM_THREADS": "1", "SEED": "42"}
-SLURM_STEPS_PER_EPOCH = 4
-SLURM_TOTAL_STEPS = 8
+RESUME_STEPS_PER_EPOCH = 4
+RESUME_TOTAL_STEPS = 8
 # Largest difference allowed between the final weights of an interrupted run and the reference.
 # Measured: 0 (bit-identical) on CPU, fp32, gloo, one thread per process; a resume that skipped,
 # repeated or reordered a single step moves weights by about the learning rate (1e-3).
-SLURM_WEIGHT_TOLERANCE = 1e-6
+RESUME_WEIGHT_TOLERANCE = 1e-6
 
 
-def slurm_step_delay_env(seconds: float) -> dict[str, str]:
+def step_delay_env(seconds: float) -> dict[str, str]:
     """Settings that load tests/hooks/sft_test_step_delay.py: each step sleeps `seconds` (timing only)."""
     return {"PYTHONPATH": str(REPO_ROOT / "tests" / "hooks"), "VERL_USE_EXTERNAL_MODULES": "sft_test_step_delay",
             "SFT_TEST_STEP_DELAY": str(seconds)}
 
 
-def slurm_model_shards(checkpoint: Path) -> dict[tuple[str, int], "object"]:
+def model_shards(checkpoint: Path) -> dict[tuple[str, int], "object"]:
     """{(parameter name, rank): local shard} of the model_world_size_*_rank_*.pt files in a checkpoint."""
     import warnings
 
@@ -158,15 +172,15 @@ def slurm_model_shards(checkpoint: Path) -> dict[tuple[str, int], "object"]:
     return shards
 
 
-def slurm_max_weight_difference(first: Path, second: Path) -> float:
+def max_weight_difference(first: Path, second: Path) -> float:
     """Largest absolute difference between the model weights of two checkpoints of one world size."""
-    a, b = slurm_model_shards(first), slurm_model_shards(second)
+    a, b = model_shards(first), model_shards(second)
     assert a.keys() == b.keys(), "the checkpoints hold different parameters or world sizes"
     return max((a[key].double() - b[key].double()).abs().max().item() for key in a)
 
 
 @dataclass
-class SlurmReferenceRun:
+class ReferenceRun:
     output_dir: Path
     logs: list[str]  # one per torchrun agent (node rank 0, 1)
     returncodes: list[int]
@@ -174,7 +188,7 @@ class SlurmReferenceRun:
 
 
 @pytest.fixture(scope="session")
-def slurm_reference_run(tmp_path_factory, tiny_model_dir, chat_data_dir) -> SlurmReferenceRun:
+def reference_run(tmp_path_factory, tiny_model_dir, chat_data_dir) -> ReferenceRun:
     """The reference run, trained by two torchrun agents on this machine as two "nodes" of one process each.
 
     Each agent is started through scripts/run_sft_training.sh with NNODES=2 and its NODE_RANK,
@@ -189,9 +203,9 @@ def slurm_reference_run(tmp_path_factory, tiny_model_dir, chat_data_dir) -> Slur
     processes, log_files = [], []
     for node_rank in (0, 1):
         env = launcher_env(MODEL_NAME=tiny_model_dir, TRAIN_FILE=chat_data_dir / "train.parquet",
-                           OUTPUT_DIR=root / "two nodes", SAVE_FREQ=SLURM_STEPS_PER_EPOCH, NNODES=2,
+                           OUTPUT_DIR=root / "two nodes", SAVE_FREQ=RESUME_STEPS_PER_EPOCH, NNODES=2,
                            NODE_RANK=node_rank, NPROC_PER_NODE=1, MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                           RDZV_ID="reference-run", **SLURM_RESUME_SETTINGS)
+                           RDZV_ID="reference-run", **RESUME_SETTINGS)
         log_files.append(root / f"agent{node_rank}.log")
         with open(log_files[-1], "w") as log:
             processes.append(subprocess.Popen([str(REPO_ROOT / "scripts" / "run_sft_training.sh")], env=env,
@@ -206,4 +220,4 @@ def slurm_reference_run(tmp_path_factory, tiny_model_dir, chat_data_dir) -> Slur
     losses = {}
     for log in logs:
         losses.update(train_losses(log))
-    return SlurmReferenceRun(output_dir=root / "two nodes", logs=logs, returncodes=returncodes, losses=losses)
+    return ReferenceRun(output_dir=root / "two nodes", logs=logs, returncodes=returncodes, losses=losses)

@@ -63,12 +63,12 @@ def _expected(family: str, response: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory, tiny_model_dir, data_qwen_tokenizer_dir):
+def family_dirs(tmp_path_factory, tiny_model_dir, qwen_tokenizer_dir):
     """family -> a tokenizer directory (saved, then loaded with AutoTokenizer as training loads it)."""
     root = tmp_path_factory.mktemp("families")
     dirs = {}
     for family in FAMILIES:
-        base = data_qwen_tokenizer_dir if family in QWEN_VOCABULARY else tiny_model_dir
+        base = qwen_tokenizer_dir if family in QWEN_VOCABULARY else tiny_model_dir
         family_tokenizer(family, base).save_pretrained(root / family)
         dirs[family] = root / family
     return dirs

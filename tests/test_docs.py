@@ -3,7 +3,7 @@
 Run: .venv/bin/python -m pytest -q tests/test_docs.py
 
 - Every environment variable a shell script defaults (`NAME="${NAME:-...}"`, `: "${NAME:=...}"`),
-  every setting of the launchers (the table in sft/common/launch_settings.py) and every long
+  every setting of the launchers (the table in sft/launch/settings.py) and every long
   option of a Python command-line script appears in sft/README.md as inline code (`NAME`,
   `--flag`, or `NAME=...`, `--flag VALUE`).
 - Every command in the ```bash blocks of sft/SFT_QUICKSTART.md, README.md and sft/README.md is
@@ -42,7 +42,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, launcher_env, write_chat_parquet
-from sft.common.launch_settings import SETTINGS
+from sft.launch.settings import SETTINGS
 
 SFT_README = REPO_ROOT / "sft" / "README.md"
 QUICKSTART = REPO_ROOT / "sft" / "SFT_QUICKSTART.md"
@@ -51,7 +51,7 @@ COMMAND_DOCS = [QUICKSTART, REPO_ROOT / "README.md", SFT_README]
 
 SHELL_SCRIPT_GLOBS = ("scripts/*.sh", "scripts/lib/*.sh", "sft/*.sh", "slurm/*.slurm", "slurm/lib/*.sh")
 # Every setting of the launchers: defaulted in their table (Python), not in bash.
-LAUNCHER_SETTINGS = {row.name: row.read_by or "sft/common/launch_settings.py" for row in SETTINGS}
+LAUNCHER_SETTINGS = {row.name: row.read_by or "sft/launch/settings.py" for row in SETTINGS}
 # Variables that are defaulted in a script but are internal, so users never set them:
 # name -> why. Keep this short. Anything a user can set belongs in sft/README.md instead.
 UNDOCUMENTED_BY_DESIGN: dict[str, str] = {}

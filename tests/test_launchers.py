@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO_ROOT, launcher_env, run_launcher, train_losses, write_chat_parquet
 from sft import launcher
-from sft.common.launch_settings import SETTINGS, LaunchError, exported_settings, listing, resolve_settings
+from sft.launch.settings import SETTINGS, LaunchError, exported_settings, listing, resolve_settings
 
 # Spaces, quotes, $, $(...), a Hydra interpolation and a comma: none may be evaluated or mangled.
 AWKWARD_NAME = "out dir $(touch PWNED) 'q' ${HOME},x"

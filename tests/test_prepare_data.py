@@ -420,7 +420,7 @@ def test_token_summary_and_recommendation(tmp_path, tiny_model_dir):
     assert_balanced(manifest, source)
 
 
-def test_training_dataset_reads_output_and_masks_only_the_response(tmp_path, tiny_model_dir, data_tiny_tokenizer):
+def test_training_dataset_reads_output_and_masks_only_the_response(tmp_path, tiny_model_dir, tiny_tokenizer):
     from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 
     from sft.verl_plugins.sft_dataset import ChatTemplateSFTDataset
@@ -428,7 +428,7 @@ def test_training_dataset_reads_output_and_masks_only_the_response(tmp_path, tin
     rows = make_rows(problems=6, per_problem=2)
     rows[0]["generated_solution"] = "\n  leading whitespace. \\boxed{1}"
     source = write_jsonl(tmp_path / "a.jsonl", rows)
-    tokenizer = data_tiny_tokenizer
+    tokenizer = tiny_tokenizer
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     for system in (None, "You are terse."):
         manifest = run(tmp_path, [source], tokenizer=str(tiny_model_dir), system_prompt=system, val_split=0.0)

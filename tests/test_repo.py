@@ -44,3 +44,93 @@ def test_python_scripts_have_help():
         result = subprocess.run([sys.executable, str(REPO_ROOT / script), "--help"],
                                 capture_output=True, text=True, cwd=REPO_ROOT)
         assert result.returncode == 0 and "usage:" in result.stdout, (script, result.stderr[-500:])
+
+
+def _readme_tree() -> dict[str, str]:
+    """{path: comment} of the README's commented file tree (directories end with "/")."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split("## Files", 1)[1].split("```", 2)[1]
+    entries, parents = {}, []  # parents: (indent, directory path)
+    for line in block.splitlines()[1:]:
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        name, _, comment = line.strip().partition("  ")
+        while parents and parents[-1][0] >= indent:
+            parents.pop()
+        path = (parents[-1][1] if parents else "") + name
+        entries[path] = comment.strip()
+        if name.endswith("/"):
+            parents.append((indent, path))
+    return entries
+
+
+def _tracked(*folders: str) -> list[str]:
+    listed = subprocess.run(["git", "ls-files", *folders], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    return [p for p in listed.stdout.split() if not p.endswith("__init__.py")]
+
+
+def test_the_readme_file_tree_lists_every_product_file_with_a_comment():
+    tree = _readme_tree()
+    missing = [path for path in _tracked("sft", "scripts", "slurm") if path not in tree]
+    assert not missing, f"files missing from the README's tree: {missing}"
+    stale = [path for path in tree if not (REPO_ROOT / path).exists()]
+    assert not stale, f"the README's tree names paths that do not exist: {stale}"
+    uncommented = [path for path, comment in tree.items() if not comment]
+    assert not uncommented, f"tree entries without a comment: {uncommented}"
+
+
+def _product_modules() -> dict[str, "object"]:
+    import ast
+
+    modules = {}
+    for path in sorted((REPO_ROOT / "sft").rglob("*.py")):
+        name = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = ast.parse(path.read_text(), filename=str(path))
+    return modules
+
+
+def test_the_import_graph_of_sft_has_no_cycles():
+    import ast
+
+    modules = _product_modules()
+    graph = {name: set() for name in modules}
+    for name, tree in modules.items():
+        for node in ast.walk(tree):  # function-level imports count too: they are cycles that wait
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in modules and t != name and not name.startswith(t + ".")}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module, path):
+        state[module] = 1
+        for target in sorted(graph[module]):
+            assert state.get(target) != 1, "import cycle: " + " -> ".join(path + [target])
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_product_function_is_longer_than_80_lines():
+    import ast
+
+    files = [*(REPO_ROOT / "sft").rglob("*.py"), *(REPO_ROOT / "scripts").glob("*.py")]
+    long = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, "split these along their seams: " + "; ".join(long)

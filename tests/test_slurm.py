@@ -28,12 +28,12 @@ import pytest
 
 from conftest import (
     REPO_ROOT,
-    SLURM_RESUME_SETTINGS,
-    SLURM_TOTAL_STEPS,
-    SLURM_WEIGHT_TOLERANCE,
+    RESUME_SETTINGS,
+    RESUME_TOTAL_STEPS,
+    RESUME_WEIGHT_TOLERANCE,
     launcher_env,
-    slurm_max_weight_difference,
-    slurm_step_delay_env,
+    max_weight_difference,
+    step_delay_env,
     train_losses,
 )
 from slurm_cluster import FINAL_STATES, SlurmCluster, SlurmUnavailable, read_tail
@@ -202,12 +202,12 @@ def test_both_batch_files_at_once_on_one_node_and_a_requeued_job_resumes_from_it
 
 
 def test_time_limit_signal_checkpoints_requeues_and_resumes_exactly(slurm_node, tmp_path, tiny_model_dir,
-                                                                    chat_data_dir, slurm_reference_run):
+                                                                    chat_data_dir, reference_run):
     """USR1 to the batch shell is what #SBATCH --signal=B:USR1@600 sends before the time limit."""
     cluster = slurm_node
     workdir = tmp_path / "work"
     settings = {"MODEL_NAME": tiny_model_dir, "TRAIN_FILE": chat_data_dir / "train.parquet", "OUTPUT_DIR": "run",
-                "SAVE_FREQ": -1, "NPROC_PER_NODE": 2, **SLURM_RESUME_SETTINGS, **slurm_step_delay_env(0.5)}
+                "SAVE_FREQ": -1, "NPROC_PER_NODE": 2, **RESUME_SETTINGS, **step_delay_env(0.5)}
     started = time.monotonic()
     job_id, log = submit(cluster, "sft_training.slurm", workdir, settings)
     wait_for_log(cluster, job_id, log, r"step:1 - ")
@@ -222,15 +222,15 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_exactly(slurm_node, 
     first_steps, second_steps = train_losses(first), train_losses(second)
     assert sorted(first_steps) == list(range(1, stopped_at + 1)), first[-3000:]  # SAVE_FREQ=-1: no other checkpoint
     assert int(_RESUMED_FROM.search(second).group(2)) == stopped_at
-    assert sorted(second_steps) == list(range(stopped_at + 1, SLURM_TOTAL_STEPS + 1)), second[-3000:]
+    assert sorted(second_steps) == list(range(stopped_at + 1, RESUME_TOTAL_STEPS + 1)), second[-3000:]
     print(f"[measured] steps repeated after the time-limit signal: 0 (checkpoint at step {stopped_at} "
-          f"of {SLURM_TOTAL_STEPS}, resumed at step {stopped_at + 1})")
+          f"of {RESUME_TOTAL_STEPS}, resumed at step {stopped_at + 1})")
     assert not (workdir / "run" / "stop_requested").exists()
 
-    final = f"global_step_{SLURM_TOTAL_STEPS}"
-    difference = slurm_max_weight_difference(workdir / "run" / final, slurm_reference_run.output_dir / final)
+    final = f"global_step_{RESUME_TOTAL_STEPS}"
+    difference = max_weight_difference(workdir / "run" / final, reference_run.output_dir / final)
     print(f"[measured] largest weight difference, stopped by USR1 and requeued vs uninterrupted: {difference:.3g}")
-    assert difference <= SLURM_WEIGHT_TOLERANCE
+    assert difference <= RESUME_WEIGHT_TOLERANCE
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@
 # shellcheck source=python.sh
 source "$(dirname "${BASH_SOURCE[0]}")/python.sh"
 
-# The listing above is the table in sft/common/launch_settings.py, which holds the defaults
+# The listing above is the table in sft/launch/settings.py, which holds the defaults
 # (tests/test_launchers.py checks that the two agree). The launchers never source this file:
 # bash code that needs the settings' values before launching (slurm/lib/sft_slurm.sh) does.
 # After setting SFT_MODE, sourcing it exports every setting of that mode, defaults applied.
@@ -64,9 +64,9 @@ export SFT_MODE
 
 _sft_settings=()
 mapfile -d '' _sft_settings < <(PYTHONPATH="$SFT_REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" \
-  "$PYTHON" -m sft.common.launch_settings --export)
+  "$PYTHON" -m sft.launch.settings --export)
 if ((${#_sft_settings[@]} == 0 || ${#_sft_settings[@]} % 2)); then
-  echo "scripts/lib/sft_env.sh: \`$PYTHON -m sft.common.launch_settings --export\` failed (SFT_MODE=$SFT_MODE)." \
+  echo "scripts/lib/sft_env.sh: \`$PYTHON -m sft.launch.settings --export\` failed (SFT_MODE=$SFT_MODE)." \
     "Set PYTHON to an interpreter with this project's requirements (scripts/setup_env.sh)." >&2
   exit 1
 fi

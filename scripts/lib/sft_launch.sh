@@ -2,7 +2,7 @@
 # What scripts/run_sft_training.sh and scripts/run_sft_peft.sh do once they have exported
 # SFT_MODE (sourced, not run): `sft_launch LAUNCHER [hydra overrides]` prints LAUNCHER's usage
 # for -h/--help, else hands over to sft/launcher.py. Python reads every setting from the
-# environment (defaults, checks and auto values: the table in sft/common/launch_settings.py,
+# environment (defaults, checks and auto values: the table in sft/launch/settings.py,
 # listed in scripts/lib/sft_env.sh) and execs torchrun, so signals reach the trainer directly.
 
 # shellcheck source=python.sh

@@ -40,7 +40,6 @@ import orjson
 import pyarrow as pa
 
 from sft.common.errors import UserError
-from sft.common.files import atomic_path, write_json_atomic  # noqa: F401  (re-exported: sft/evaluate.py, sft/demo/synthetic_math.py)
 
 DEFAULT_CHUNK_BYTES = 8 << 20
 

@@ -1,0 +1,1 @@
+"""The demo's task (synthetic addition problems) and its tiny model."""

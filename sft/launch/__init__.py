@@ -1,0 +1,1 @@
+"""sft/launcher.py's machinery: the settings table, verl key translation."""

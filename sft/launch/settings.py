@@ -12,8 +12,8 @@ checked, its `auto` rule, the verl keys it sets, and its help. From the table co
 Relations between settings (batch sizes and world size, lengths, rows) are CROSS_CHECKS.
 
 Run by scripts/lib/sft_env.sh (NAME NUL VALUE NUL for every setting of SFT_MODE, defaults applied):
-    SFT_MODE=lora python -m sft.common.launch_settings --export
-    python -m sft.common.launch_settings --listing shared|full|lora   # print a header listing
+    SFT_MODE=lora python -m sft.launch.settings --export
+    python -m sft.launch.settings --listing shared|full|lora   # print a header listing
 
 Adding a setting: a row in SETTINGS (plus a function in CROSS_CHECKS if it constrains another
 setting), its line in sft/README.md, and the row's listing line pasted into the header comment
