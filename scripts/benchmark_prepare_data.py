@@ -52,6 +52,7 @@ import statistics
 import subprocess
 import time
 
+from sft.bench.memory import process_tree_rss
 from sft.common.files import atomic_path, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,8 +135,6 @@ def measure(command: list[str]) -> dict:
     ru_maxrss would understate it); the kernel's ru_maxrss of the largest single process is
     reported beside it.
     """
-    import psutil
-
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
     output = bytearray()
@@ -149,19 +148,8 @@ def measure(command: list[str]) -> dict:
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    root = psutil.Process(process.pid)
     while True:
-        try:
-            tree = [root] + root.children(recursive=True)
-            total = 0
-            for proc in tree:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak_tree = max(peak_tree, total)
-        except psutil.Error:
-            pass
+        peak_tree = max(peak_tree, process_tree_rss(process.pid))
         try:
             if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 break

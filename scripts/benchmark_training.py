@@ -63,6 +63,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python scripts/benchmark_training.py`: make `import sft.x` work
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sft.bench.memory import process_tree_rss
 from sft.common.files import staging_directory, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -252,23 +253,6 @@ def real_tokens_per_step(lengths: list[int], world: int, train_batch_size: int, 
     return tokens
 
 
-def _process_tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for process in processes:
-        try:
-            total += process.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def _launch(name: str, args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path, device: str,
             total_steps: int) -> tuple[list[str], dict[str, str]]:
     """(Hydra overrides, environment) that run configuration `name` through scripts/run_sft_training.sh."""
@@ -308,7 +292,7 @@ def _follow(command: list[str], env: dict[str, str], total_steps: int, timeout: 
 
     def poll_memory() -> None:
         while process.poll() is None:
-            followed.peak_rss = max(followed.peak_rss, _process_tree_rss(process.pid))
+            followed.peak_rss = max(followed.peak_rss, process_tree_rss(process.pid))
             time.sleep(0.5)
 
     watcher = threading.Thread(target=poll_memory, daemon=True)

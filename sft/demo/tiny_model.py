@@ -216,6 +216,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+_SPEC_OPTIONS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size",
+                 "max_position_embeddings", "seed", "initializer_range")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     extra = []
@@ -226,18 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot read corpus file {corpus}: {exc.strerror}", file=sys.stderr)
             return 2
     try:
-        spec = TinyModelSpec(
-            hidden_size=args.hidden_size,
-            num_layers=args.num_layers,
-            num_heads=args.num_heads,
-            num_kv_heads=args.num_kv_heads,
-            intermediate_size=args.intermediate_size,
-            vocab_size=args.vocab_size,
-            max_position_embeddings=args.max_position_embeddings,
-            seed=args.seed,
-            initializer_range=args.initializer_range,
-            extra_corpus=extra,
-        )
+        # Every option is a TinyModelSpec field of the same name (tie_word_embeddings keeps its default).
+        given = {name: getattr(args, name) for name in _SPEC_OPTIONS}
+        spec = TinyModelSpec(**given, extra_corpus=extra)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
