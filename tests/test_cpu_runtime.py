@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 _CHECK = r"""
@@ -43,6 +45,7 @@ print("RESULT " + json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_logprobs_match_log_softmax_and_verl_calls_the_replacement():
     env = dict(os.environ, VERL_USE_EXTERNAL_MODULES="sft.verl_plugins.cpu_runtime", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
     done = subprocess.run(

@@ -575,6 +575,7 @@ def dry_runs(tmp_path_factory, tiny_model_dir) -> DocDryRuns:
     return DocDryRuns(sandbox, runs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", RUN_COMMANDS, ids=lambda c: c.id)
 def test_documented_launch_command_passes_a_dry_run(command, dry_runs):
     assert not command.problems, f"{command.id}: {command.problems}: {command.text}"
@@ -600,6 +601,7 @@ def test_documented_launch_command_passes_a_dry_run(command, dry_runs):
         assert f"--nnodes={nodes} " in torchrun and "--rdzv-backend=c10d" in torchrun and "--rdzv-id=4242" in torchrun, torchrun
 
 
+@pytest.mark.slow
 def test_every_run_of_a_sweep_has_its_own_output_directory(dry_runs):
     loops: dict[str, list[str]] = {}
     for command in RUN_COMMANDS:
@@ -612,6 +614,7 @@ def test_every_run_of_a_sweep_has_its_own_output_directory(dry_runs):
             f"{loop}: runs of the sweep share an OUTPUT_DIR and would resume each other's checkpoints: {directories}")
 
 
+@pytest.mark.slow
 def test_the_quickstart_exports_the_checkpoints_its_training_commands_write(dry_runs):
     work = dry_runs.sandbox.work.resolve()
     written = {Path(run.composed()["trainer.default_local_dir"]).resolve()
@@ -635,6 +638,7 @@ def test_every_repository_script_the_docs_name_exists():
     assert not sorted(p for p in named if not (REPO_ROOT / p).is_file()), "the docs name scripts that do not exist"
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_split_dry_run_composes_what_a_real_dry_run_composes(dry_runs):
     """The harness above against the real thing: one quick start command, end to end in one process chain."""

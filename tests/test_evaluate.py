@@ -258,6 +258,7 @@ def _check_consistent(records: list[dict], summary: dict, max_new_tokens: int) -
             assert r["output_tokens"] == max_new_tokens
 
 
+@pytest.mark.slow
 def test_evaluate_memorised_model_known_outcome(eval_models, eval_seed_jsonl, tmp_path):
     out = tmp_path / "eval"
     summary = evaluate(

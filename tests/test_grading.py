@@ -70,6 +70,7 @@ def test_the_labelled_set_is_real_and_records_its_sources(rows):
     assert len({r["id"] for r in rows}) == len(rows)
 
 
+@pytest.mark.slow
 def test_correct_solutions_are_accepted_and_wrong_references_are_not(rows):
     correct = [r for r in rows if r["label"] == "correct"]
     human = [r for r in correct if r["label_by"] == "human"]
@@ -95,6 +96,7 @@ def test_solutions_labelled_wrong_are_rarely_accepted(rows):
     assert len(accepted) <= 0.02 * len(wrong), accepted
 
 
+@pytest.mark.slow
 def test_strict_grading_is_todays_extraction(rows):
     """--strict-grading: only the standard forms count, so many correct solutions go unrecognised."""
     correct = [r for r in rows if r["label"] == "correct"]
@@ -149,6 +151,7 @@ def test_grading_outcomes():
     assert grade("Hence the answer is $\\frac{3}{4}$.", "\\frac{3}{4}").rule == "answer_phrase"
 
 
+@pytest.mark.slow
 def test_the_fast_numeric_parse_gives_math_verifys_verdicts(rows):
     """Numbers with digits, fractions, roots and pi skip math-verify's LaTeX grammar: on every such
     pair of the labelled set (a found answer against its own and a wrong reference) the verdict is

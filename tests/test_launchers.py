@@ -115,6 +115,7 @@ def _composed(output: str) -> dict[str, str]:
     return dict(re.findall(r"^  ([a-z_.]+) = (.*)$", section, re.MULTILINE))
 
 
+@pytest.mark.slow
 def test_dry_run_user_overrides_win_and_nothing_trains(tmp_path, tiny_model_dir, chat_data_dir):
     output_dir = tmp_path / "never created"
     env = launcher_env(
@@ -155,6 +156,7 @@ def test_dry_run_rejects_an_override_verl_does_not_know(tmp_path, tiny_model_dir
     assert "no_such_key" in output and "Hydra config does not accept" in output
 
 
+@pytest.mark.slow
 def test_verl_dir_checkout_is_used_instead_of_the_installed_package(tmp_path, tiny_model_dir, chat_data_dir):
     import verl
 

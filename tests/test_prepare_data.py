@@ -459,6 +459,7 @@ def test_training_dataset_reads_output_and_masks_only_the_response(tmp_path, tin
 # Command line
 
 
+@pytest.mark.slow
 def test_cli_runs_as_a_script(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", make_rows(problems=5))
     script = REPO / "sft" / "prepare_data.py"

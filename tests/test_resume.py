@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import (
     REPO_ROOT,
     RESUME_SETTINGS,
@@ -81,6 +83,7 @@ def run_and_kill_at(env: dict[str, str], log: Path, kill_at_step: int | None, cw
             kill_process_tree(process.pid)
 
 
+@pytest.mark.slow
 def test_two_torchrun_agents_on_one_machine_train_one_run_together(reference_run):
     run = reference_run
     assert run.returncodes == [0, 0], "\n\n".join(log[-3000:] for log in run.logs)
@@ -96,6 +99,7 @@ def test_two_torchrun_agents_on_one_machine_train_one_run_together(reference_run
         "model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"]
 
 
+@pytest.mark.slow
 def test_sigkill_after_an_epoch_boundary_checkpoint_resumes_exactly_and_trains_every_remaining_epoch(
         tmp_path, tiny_model_dir, chat_data_dir, reference_run):
     """Killed with SIGKILL after the checkpoint that ends epoch 1, then restarted with the same command: the restart

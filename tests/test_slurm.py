@@ -133,6 +133,7 @@ def _checkpoint_steps(output_dir: Path) -> list[int]:
 # On the real cluster.
 
 
+@pytest.mark.slow
 def test_both_batch_files_at_once_on_one_node_and_a_requeued_job_resumes_from_its_last_checkpoint(
         slurm_node, tmp_path, tiny_model_dir, chat_data_dir):
     cluster = slurm_node
@@ -201,6 +202,7 @@ def test_both_batch_files_at_once_on_one_node_and_a_requeued_job_resumes_from_it
     assert command.rstrip().endswith("trainer.max_ckpt_to_keep=1")
 
 
+@pytest.mark.slow
 def test_time_limit_signal_checkpoints_requeues_and_resumes_exactly(slurm_node, tmp_path, tiny_model_dir,
                                                                     chat_data_dir, reference_run):
     """USR1 to the batch shell is what #SBATCH --signal=B:USR1@600 sends before the time limit."""
@@ -273,6 +275,7 @@ def _batch_env(tmp_path: Path, trainer: str, restart_count: str = "", **settings
     return env
 
 
+@pytest.mark.slow
 def test_batch_file_takes_a_two_node_topology_from_slurm(tmp_path, tiny_model_dir, chat_data_dir):
     """Both batch files share this logic (slurm/lib/sft_slurm.sh); the LoRA one also runs for real above."""
     batch_file, mode = "sft_training.slurm", "full"
@@ -301,6 +304,7 @@ def test_batch_file_takes_a_two_node_topology_from_slurm(tmp_path, tiny_model_di
         ("finish", "0", 0, "training finished before the stop request was seen", False),
     ],
 )
+@pytest.mark.slow
 def test_time_limit_signal_requeues_a_bounded_number_of_times(tmp_path, tiny_model_dir, chat_data_dir, trainer,
                                                               restart_count, expected_status, expected_log, requeued):
     env = _batch_env(tmp_path, trainer, MODEL_NAME=tiny_model_dir, TRAIN_FILE=chat_data_dir / "train.parquet",
