@@ -187,11 +187,11 @@ def test_jsonl_read_as_prepare_data_reads_it(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def eval_models(tmp_path_factory) -> dict:
+def base_and_memorised_models(tmp_path_factory) -> dict:
     """The random tiny base model, and a copy trained to answer PROMPT_A/PROMPT_B with MEMORISED."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root = tmp_path_factory.mktemp("eval_models")
+    root = tmp_path_factory.mktemp("base_and_memorised_models")
     base = build_tiny_model(root / "base")
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
@@ -220,7 +220,7 @@ def eval_models(tmp_path_factory) -> dict:
 
 
 @pytest.fixture
-def eval_seed_jsonl(tmp_path) -> Path:
+def graded_problems_jsonl(tmp_path) -> Path:
     """Two problems graded correct (7 and 14/2), one wrong (8), one without a reference answer."""
     return _write_jsonl(
         tmp_path / "val.jsonl",
@@ -259,10 +259,10 @@ def _check_consistent(records: list[dict], summary: dict, max_new_tokens: int) -
 
 
 @pytest.mark.slow
-def test_evaluate_memorised_model_known_outcome(eval_models, eval_seed_jsonl, tmp_path):
+def test_evaluate_memorised_model_known_outcome(base_and_memorised_models, graded_problems_jsonl, tmp_path):
     out = tmp_path / "eval"
     summary = evaluate(
-        eval_models["memorised"], eval_seed_jsonl, out, max_new_tokens=32, batch_size=4, num_threads=1, progress=False
+        base_and_memorised_models["memorised"], graded_problems_jsonl, out, max_new_tokens=32, batch_size=4, num_threads=1, progress=False
     )
     records, on_disk = _read_results(out)
     assert on_disk == summary
@@ -275,23 +275,23 @@ def test_evaluate_memorised_model_known_outcome(eval_models, eval_seed_jsonl, tm
     assert summary["num_graded"] == 3 and summary["num_skipped"] == 1
     assert summary["accuracy"] == pytest.approx(2 / 3)
     assert summary["final_answer_rate"] == 1.0 and summary["truncation_rate"] == 0.0
-    assert summary["mean_output_tokens"] == eval_models["answer_tokens"]  # stopped at EOS, EOS not counted
+    assert summary["mean_output_tokens"] == base_and_memorised_models["answer_tokens"]  # stopped at EOS, EOS not counted
     markdown = (out / "summary.md").read_text()
     assert "| accuracy | 66.7% (2/3) |" in markdown and "Skipped 1:" in markdown
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
     # Left padding: one prompt per batch gives the same outputs as mixed-length batches.
     single = evaluate(
-        eval_models["memorised"], eval_seed_jsonl, tmp_path / "bs1", max_new_tokens=32, batch_size=1,
+        base_and_memorised_models["memorised"], graded_problems_jsonl, tmp_path / "bs1", max_new_tokens=32, batch_size=1,
         num_threads=1, progress=False,
     )
     assert _read_results(tmp_path / "bs1")[0] == records and single["accuracy"] == summary["accuracy"]
 
 
-def test_evaluate_truncation_and_answer_key(eval_models, eval_seed_jsonl, tmp_path):
+def test_evaluate_truncation_and_answer_key(base_and_memorised_models, graded_problems_jsonl, tmp_path):
     # Four new tokens cut the memorised solution before its answer: everything is truncated.
     short = evaluate(
-        eval_models["memorised"], eval_seed_jsonl, tmp_path / "short", max_new_tokens=4, num_threads=1, progress=False
+        base_and_memorised_models["memorised"], graded_problems_jsonl, tmp_path / "short", max_new_tokens=4, num_threads=1, progress=False
     )
     records, _ = _read_results(tmp_path / "short")
     _check_consistent(records, short, 4)
@@ -304,16 +304,16 @@ def test_evaluate_truncation_and_answer_key(eval_models, eval_seed_jsonl, tmp_pa
         {"prompt": [PROMPT_A, PROMPT_B, PROMPT_A], "answer": ["7.0", "6", "7"], "id": [1, 2, 3]}
     ).to_parquet(data)
     keyed = evaluate(
-        eval_models["memorised"], data, tmp_path / "keyed", answer_key="answer", limit=2, num_threads=1, progress=False
+        base_and_memorised_models["memorised"], data, tmp_path / "keyed", answer_key="answer", limit=2, num_threads=1, progress=False
     )
     records, _ = _read_results(tmp_path / "keyed")
     assert [r["id"] for r in records] == [1, 2] and [r["correct"] for r in records] == [True, False]
     assert keyed["accuracy"] == 0.5 and keyed["answer_key"] == "answer"
 
 
-def test_evaluate_random_model_cannot_answer(eval_models, eval_seed_jsonl, tmp_path):
+def test_evaluate_random_model_cannot_answer(base_and_memorised_models, graded_problems_jsonl, tmp_path):
     summary = evaluate(
-        eval_models["base"], eval_seed_jsonl, tmp_path / "base", max_new_tokens=24, num_threads=1, progress=False
+        base_and_memorised_models["base"], graded_problems_jsonl, tmp_path / "base", max_new_tokens=24, num_threads=1, progress=False
     )
     records, _ = _read_results(tmp_path / "base")
     _check_consistent(records, summary, 24)
@@ -324,12 +324,12 @@ def test_evaluate_random_model_cannot_answer(eval_models, eval_seed_jsonl, tmp_p
     )
 
 
-def test_cli_writes_results_and_comparison(eval_models, eval_seed_jsonl, tmp_path, capsys):
+def test_cli_writes_results_and_comparison(base_and_memorised_models, graded_problems_jsonl, tmp_path, capsys):
     base_out, tuned_out = tmp_path / "base", tmp_path / "tuned"
-    common = [str(eval_seed_jsonl), "--max-new-tokens", "24", "--num-threads", "1", "--no-progress"]
-    assert ev.main([str(eval_models["base"]), *common, "-o", str(base_out)]) == 0
+    common = [str(graded_problems_jsonl), "--max-new-tokens", "24", "--num-threads", "1", "--no-progress"]
+    assert ev.main([str(base_and_memorised_models["base"]), *common, "-o", str(base_out)]) == 0
     assert ev.main(
-        [str(eval_models["memorised"]), *common, "-o", str(tuned_out), "--baseline", str(base_out / "summary.json")]
+        [str(base_and_memorised_models["memorised"]), *common, "-o", str(tuned_out), "--baseline", str(base_out / "summary.json")]
     ) == 0
     printed = capsys.readouterr().out
     comparison = (tuned_out / "comparison.md").read_text()
@@ -338,7 +338,7 @@ def test_cli_writes_results_and_comparison(eval_models, eval_seed_jsonl, tmp_pat
     assert {p.name for p in tuned_out.iterdir()} == {"results.jsonl", "summary.json", "summary.md", "comparison.md"}
 
 
-def test_cli_errors_and_help(eval_models, tmp_path, capsys):
+def test_cli_errors_and_help(base_and_memorised_models, tmp_path, capsys):
     assert ev.main([str(tmp_path), str(tmp_path / "x.jsonl"), "-o", str(tmp_path / "o")]) == 1
     assert "is not a Hugging Face model directory" in capsys.readouterr().err
     help_text = subprocess.run(
@@ -347,7 +347,7 @@ def test_cli_errors_and_help(eval_models, tmp_path, capsys):
     assert "--max-new-tokens" in help_text and "--system-prompt" in help_text and "--backend" in help_text
 
 
-def test_vllm_backend_missing_is_a_clear_error(eval_models, eval_seed_jsonl, tmp_path):
+def test_vllm_backend_missing_is_a_clear_error(base_and_memorised_models, graded_problems_jsonl, tmp_path):
     try:
         import vllm  # noqa: F401
     except ImportError:
@@ -355,7 +355,7 @@ def test_vllm_backend_missing_is_a_clear_error(eval_models, eval_seed_jsonl, tmp
     else:
         pytest.skip("vllm is installed here; the missing-package message cannot be exercised")
     with pytest.raises(EvaluationError, match="--backend vllm needs the vllm package.*--backend transformers"):
-        evaluate(eval_models["memorised"], eval_seed_jsonl, tmp_path / "v", backend="vllm")
+        evaluate(base_and_memorised_models["memorised"], graded_problems_jsonl, tmp_path / "v", backend="vllm")
     assert not (tmp_path / "v").exists()
 
 

@@ -54,7 +54,7 @@ def _torchrun(args: list[str], cwd: Path, log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def eval_export_workdir(tmp_path_factory) -> Path:
+def export_workdir(tmp_path_factory) -> Path:
     """A tiny base model plus train/val Parquet files in verl's `messages` format."""
     work = tmp_path_factory.mktemp("export")
     build_tiny_model(work / "base")
@@ -113,9 +113,9 @@ def _input_ids(work: Path) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def eval_trained(eval_export_workdir) -> dict:
+def trained_runs(export_workdir) -> dict:
     """Full and LoRA runs of 2 steps each, with reference logits from their raw FSDP shards."""
-    work = eval_export_workdir
+    work = export_workdir
     runs = {"full": _train(work, "full_run", lora=False), "lora": _train(work, "lora_run", lora=True)}
     input_ids = _input_ids(work)
     torch.save(input_ids, work / "input_ids.pt")
@@ -141,9 +141,9 @@ def eval_trained(eval_export_workdir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def eval_full_export(eval_trained, tmp_path_factory) -> Path:
+def exported_full_model(trained_runs, tmp_path_factory) -> Path:
     # Given the training output directory, export follows latest_checkpointed_iteration.txt.
-    return export_checkpoint(eval_trained["full_run"], tmp_path_factory.mktemp("full_export") / "model")
+    return export_checkpoint(trained_runs["full_run"], tmp_path_factory.mktemp("full_export") / "model")
 
 
 def _logits(model, input_ids: torch.Tensor) -> torch.Tensor:
@@ -162,13 +162,13 @@ def _load(path: Path, dtype=torch.float32):
 
 
 @pytest.mark.slow
-def test_full_export_matches_trained_logits(eval_trained, eval_full_export, tmp_path):
+def test_full_export_matches_trained_logits(trained_runs, exported_full_model, tmp_path):
     from transformers import AutoTokenizer, GenerationConfig
 
-    out = eval_full_export
-    step_dir = eval_trained["full_run"] / "global_step_2"
+    out = exported_full_model
+    step_dir = trained_runs["full_run"] / "global_step_2"
     assert json.loads((out / "export_info.json").read_text())["source_checkpoint"] == str(step_dir.resolve())
-    input_ids, reference, base = eval_trained["input_ids"], eval_trained["full_reference"], eval_trained["base_logits"]
+    input_ids, reference, base = trained_runs["input_ids"], trained_runs["full_reference"], trained_runs["base_logits"]
     exported = _logits(_load(out), input_ids)
 
     torch.testing.assert_close(exported, reference, atol=1e-5, rtol=1e-5)
@@ -194,14 +194,14 @@ def test_full_export_matches_trained_logits(eval_trained, eval_full_export, tmp_
 
 
 @pytest.mark.slow
-def test_lora_export_merges_adapter_and_matches_trained_logits(eval_trained, tmp_path):
+def test_lora_export_merges_adapter_and_matches_trained_logits(trained_runs, tmp_path):
     from peft import PeftModel
 
-    work = eval_trained["work"]
-    step_dir = eval_trained["lora_run"] / "global_step_2"
+    work = trained_runs["work"]
+    step_dir = trained_runs["lora_run"] / "global_step_2"
     assert (step_dir / "lora_train_meta.json").is_file()
     out = export_checkpoint(step_dir, tmp_path / "model")
-    input_ids, reference, base = eval_trained["input_ids"], eval_trained["lora_reference"], eval_trained["base_logits"]
+    input_ids, reference, base = trained_runs["input_ids"], trained_runs["lora_reference"], trained_runs["base_logits"]
     exported = _logits(_load(out), input_ids)
 
     # Merged weights vs. unmerged adapters differ only by float32 rounding.
@@ -221,9 +221,9 @@ def test_lora_export_merges_adapter_and_matches_trained_logits(eval_trained, tmp
 
 
 @pytest.mark.slow
-def test_interrupted_or_failed_export_leaves_target_untouched(eval_trained, eval_full_export, tmp_path, monkeypatch):
-    run = eval_trained["full_run"]
-    target = shutil.copytree(eval_full_export, tmp_path / "model")
+def test_interrupted_or_failed_export_leaves_target_untouched(trained_runs, exported_full_model, tmp_path, monkeypatch):
+    run = trained_runs["full_run"]
+    target = shutil.copytree(exported_full_model, tmp_path / "model")
     before = {p.name: p.read_bytes() for p in target.iterdir()}
 
     def interrupt(_path):
