@@ -109,6 +109,7 @@ sft_slurm_main() {
 
   # 3. One job per OUTPUT_DIR (a dry run writes nothing and claims nothing).
   local dry_run=0
+  # shellcheck disable=SC2153  # DRY_RUN is exported by sft_env.sh from the settings table
   case "${DRY_RUN,,}" in 1 | true | yes | on) dry_run=1 ;; esac
   if [[ "$dry_run" == 0 ]]; then
     sft_slurm_claim_output_dir
