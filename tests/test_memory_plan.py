@@ -1,0 +1,270 @@
+"""sft/launch/memory_plan.py: parameter counts, the plan's arithmetic, its table and its warnings.
+
+Pure arithmetic: no model is built and torch is not imported (one test checks that importing the
+module does not import torch or transformers).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+from sft.launch import memory_plan as mp
+from sft.launch.memory_plan import GIB, architecture, count_parameters, lora_parameters, plan_memory
+
+# Public configs: the config.json of each model on the Hugging Face hub
+# (https://huggingface.co/<id>/blob/main/config.json), the fields the plan reads.
+QWEN25_05B = {  # Qwen/Qwen2.5-0.5B
+    "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+    "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+}
+QWEN25_15B = {  # Qwen/Qwen2.5-1.5B
+    "model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+    "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+}
+QWEN25_7B = {  # Qwen/Qwen2.5-7B
+    "model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False,
+}
+LLAMA31_8B = {  # meta-llama/Llama-3.1-8B
+    "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
+    "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
+}
+
+# A Qwen2 small enough to count by hand: h=256, i=768, 4 heads of 64, 2 kv heads, vocab 512, tied.
+TINY = {
+    "model_type": "qwen2", "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "tie_word_embeddings": True,
+}
+# q 256*256+256 = 65,792; k and v 256*128+128 = 32,896 each; o 256*256 = 65,536;
+# gate, up, down 3*256*768 = 589,824; two norms 512: one layer 787,456.
+TINY_LAYER = 65_792 + 2 * 32_896 + 65_536 + 589_824 + 512
+# embedding 512*256 = 131,072 (tied: no lm_head) + 2 layers + final norm 256 = 1,706,240.
+TINY_PARAMS = 131_072 + 2 * TINY_LAYER + 256
+
+# Measured: bytes autograd saves per token (unique storages seen by
+# torch.autograd.graph.saved_tensors_hooks in a forward pass of transformers 5.10.4's
+# Qwen2ForCausalLM, sdpa, CPU, torch 2.13; the difference between 1 and 2 layers gives a layer).
+MEASURED_LAYER = {4: 21_528, 2: 11_800}  # TINY, per layer per token: fp32, bf16
+MEASURED_REST = {4: 3_596, 2: 2_316}  # TINY, final norm + RoPE cos/sin + position ids, per token
+MEASURED_LAYER_HEAD_DIM_48 = {4: 18_712, 2: 10_392}  # TINY with i=640, head_dim=48 (q 192, kv 96 wide)
+MEASURED_CHECKPOINTED_LAYER = {4: 1_024, 2: 512}  # TINY with gradient checkpointing: the layer input
+
+
+def test_parameter_counts_are_exact_for_published_models():
+    # Totals of the hub's safetensors metadata for each model.
+    assert count_parameters(QWEN25_05B) == 494_032_768
+    assert count_parameters(QWEN25_15B) == 1_543_714_304
+    assert count_parameters(QWEN25_7B) == 7_615_616_512
+    assert count_parameters(LLAMA31_8B) == 8_030_261_248
+
+
+def test_a_tiny_config_counts_as_by_hand():
+    assert architecture(TINY).layer_parameters == TINY_LAYER == 787_456
+    assert count_parameters(TINY) == TINY_PARAMS == 1_706_240
+    untied = {**TINY, "tie_word_embeddings": False}
+    assert count_parameters(untied) == TINY_PARAMS + 131_072  # plus lm_head 512*256
+
+
+def test_other_architectures_count_their_own_layers():
+    base = {key: TINY[key] for key in TINY if key != "model_type"}
+    base["tie_word_embeddings"] = False
+    # Llama: no biases: q 65,536 + k, v 32,768 each + o 65,536 + MLP 589,824 + norms 512 = 786,944.
+    assert architecture({**base, "model_type": "llama"}).layer_parameters == 786_944
+    assert count_parameters({**base, "model_type": "mistral"}) == 2 * 131_072 + 2 * 786_944 + 256
+    # Qwen3: Llama's layer + q_norm and k_norm over head_dim 64: 786,944 + 128.
+    assert architecture({**base, "model_type": "qwen3"}).layer_parameters == 787_072
+    # Gemma2: four norms (1,024); Gemma3 text also q_norm/k_norm (128); both tie by default.
+    assert architecture({**base, "model_type": "gemma2"}).layer_parameters == 786_944 + 512
+    gemma3 = {key: value for key, value in base.items() if key != "tie_word_embeddings"}
+    assert architecture({**gemma3, "model_type": "gemma3_text"}).layer_parameters == 786_944 + 512 + 128
+    assert count_parameters({**gemma3, "model_type": "gemma3_text"}) == 131_072 + 2 * 787_584 + 256
+    # Phi3 fuses qkv (256 x 512) and gate_up (256 x 1,536): the same sizes as Llama's.
+    phi3 = architecture({**base, "model_type": "phi3"})
+    assert [linear.name for linear in phi3.linears] == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    assert phi3.layer_parameters == 786_944
+    # A composite config (Gemma 3 with a vision tower): the language model's text_config is read.
+    composite = {"model_type": "gemma3", "text_config": {**gemma3, "model_type": "gemma3_text"}}
+    assert count_parameters(composite) == count_parameters({**gemma3, "model_type": "gemma3_text"})
+
+
+def test_unknown_and_mixture_of_experts_configs_give_a_reason_not_a_crash():
+    for config in (None, {}, {"model_type": "mamba"}, {**TINY, "model_type": "qwen2_moe"},
+                   {**TINY, "num_experts": 8}, {**TINY, "hidden_size": None}):
+        assert count_parameters(config) is None
+        assert isinstance(architecture(config), str)
+        plan = plan_memory(config)
+        assert plan.total is None and plan.unknown_reason
+        assert "unknown" in plan.format() and plan.warnings(1) == []
+
+
+def test_an_unknown_architecture_is_planned_from_an_explicit_parameter_count():
+    config = {**TINY, "model_type": "some_new_llm"}
+    plan = plan_memory(config, parameter_count=1_000_000, world_size=1, param_dtype="fp32")
+    items = {item.name: item.bytes for item in plan.items}
+    assert items["parameters (fp32, 1/1 shard)"] == 4_000_000
+    assert plan.total is not None and "Llama-like" in plan.format()
+    shapeless = plan_memory({"model_type": "some_new_llm"}, parameter_count=1_000_000)
+    assert shapeless.total is None and "lacks the shapes" in shapeless.unknown_reason
+
+
+def test_activations_match_what_autograd_saves():
+    for config, measured in ((TINY, MEASURED_LAYER),
+                             ({**TINY, "intermediate_size": 640, "head_dim": 48}, MEASURED_LAYER_HEAD_DIM_48)):
+        arch = architecture(config)
+        for compute_bytes, per_layer in measured.items():
+            assert mp.layer_activation_bytes(arch, compute_bytes) == per_layer
+    arch = architecture(TINY)
+    for b in (4, 2):
+        # 256 tokens, 2 layers: 256 x (2 x layer + rest); fp32: 256 x (2 x 21,528 + 3,596) = 11,942,912.
+        no_checkpointing = 256 * (2 * MEASURED_LAYER[b] + MEASURED_REST[b])
+        assert mp.model_activation_bytes(arch, b, 256, gradient_checkpointing=False) == no_checkpointing
+        # Checkpointed: each layer's input, one layer recomputed in backward, the rest:
+        # fp32 256 x (2 x 1,024 + 21,528 + 3,596) = 6,956,032.
+        checkpointed = 256 * (2 * MEASURED_CHECKPOINTED_LAYER[b] + MEASURED_LAYER[b] + MEASURED_REST[b])
+        assert mp.model_activation_bytes(arch, b, 256, gradient_checkpointing=True) == checkpointed
+    assert mp.model_activation_bytes(arch, 4, 256, False) == 11_942_912
+    assert mp.model_activation_bytes(arch, 4, 256, True) == 6_956_032
+
+
+def test_a_full_fine_tuning_plan_adds_up_by_hand():
+    plan = plan_memory(TINY, mode="full", world_size=2, max_tokens_per_gpu=256, gradient_checkpointing=False,
+                       compute_dtype="bf16", device="cuda", overhead_bytes=0)
+    items = {item.name: item.bytes for item in plan.items}
+    assert items["parameters (fp32, 1/2 shard)"] == 3_412_480  # 1,706,240 x 4 / 2
+    assert items["gradients (fp32, 1/2 shard)"] == 3_412_480
+    assert items["AdamW moments (fp32, 1/2 shard)"] == 6_824_960  # 2 x 1,706,240 x 4 / 2
+    assert items["AdamW step temporaries (1 shard copy)"] == 3_412_480
+    # Root (tied embedding 131,072 + final norm 256) + the largest other unit and the prefetched
+    # layer (787,456 each), in bf16: (131,328 + 2 x 787,456) x 2 = 3,412,480.
+    assert items["gathered bf16 params (root + 2 units)"] == 3_412_480
+    # Root gradient in bf16 held through backward + one layer's bf16 gradient and its fp32 copy:
+    # 131,328 x 2 + 787,456 x (2 + 4) = 4,987,392.
+    assert items["unsharded grads (bf16 + fp32 reduce)"] == 4_987_392
+    assert items["activations (256 tokens, checkpointing off)"] == 256 * (2 * 11_800 + 2_316)  # 6,634,496
+    assert items["backward working set (1 layer)"] == 256 * 11_800  # 3,020,800
+    assert items["logits + loss copies (256 x 512 x 2 B)"] == 262_144  # flash-attn CE: the bf16 logits only
+    state = 3_412_480 + 3_412_480 + 6_824_960
+    compute = 3_412_480 + 4_987_392 + 6_634_496 + 3_020_800 + 262_144  # 18,317,312 > the step's 3,412,480
+    assert plan.total == state + compute == 31_967_232
+
+
+def test_the_loss_path_counts_its_logits_copies():
+    assert mp.logits_bytes_per_element(2, True, "cuda") == 2  # flash-attn CE: gradient written in place
+    assert mp.logits_bytes_per_element(4, False, "cpu") == 16  # logits + 3 fp32 copies (measured on CPU)
+    assert mp.logits_bytes_per_element(2, False, "cpu") == 8
+    assert mp.logits_bytes_per_element(2, False, "cuda") == 12  # + autocast's fp32 log_softmax rows
+    cpu = plan_memory(TINY, device="cpu", compute_dtype="fp32", max_tokens_per_gpu=256)
+    assert {item.name: item.bytes for item in cpu.items}["logits + loss copies (256 x 512 x 16 B)"] == 2_097_152
+
+
+def test_state_shards_with_the_world_size_and_the_rest_does_not():
+    one, four = (plan_memory(QWEN25_7B, world_size=w, max_tokens_per_gpu=4096) for w in (1, 4))
+    for a, b in zip(one.items, four.items):
+        assert a.phase == b.phase
+        if a.phase == mp.STATE and not a.name.startswith("runtime"):
+            assert b.bytes * 4 == pytest.approx(a.bytes, abs=4)
+        elif a.phase == mp.COMPUTE:
+            assert a.bytes == b.bytes
+    assert four.total < one.total
+
+
+def test_gradient_checkpointing_reduces_activations():
+    off, on = (plan_memory(QWEN25_05B, world_size=2, max_tokens_per_gpu=8192, gradient_checkpointing=gc)
+               for gc in (False, True))
+    off_bytes, on_bytes = (next(item.bytes for item in plan.items if item.name.startswith("activations"))
+                           for plan in (off, on))
+    assert on_bytes * 5 < off_bytes
+    assert on.total < off.total
+
+
+def test_lora_with_a_bf16_frozen_base_holds_half_the_base_bytes():
+    def base_bytes(dtype):
+        plan = plan_memory(QWEN25_15B, mode="lora", lora_rank=32, target_modules="all-linear", frozen_dtype=dtype)
+        return next(item.bytes for item in plan.items if item.name.startswith("frozen base")), plan.total
+
+    (fp32, fp32_total), (bf16, bf16_total) = base_bytes("fp32"), base_bytes("bf16")
+    assert fp32 == 1_543_714_304 * 4 and bf16 * 2 == fp32
+    assert fp32_total - bf16_total == bf16  # nothing else changes
+
+
+def test_lora_adapters_are_rank_times_in_plus_out_on_each_target():
+    arch = architecture(QWEN25_15B)
+    # Per layer, r=32: q, o 32 x (1,536 + 1,536) = 98,304 each; k, v 32 x (1,536 + 256) = 57,344 each;
+    # gate, up, down 32 x (1,536 + 8,960) = 335,872 each: 1,318,912 per layer x 28 = 36,929,536.
+    assert lora_parameters(arch, 32, "all-linear") == 28 * (2 * 98_304 + 2 * 57_344 + 3 * 335_872) == 36_929_536
+    assert lora_parameters(arch, 32, ["q_proj", "v_proj"]) == 28 * (98_304 + 57_344)
+    assert lora_parameters(arch, 32, "q_proj,v_proj") == lora_parameters(arch, 32, ["q_proj", "v_proj"])
+    plan = plan_memory(QWEN25_15B, mode="lora", lora_rank=32, world_size=2)
+    items = {item.name: item.bytes for item in plan.items}
+    assert items["LoRA adapters (fp32, 1/2 shard)"] == 36_929_536 * 4 // 2
+    assert items["gradients (fp32, 1/2 shard)"] == 36_929_536 * 4 // 2
+    assert items["AdamW moments (fp32, 1/2 shard)"] == 2 * 36_929_536 * 4 // 2
+    nothing = plan_memory(QWEN25_15B, mode="lora", target_modules=["qkv_proj"])
+    assert "matches no linear layer" in nothing.format()
+
+
+def test_format_lists_every_item_in_gib_and_the_assumptions():
+    plan = plan_memory(QWEN25_05B, world_size=2, max_tokens_per_gpu=8192, gradient_checkpointing=True)
+    text = plan.format()
+    for item in plan.items:
+        assert f"{item.name}" in text and f"{item.bytes / GIB:.2f} GiB" in text
+    assert f"{plan.total / GIB:.2f} GiB" in text
+    assert "Assumptions:" in text and "engine.model_dtype" in text and "flash-attn" in text
+    assert len(plan.items) == len({item.name for item in plan.items})  # one line each
+
+
+def test_warnings_name_the_fixes_when_the_plan_does_not_fit():
+    plan = plan_memory(QWEN25_7B, mode="full", world_size=1, max_tokens_per_gpu=8192, gradient_checkpointing=False)
+    assert plan.warnings(plan.total) == [] and plan.warnings(None) == []
+    (message,) = plan.warnings(plan.total // 2)
+    for fix in ("LoRA", "more devices", "engine.offload_policy=true", "MAX_TOKENS_PER_GPU", "GRADIENT_CHECKPOINTING=1"):
+        assert fix in message
+    needed = [float(part.split(": ")[-1].split(" GiB")[0]) for part in message.split("; ")]
+    assert needed == sorted(needed)  # largest effect first
+    fitted = plan_memory(QWEN25_7B, mode="lora", gradient_checkpointing=True, max_tokens_per_gpu=2048)
+    (lora_message,) = fitted.warnings(GIB)
+    assert "LoRA" not in lora_message and "GRADIENT_CHECKPOINTING" not in lora_message
+    cpu = plan_memory(TINY, device="cpu")
+    assert cpu.warnings(cpu.total * 2, processes=2) == [] and cpu.warnings(cpu.total * 2 - 1, processes=2)
+    assert "offload" not in cpu.warnings(1)[0]  # no device to offload from on a CPU
+
+
+def test_importing_the_module_does_not_import_torch_or_transformers():
+    code = ("import sys, sft.launch.memory_plan; "
+            "print([m for m in ('torch', 'transformers') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_free_device_memory_reads_the_cpu_and_guards_cuda():
+    cpu = mp.free_device_memory("cpu")
+    assert cpu is None or cpu > 0
+    assert mp.free_device_memory("tpu") is None
+    if "torch" in sys.modules:  # only ask CUDA when torch is already loaded (keeps this file fast)
+        cuda = mp.free_device_memory("cuda")
+        assert cuda is None or cuda > 0
+
+
+def test_load_model_config_reads_a_directory_or_the_local_cache_only(tmp_path, monkeypatch):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(TINY))
+    assert mp.load_model_config(str(tmp_path / "model")) == TINY
+    assert mp.load_model_config(str(tmp_path / "model" / "config.json")) == TINY
+    assert mp.load_model_config(str(tmp_path / "missing-dir/")) is None
+    assert mp.load_model_config("not a repo id!") is None
+    constants = pytest.importorskip("huggingface_hub.constants")
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--org--tiny" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(TINY))
+    (cache / "models--org--tiny" / "refs").mkdir()
+    (cache / "models--org--tiny" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    assert mp.load_model_config("org/tiny") == TINY
+    assert mp.load_model_config("org/not-cached") is None
