@@ -13,6 +13,9 @@ output directory (`trainer.default_local_dir`), in which case the step named by 
 What it writes (OUTPUT_DIR, default `<step dir>/hf_model`):
     config.json, generation_config.json, model.safetensors (or shards + index),
     tokenizer files and chat template, export_info.json (where the weights came from);
+    run_record.json and data_manifest.json: how the model was made (the launches' settings,
+    overrides, versions and git commit, and the manifest of the data it trained on; copied
+    from the training output directory, sft/launch/run_record.py);
     lora_adapter/ (adapter_config.json, adapter_model.safetensors) for LoRA runs.
 
 How: verl's own merger (`verl.model_merger`, FSDP backend) joins the per-rank shards and
@@ -53,6 +56,7 @@ from sft.common.cli import HelpFormatter
 from sft.common.dtypes import DTYPES, torch_dtype
 from sft.common.errors import UserError
 from sft.common.files import publish_directory, scratch_directory
+from sft.launch.run_record import copy_into_export
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 LORA_META_FILE = "lora_train_meta.json"
@@ -351,8 +355,9 @@ def _export_info(info: CheckpointInfo, target_dtype) -> dict:
     return export_info
 
 
-def _write_model(model, info: CheckpointInfo, staging: Path, final: Path, target_dtype) -> None:
-    """The Hugging Face model directory `final`: weights, tokenizer, adapter, export_info.json; validated."""
+def _write_model(model, info: CheckpointInfo, staging: Path, final: Path, target_dtype, log=print) -> None:
+    """The Hugging Face model directory `final`: weights, tokenizer, adapter, the run record and data
+    manifest (how the model was made), export_info.json; validated."""
     from transformers import AutoTokenizer
     from verl.model_merger.output_validation import validate_hf_model_output
 
@@ -360,7 +365,11 @@ def _write_model(model, info: CheckpointInfo, staging: Path, final: Path, target
     AutoTokenizer.from_pretrained(str(staging)).save_pretrained(str(final))
     if info.is_lora:
         shutil.copytree(staging / ADAPTER_SUBDIR, final / ADAPTER_SUBDIR)
-    (final / EXPORT_INFO_FILE).write_text(json.dumps(_export_info(info, target_dtype), indent=2) + "\n")
+    export_info = _export_info(info, target_dtype)
+    export_info["provenance"] = copy_into_export(info.step_dir, final)
+    if export_info["provenance"].get("note"):
+        log(f"note: {export_info['provenance']['note']}")
+    (final / EXPORT_INFO_FILE).write_text(json.dumps(export_info, indent=2) + "\n")
     validate_hf_model_output(final)
 
 
@@ -394,7 +403,7 @@ def export_checkpoint(
         log("[2/3] " + ("merging the LoRA adapter into the weights with PEFT" if info.is_lora else "loading merged weights"))
         model = _load_merged_model(info, staging, target_dtype)
         log(f"[3/3] writing the Hugging Face model ({str(target_dtype)[6:]} safetensors, tokenizer, generation config)")
-        _write_model(model, info, staging, final, target_dtype)
+        _write_model(model, info, staging, final, target_dtype, log)
         publish_directory(final, output_dir)
     log(
         f"exported global_step_{info.global_step} to {output_dir} ({_dir_size_mb(output_dir):.1f} MiB"

@@ -12,9 +12,14 @@ column, batch sizes fit the world size, the data was prepared with MODEL_NAME's 
 passes verl the dataset that encodes rows through that template (sft/verl_plugins/sft_dataset.py, the code
 prepare_data counted with), resolves the `auto` values (device, processes per
 node, port, MAX_LENGTH from prepare_data's manifest.json, attention, compute dtype), builds
-verl's Hydra overrides with every value quoted for Hydra, prints the settings and the exact
-command, and then replaces itself with torchrun. User overrides go last, so they win. With
-DRY_RUN=1 it composes verl's Hydra config with all overrides and exits without training.
+verl's Hydra overrides with every value quoted for Hydra, and prints the settings. Then, on every
+launch, sft/launch/preflight.py translates the user's overrides (verl's older key names and this
+project's original ones: sft/launch/verl_keys.py; each translation is printed once), composes
+verl's config with all of them and loads the dataset class, so a bad override stops in about a
+second with one line ("did you mean ..."). It prints the exact command, appends the launch to
+OUTPUT_DIR/run_record.json (sft/launch/run_record.py) and replaces itself with torchrun. User
+overrides go last, so they win. DRY_RUN=1 also builds verl's typed config sections, prints the
+composed values and exits without training.
 The settings themselves (defaults, parsing, auto rules, verl keys, help) are one table:
 sft/launch/settings.py.
 """
@@ -29,6 +34,8 @@ import time
 from pathlib import Path
 
 from sft.common.errors import exit_on_user_error
+from sft.launch.preflight import Preflight, build_typed_sections, check_overrides, config_dir_for
+from sft.launch.run_record import append_launch, launch_entry
 from sft.launch.settings import (  # noqa: F401  (LaunchError, resolve_settings: this module's interface)
     SETTINGS,
     LaunchError,
@@ -213,84 +220,81 @@ def _printable_env(env: dict[str, str], keys: list[str]) -> str:
     return " ".join(parts)
 
 
-def compose_config(overrides: list[str], verl_dir: Path | None = None):
-    """Compose verl's sft_trainer Hydra config with `overrides` and build its typed sections.
-
-    Raises LaunchError with Hydra's message when an override does not apply (unknown key,
-    bad value) so DRY_RUN catches mistakes before any GPU time is spent.
-    """
-    if verl_dir and str(verl_dir) not in sys.path:
-        sys.path.insert(0, str(verl_dir))
-    import verl
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    config_dir = Path(verl.__file__).parent / "trainer" / "config"
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            config = compose(config_name="sft_trainer_engine", overrides=overrides)
-        OmegaConf.resolve(config)
-        from verl.utils.config import omega_conf_to_dataclass
-
-        # The model section is left out: building it loads the model's config and tokenizer.
-        for section in ("engine", "optim", "checkpoint"):
-            omega_conf_to_dataclass(config[section])
-    except (HydraException, OmegaConfBaseException, ValueError, TypeError, AssertionError) as exc:
-        raise LaunchError(f"verl's Hydra config does not accept the overrides: {exc}") from None
-    return config
-
-
 # The values a user most often wants to confirm after their own overrides were applied (what a
 # dry run prints, in this order; a display choice, so a new setting need not appear here).
 EFFECTIVE_KEYS = (
     "model.path", "model.lora_rank", "model.lora_alpha", "model.target_modules", "data.custom_cls.path",
-    "data.custom_cls.name", "optim.lr",
-    "optim.lr_scheduler_type", "optim.weight_decay", "data.train_files", "data.val_files", "data.max_length",
+    "data.custom_cls.name", "data.apply_chat_template_kwargs", "optim.optimizer", "optim.lr", "optim.betas",
+    "optim.lr_scheduler_type", "optim.lr_warmup_steps_ratio", "optim.weight_decay", "optim.clip_grad", "data.train_files", "data.val_files", "data.max_length",
     "data.max_token_len_per_gpu", "data.micro_batch_size_per_gpu", "data.use_dynamic_bsz", "data.train_batch_size",
     "model.use_remove_padding",
     "model.enable_gradient_checkpointing", "engine.strategy", "engine.mixed_precision",
     "trainer.total_epochs", "trainer.default_local_dir", "trainer.resume_mode", "trainer.save_freq",
-    "trainer.test_freq", "trainer.logger",
+    "trainer.test_freq", "trainer.logger", "trainer.device", "trainer.nnodes", "trainer.n_gpus_per_node",
 )
 
 
-def format_effective_config(config) -> str:
+def verl_version(config_dir: Path) -> str:
+    """The version of the verl whose config is composed (its version file; importing verl takes seconds)."""
+    try:
+        return (config_dir.parents[1] / "version" / "version").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def format_effective_config(config, config_dir: Path) -> str:
     """The composed values of EFFECTIVE_KEYS, after every override (the user's included)."""
-    import verl
     from omegaconf import OmegaConf
 
-    lines = [f"[verl-sft] composed config (verl {verl.__version__} from {Path(verl.__file__).parent}):"]
+    # The values as resolved once (OmegaConf.resolve): a literal `${HOME}` in a path stays literal.
+    plain = OmegaConf.to_container(config, resolve=False)
+    lines = [f"[verl-sft] composed config (verl {verl_version(config_dir)} from {config_dir.parents[1]}):"]
     for key in EFFECTIVE_KEYS:
-        value = OmegaConf.select(config, key)
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value)
+        value = plain
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
         lines.append(f"  {key} = {value}")
     return "\n".join(lines)
 
 
-def build_launch(s: Settings, user_overrides: list[str], env: dict[str, str] | None = None):
-    """(argv, environment) of the torchrun command for `s`, user overrides last."""
+def build_launch(s: Settings, overrides: list[str], env: dict[str, str] | None = None):
+    """(argv, environment) of the torchrun command for `s` with verl's `overrides` (preflight's)."""
     child_env = child_environment(s, env)
-    python = sys.executable
-    argv = [python, *torchrun_args(s), *hydra_overrides(s), *user_overrides]
+    argv = [sys.executable, *torchrun_args(s), *overrides]
     return argv, child_env
 
 
+def _record_launch(s: Settings, user_overrides: list[str], checked: Preflight, command: list[str]) -> None:
+    """OUTPUT_DIR/run_record.json (node 0 only: on several nodes OUTPUT_DIR is usually shared)."""
+    if s["NODE_RANK"] != 0:
+        return
+    entry = launch_entry(s, user_overrides, checked.overrides, checked.notes, command)
+    path, note = append_launch(s["OUTPUT_DIR"], entry)
+    if note:
+        print(f"[verl-sft] note: {note}", flush=True)
+    print(f"[verl-sft] run record: {path}", flush=True)
+
+
 def launch(user_overrides: list[str], env: dict[str, str] | None = None) -> int:
-    """Resolve, print the settings and the command, then dry-run or exec torchrun."""
+    """Resolve, print the settings, check every override, print the command, then dry-run or exec torchrun."""
     settings = resolve_settings(env)
-    command, child_env = build_launch(settings, user_overrides, env)
     print(format_settings(settings), flush=True)
+    checked = check_overrides(settings, hydra_overrides(settings), user_overrides)
+    for note in checked.notes:
+        print(f"[verl-sft] note: {note}", flush=True)
+    command, child_env = build_launch(settings, checked.overrides, env)
     shown_env = ["PYTHONPATH", "VERL_USE_EXTERNAL_MODULES", "OMP_NUM_THREADS"]
     print(f"[verl-sft] command:\n  {_printable_env(child_env, shown_env)} {shlex.join(command)}", flush=True)
+    print(f"[verl-sft] checked in {checked.seconds:.1f} s: verl's config composes with every override, and "
+          f"{checked.config.data.custom_cls.name} loads and accepts the data.", flush=True)
     if settings["DRY_RUN"]:
-        config = compose_config(command[command.index("verl.trainer.sft_trainer") + 1 :], settings["VERL_DIR"])
-        print(format_effective_config(config))
-        print("[verl-sft] DRY_RUN=1: verl's Hydra config composes with all overrides; not training.")
+        build_typed_sections(checked.config, settings["VERL_DIR"])
+        print(format_effective_config(checked.config, config_dir_for(settings)))
+        print("[verl-sft] DRY_RUN=1: verl's Hydra config composes with all overrides and its typed sections "
+              "build; not training.")
         return 0
     settings["OUTPUT_DIR"].mkdir(parents=True, exist_ok=True)
+    _record_launch(settings, user_overrides, checked, command)
     sys.stdout.flush()
     os.execve(command[0], command, child_env)
     return 0  # not reached

@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from sft.launch.settings import LAUNCHER_VARIABLES  # noqa: E402
 from sft.demo.tiny_model import TinyModelSpec, build_tiny_model  # noqa: E402
+from sft import launcher  # noqa: E402
 
 # Settings a user's shell may carry that would change what the launchers do under test: every
 # setting of the launchers' table, and the verl plugin list the launcher extends.
@@ -118,6 +119,35 @@ def run_launcher(script: str, env: dict[str, str], *overrides: str, cwd: Path | 
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def launch_in_process(monkeypatch, capsys, tmp_path):
+    """Run `python -m sft.launcher` as the launchers do, in this process: (exit code, output).
+
+    `mode` is the SFT_MODE a launcher sets; relative paths are relative to tmp_path. Only dry runs
+    and errors can run here: a launch that would exec torchrun fails the test instead.
+    """
+
+    def refuse_exec(*args):
+        raise AssertionError(f"the launcher would have started torchrun: {args[1]}")
+
+    monkeypatch.setattr(launcher.os, "execve", refuse_exec)
+    monkeypatch.chdir(tmp_path)
+
+    def run(env: dict[str, str], *overrides: str, mode: str = "full") -> tuple[int, str]:
+        capsys.readouterr()
+        rc = launcher.main(["--", *overrides], env={**env, "SFT_MODE": mode})
+        captured = capsys.readouterr()
+        return rc, captured.out + captured.err
+
+    return run
+
+
+def composed_values(output: str) -> dict[str, str]:
+    """The `key = value` lines a dry run prints after composing verl's config."""
+    section = output.split("composed config", 1)[1]
+    return dict(re.findall(r"^  ([a-z_.]+) = (.*)$", section, re.MULTILINE))
 
 
 _STEP_LOSS = re.compile(r"step:(\d+) - .*?train/loss:([0-9.eE+-]+)")

@@ -85,3 +85,16 @@ def test_demo_help_lists_its_settings():
     assert result.returncode == 0
     for name in ("DEMO_DIR", "MODEL_NAME", "DATA_GLOB", "EVAL_FILE", "QUICK", "MAX_NEW_TOKENS"):
         assert name in result.stdout
+
+
+def test_quick_demo_model_says_how_it_was_made(quick_demo):
+    """The export carries the launch's run record and the manifest of the data it trained on."""
+    demo_dir, _ = quick_demo
+    model = demo_dir / "fine-tuned-model"
+    record = json.loads((model / "run_record.json").read_text())
+    launch = record["launches"][-1]
+    assert launch["settings"]["TRAIN_FILE"] == str(demo_dir / "data" / "train.parquet")
+    assert launch["versions"]["verl"] == "0.9.1"
+    assert (model / "data_manifest.json").read_bytes() == (demo_dir / "data" / "manifest.json").read_bytes()
+    provenance = json.loads((model / "export_info.json").read_text())["provenance"]
+    assert provenance["manifest_unchanged"] is True

@@ -20,9 +20,12 @@
 #   VAL_FILE         (unset)   unset: TRAIN_FILE's sibling val.parquet if it exists; empty: no validation
 #   TRUST_REMOTE_CODE 0        1 lets transformers run code shipped with the model
 #   MAX_LENGTH       auto      longest sample in tokens; auto: manifest.json's recommendation, else 2048
-#   MAX_TOKENS_PER_GPU auto    tokens packed per micro batch per GPU (>= MAX_LENGTH); auto: manifest, else max(8192, MAX_LENGTH)
+#   MAX_TOKENS_PER_GPU auto    tokens packed per micro batch per GPU (>= MAX_LENGTH; setting it turns DYNAMIC_BATCH
+#                              auto on); auto: manifest, else max(8192, MAX_LENGTH); at most BATCH_SIZE x MAX_LENGTH
+#                              when BATCH_SIZE is set
 # Optimisation:
-#   BATCH_SIZE       auto      micro batch per device when DYNAMIC_BATCH is off, and for validation;
+#   BATCH_SIZE       auto      micro batch per device in samples (DYNAMIC_BATCH off, and validation); set with
+#                              DYNAMIC_BATCH on, it caps MAX_TOKENS_PER_GPU at BATCH_SIZE x MAX_LENGTH (lower it on OOM);
 #                              auto: 4 on GPU, 1 on CPU (no padding at all)
 #   DYNAMIC_BATCH    auto      1: micro batches packed up to MAX_TOKENS_PER_GPU tokens; auto: on for GPU,
 #                              off for CPU (sdpa pads a packed micro batch; one sample at a time is 2-3x faster)
@@ -40,8 +43,9 @@
 #   PROJECT_NAME     verl-sft  experiment tracker project
 #   EXPERIMENT_NAME  <model directory name>-<full|lora>  run name in the tracker and in OUTPUT_DIR
 # Launcher behaviour:
-#   DRY_RUN          0         1: print settings and command, check that verl's Hydra config
-#                              composes with every override, and exit without training
+#   DRY_RUN          0         1: print settings, command and composed config, also build verl's typed
+#                              config, and exit without training (every launch checks that the config composes);
+#                              with DEVICE=cuda where no GPU is visible, the GPU job's configuration (GPUs assumed)
 #   ATTN_IMPLEMENTATION auto   auto: flash_attention_2 on a GPU with flash-attn installed, else sdpa
 #   COMPUTE_DTYPE    auto      auto | bf16 | fp32 compute (auto: bf16 on GPU, fp32 on CPU, where bf16 is emulated)
 #   REMOVE_PADDING   auto      1: pack samples without padding; auto: on with flash attention, off with sdpa

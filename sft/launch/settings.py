@@ -80,6 +80,16 @@ class Resolution:
     def gpus(self) -> int:
         return self.fact("gpus", _detect_cuda)
 
+    def explicit(self, name: str) -> bool:
+        """The user gave `name` a value of their own (not unset, empty or `auto`)."""
+        given = (self.env.get(name) or "").strip()
+        return bool(given) and given.lower() != "auto"
+
+    def gpus_assumed(self) -> bool:
+        """DRY_RUN=1 DEVICE=cuda where no GPU is visible (a cluster's login node): the GPU job is checked as
+        it will run, with NPROC_PER_NODE GPUs per node assumed."""
+        return self.fact("gpus_assumed", lambda: False)
+
     def train_path(self) -> Path:
         """TRAIN_FILE as given, not resolved: manifest.json is looked up, and named, beside it."""
         self["TRAIN_FILE"]  # resolving it records the path
@@ -192,13 +202,20 @@ def _device(r: Resolution, name: str, value: str) -> str:
     if value not in ("cuda", "cpu"):
         raise LaunchError(f"DEVICE must be auto, cuda or cpu, got {value!r}.")
     if value == "cuda" and not r.gpus():
-        raise LaunchError("DEVICE=cuda but no GPU is visible to torch. Check CUDA_VISIBLE_DEVICES and the torch build, or use DEVICE=cpu.")
+        if not r["DRY_RUN"]:
+            raise LaunchError("DEVICE=cuda but no GPU is visible to torch. Check CUDA_VISIBLE_DEVICES and the torch build, "
+                              "or use DEVICE=cpu. (DRY_RUN=1 checks a GPU job's configuration without a GPU.)")
+        r.facts["gpus_assumed"] = True
+        r.sources[name] = "no GPU visible: GPUs assumed for this dry run"
+        r.notes.append("DRY_RUN=1 with DEVICE=cuda and no GPU visible here: the configuration shown is the one a node "
+                       f"with NPROC_PER_NODE={r.text('NPROC_PER_NODE')} GPUs will use (GPUs assumed; flash-attn and "
+                       "the GPUs' memory are those of this machine's environment, not the job's).")
     return value
 
 
 def _nproc(r: Resolution, name: str, value: str) -> int:
     nproc = _int(name, value, minimum=1)
-    if r["DEVICE"] == "cuda" and nproc > r.gpus():
+    if r["DEVICE"] == "cuda" and nproc > r.gpus() and not r.gpus_assumed():
         raise LaunchError(f"NPROC_PER_NODE={nproc} but only {r.gpus()} GPU(s) are visible. Set NPROC_PER_NODE<={r.gpus()}.")
     return nproc
 
@@ -281,6 +298,11 @@ def _loggers(r: Resolution, name: str, value: str) -> list[str]:
 
 
 def _directory(r: Resolution, name: str, value: str) -> Path:
+    unexpanded = re.search(r"\$\{?[A-Za-z_]\w*\}?", value)
+    if unexpanded:
+        r.notes.append(
+            f"{name} contains {unexpanded.group(0)} as literal text (the shell did not expand it: quoted, or read from "
+            f"a file), so the directory is named with it. If you meant the variable, write it unquoted or use ~.")
     return Path(value).expanduser().resolve()
 
 
@@ -316,6 +338,9 @@ def _auto_device(r: Resolution):
 
 def _auto_nproc(r: Resolution):
     if r["DEVICE"] == "cuda":
+        if r.gpus_assumed():
+            raise LaunchError("NPROC_PER_NODE=auto counts the visible GPUs, and this machine has none. For a dry run of a "
+                              "GPU job here, set NPROC_PER_NODE to the job's GPUs per node (e.g. NPROC_PER_NODE=4).")
         return r.gpus(), f"auto: {r.gpus()} visible GPU(s)"
     return (2 if (os.cpu_count() or 1) >= 2 else 1), f"auto: CPU with {os.cpu_count()} core(s)"
 
@@ -336,7 +361,41 @@ def _auto_tokens_per_gpu(r: Resolution):
     recommended = r.manifest_tokens().get("recommended_max_tokens_per_gpu")
     base = recommended if isinstance(recommended, int) and recommended > 0 else _FALLBACK_TOKENS_PER_GPU
     source = "auto: manifest.json" if base == recommended else f"auto: max({base}, MAX_LENGTH)"
-    return max(base, r["MAX_LENGTH"]), source
+    return _cap_by_batch_size(r, max(base, r["MAX_LENGTH"]), source)
+
+
+def _tokens_per_gpu(r: Resolution, name: str, value: str) -> int:
+    tokens = _int(name, value, minimum=1)
+    if not r["DYNAMIC_BATCH"]:
+        raise LaunchError(
+            f"MAX_TOKENS_PER_GPU={tokens} is read only when micro batches are packed, and DYNAMIC_BATCH=0: training "
+            f"would take BATCH_SIZE samples per micro batch and ignore it. Set DYNAMIC_BATCH=1 (or leave it auto) to "
+            "pack up to MAX_TOKENS_PER_GPU tokens, or unset MAX_TOKENS_PER_GPU.")
+    value, source = _cap_by_batch_size(r, tokens, None)
+    if source:
+        r.sources[name] = source
+    return value
+
+
+def _cap_by_batch_size(r: Resolution, tokens: int, source: str | None) -> tuple[int, str | None]:
+    """With packed micro batches verl reads BATCH_SIZE for validation only; a BATCH_SIZE the user set
+    (the documented fix for an out-of-memory error) bounds the packed budget at BATCH_SIZE x MAX_LENGTH."""
+    if not (r["DYNAMIC_BATCH"] and r.explicit("BATCH_SIZE")):
+        return tokens, source
+    cap = r["BATCH_SIZE"] * r["MAX_LENGTH"]
+    note = (f"BATCH_SIZE={r['BATCH_SIZE']} with DYNAMIC_BATCH on: micro batches are packed up to MAX_TOKENS_PER_GPU "
+            f"tokens, capped at BATCH_SIZE x MAX_LENGTH = {cap} (at most the tokens of BATCH_SIZE samples of "
+            "MAX_LENGTH); DYNAMIC_BATCH=0 gives exactly BATCH_SIZE samples per micro batch.")
+    r.notes.append(note)
+    if cap >= tokens:
+        return tokens, (source + "; " if source else "") + f"under BATCH_SIZE x MAX_LENGTH = {cap}"
+    return cap, f"BATCH_SIZE x MAX_LENGTH = {r['BATCH_SIZE']} x {r['MAX_LENGTH']} (was {tokens})"
+
+
+def _auto_dynamic_batch(r: Resolution):
+    if r.explicit("MAX_TOKENS_PER_GPU"):
+        return True, "auto: MAX_TOKENS_PER_GPU set (a packed budget)"
+    return _on_gpu(r)
 
 
 def _on_gpu(r: Resolution):
@@ -436,14 +495,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_LENGTH", "auto", "longest sample in tokens; auto: manifest.json's recommendation, else 2048",
             DATA, _max_length, _auto_max_length, verl=("data.max_length",)),
     Setting("MAX_TOKENS_PER_GPU", "auto",
-            "tokens packed per micro batch per GPU (>= MAX_LENGTH); auto: manifest, else max(8192, MAX_LENGTH)",
-            DATA, integer(1), _auto_tokens_per_gpu, verl=("data.max_token_len_per_gpu",)),
-    Setting("BATCH_SIZE", "auto", "micro batch per device when DYNAMIC_BATCH is off, and for validation;\n"
+            "tokens packed per micro batch per GPU (>= MAX_LENGTH; setting it turns DYNAMIC_BATCH\n"
+            "auto on); auto: manifest, else max(8192, MAX_LENGTH); at most BATCH_SIZE x MAX_LENGTH\n"
+            "when BATCH_SIZE is set",
+            DATA, _tokens_per_gpu, _auto_tokens_per_gpu, verl=("data.max_token_len_per_gpu",)),
+    Setting("BATCH_SIZE", "auto", "micro batch per device in samples (DYNAMIC_BATCH off, and validation); set with\n"
+            "DYNAMIC_BATCH on, it caps MAX_TOKENS_PER_GPU at BATCH_SIZE x MAX_LENGTH (lower it on OOM);\n"
             "auto: 4 on GPU, 1 on CPU (no padding at all)", OPTIMISATION, integer(1), _auto_batch_size,
             verl=("data.micro_batch_size_per_gpu",)),
     Setting("DYNAMIC_BATCH", "auto", "1: micro batches packed up to MAX_TOKENS_PER_GPU tokens; auto: on for GPU,\n"
             "off for CPU (sdpa pads a packed micro batch; one sample at a time is 2-3x faster)", OPTIMISATION,
-            boolean, _on_gpu, verl=("data.use_dynamic_bsz",), lower=True),
+            boolean, _auto_dynamic_batch, verl=("data.use_dynamic_bsz",), lower=True),
     Setting("TRAIN_BATCH_SIZE", "64", "global batch in samples (a multiple of NNODES*NPROC_PER_NODE)",
             OPTIMISATION, integer(1), verl=("data.train_batch_size",)),  # verl's 256 starves small data sets
     Setting("EPOCHS", "3", "passes over the training set", OPTIMISATION, integer(1), verl=("trainer.total_epochs",)),
@@ -473,8 +535,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PROJECT_NAME", "verl-sft", "experiment tracker project", OUTPUT, _NAME_RULE, verl=("trainer.project_name",)),
     Setting("EXPERIMENT_NAME", _experiment_name, "run name in the tracker and in OUTPUT_DIR", OUTPUT, _NAME_RULE,
             verl=("trainer.experiment_name",), listed_default="<model directory name>-<full|lora>"),
-    Setting("DRY_RUN", "0", "1: print settings and command, check that verl's Hydra config\n"
-            "composes with every override, and exit without training", BEHAVIOUR, boolean),
+    Setting("DRY_RUN", "0", "1: print settings, command and composed config, also build verl's typed\n"
+            "config, and exit without training (every launch checks that the config composes);\n"
+            "with DEVICE=cuda where no GPU is visible, the GPU job's configuration (GPUs assumed)",
+            BEHAVIOUR, boolean),
     Setting("ATTN_IMPLEMENTATION", "auto", "auto: flash_attention_2 on a GPU with flash-attn installed, else sdpa",
             BEHAVIOUR, _attention, _auto_attention, verl=("+model.override_config.attn_implementation",)),
     Setting("COMPUTE_DTYPE", "auto", "auto | bf16 | fp32 compute (auto: bf16 on GPU, fp32 on CPU, where bf16 is emulated)",
@@ -587,6 +651,7 @@ class Settings:
     values: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # how each auto value was chosen
+    given: dict[str, str] = field(default_factory=dict)  # the settings the environment set (non-empty), as text
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -611,7 +676,8 @@ def resolve_settings(env: dict[str, str] | None = None) -> Settings:
     for check in CROSS_CHECKS:
         check(resolution)
     values = {row.name: resolution[row.name] for row in settings_of(mode)}
-    return Settings(mode, values, resolution.notes, resolution.sources)
+    given = {name: env[name] for name in SETTINGS_BY_NAME if env.get(name)}
+    return Settings(mode, values, resolution.notes, resolution.sources, given)
 
 
 # ---------------------------------------------------------------------------------------------

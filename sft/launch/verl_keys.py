@@ -87,7 +87,7 @@ _TORCH_OPTIMIZERS = {name.lower(): name for name in (
 )}
 
 
-def _optimizer(value: str) -> str:
+def optimizer_class_name(value: str) -> str:
     name = value.strip("'\"")
     if name in _TORCH_OPTIMIZERS.values() or name[:1].isupper():
         return name
@@ -170,7 +170,7 @@ RENAMED: tuple[KeyRow, ...] = (
     # Other verl configs
     KeyRow("optim.grad_clip", "optim.clip_grad", "verl actor configs; deprecated alias in verl 0.9.1"),
     # This project's original design (issue 14's commands)
-    KeyRow("optim.name", "optim.optimizer", "verl-sft's original design", transform=_optimizer),
+    KeyRow("optim.name", "optim.optimizer", "verl-sft's original design", transform=optimizer_class_name),
     KeyRow("optim.warmup_ratio", "optim.lr_warmup_steps_ratio", "verl-sft's original design"),
     KeyRow("trainer.mixed_precision", "engine.mixed_precision.param_dtype", "verl-sft's original design",
            "(reduce and buffer dtypes stay fp32)", transform=_precision),
@@ -259,12 +259,16 @@ def _similarity(key: str, candidate: str) -> float:
     return max(whole, tail * (1.0 if same_section else 0.85))
 
 
+# Keys verl 0.9.1 still declares but warns about (FSDPOptimizerConfig.__post_init__): never suggested.
+DEPRECATED_KEYS = frozenset({"optim.warmup_style"})
+
+
 def did_you_mean(key: str, known_keys: Iterable[str], limit: int = 3) -> list[str]:
     """The known keys closest to `key` by name (whole key and last segment), best first."""
     key = key.lstrip("+~")
     scored = []
     for candidate in known_keys:
-        if _last(candidate) == "_target_":
+        if _last(candidate) == "_target_" or candidate in DEPRECATED_KEYS:
             continue
         score = _similarity(key, candidate)
         if score >= 0.7:
@@ -307,6 +311,26 @@ def _translate_row(row: KeyRow, value: str, known_keys) -> tuple[str | ManifestC
     return prefix + passed, note + (f" {row.note}." if row.note else ".")
 
 
+def _addition_notes(prefix: str, key: str, known_keys) -> list[str]:
+    """`+key=...` of a key verl's YAML does not declare: where verl will, or will not, read it."""
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    if parent not in known_keys:
+        return [f"{prefix}{key} adds a key that verl 0.9.1's config does not have, under a section it does not have "
+                f"either: verl's code will not read it unless it looks that name up. Check the name"
+                f"{_suggestion(key, known_keys)}"]
+    if f"{parent}._target_" in known_keys:
+        return [f"{prefix}{key} adds a key that verl's YAML does not declare to {parent}, which verl builds as a "
+                "dataclass: it works only if that class has the field (DRY_RUN=1 builds it and says)."]
+    return []
+
+
+def _suggestion(key: str, known_keys, question: bool = False) -> str:
+    suggestions = did_you_mean(key, known_keys)
+    if question:
+        return f" Did you mean {' or '.join(suggestions)}?" if suggestions else ""
+    return f" (closest keys verl has: {', '.join(suggestions)})." if suggestions else "."
+
+
 def translate(overrides: list[str], known_keys: set[str] | frozenset[str]) -> tuple[list, list[str]]:
     """Old key names -> verl 0.9.1's, JSON values -> Hydra syntax; unknown keys refused.
 
@@ -323,6 +347,8 @@ def translate(overrides: list[str], known_keys: set[str] | frozenset[str]) -> tu
             translated.append(override)
             continue
         value = normalise_value(value)
+        if prefix.startswith("+") and key not in known_keys and key not in ROWS_BY_OLD:
+            notes += _addition_notes(prefix, key, known_keys)
         if key in known_keys or (prefix and key not in ROWS_BY_OLD):
             if not prefix and value.startswith("{") and value != "{}" and _is_open_dict(key, known_keys):
                 prefix = "++"
@@ -331,9 +357,8 @@ def translate(overrides: list[str], known_keys: set[str] | frozenset[str]) -> tu
             continue
         row = ROWS_BY_OLD.get(key)
         if row is None:
-            suggestions = did_you_mean(key, known_keys)
-            hint = f" Did you mean {' or '.join(suggestions)}?" if suggestions else ""
-            raise VerlKeyError(f"{key} is not a key of verl 0.9.1's SFT config ({VERL_CONFIG_NAME}).{hint}")
+            raise VerlKeyError(f"{key} is not a key of verl 0.9.1's SFT config ({VERL_CONFIG_NAME})."
+                               f"{_suggestion(key, known_keys, question=True)}")
         passed, note = _translate_row(row, value, known_keys)
         if passed is not None:
             translated.append(passed)

@@ -26,9 +26,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # loaded by file path (verl's load_extern_object): make `import sft.x` work
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import torch
-from torch.utils.data import Dataset
-
 from sft.text.chat_format import PARQUET_METADATA_KEY as METADATA_KEY
 from sft.text.chat_format import ChatFormat, ConversationError, TemplateError
 from sft.text.chat_tokens import TEXT_ENCODER_TIKTOKEN
@@ -68,8 +65,45 @@ def _rank() -> int:
         return 0
 
 
-class ChatTemplateSFTDataset(Dataset):
-    """Rows of `messages` to training items through the model's chat template (module docstring)."""
+class ChatTemplateSFTDataset:
+    """Rows of `messages` to training items through the model's chat template (module docstring).
+
+    A map-style dataset (`len` and indexing), which is what torch's DataLoader and verl's trainer use;
+    it is not a subclass of torch's Dataset so that loading this file does not import torch: the
+    launcher loads it before torchrun starts, and torch's import alone takes about 2 s on a CPU.
+    """
+
+    @staticmethod
+    def check_config(config, files: list[str]) -> tuple[dict, dict | None]:
+        """(template kwargs to encode with, the files' encoding record): what the files were prepared with.
+
+        Raises ValueError when the files disagree, or when data.apply_chat_template_kwargs asks for other
+        template settings. `add_generation_prompt: false` (written by verl's older examples) is what every
+        whole conversation is rendered with anyway, so it is accepted and changes nothing. The launcher
+        calls this before torchrun starts, so the message comes in seconds, not from every rank.
+        """
+        records = [read_encoding_metadata(path) for path in files]
+        recorded = next((r for r in records if r), None)
+        if any(r != recorded for r in records if r):
+            raise ValueError(f"the files {files} were prepared with different chat template settings; prepare them "
+                             "in one prepare_data run")
+        asked = dict(_plain(config.get("apply_chat_template_kwargs", {})) or {})
+        if asked.get("add_generation_prompt") is False:
+            del asked["add_generation_prompt"]
+        elif "add_generation_prompt" in asked:
+            raise ValueError(
+                f"data.apply_chat_template_kwargs has add_generation_prompt={asked['add_generation_prompt']}: each "
+                "trained reply follows the prompt rendered with add_generation_prompt=True, and the whole conversation "
+                "is rendered with it off; a generation prompt after the reply is never trained. Drop it")
+        if not recorded:
+            return asked, None
+        kept = recorded.get("template_kwargs") or {}
+        if asked and asked != kept:
+            raise ValueError(
+                f"data.apply_chat_template_kwargs={asked} but {files[0]} was prepared with {kept or 'none'}: token "
+                "counts, length filters and MAX_LENGTH were computed with those. Re-run sft/prepare_data.py with "
+                f"--chat-template-kwargs '{json.dumps(asked)}', or drop the override")
+        return dict(kept), recorded
 
     def __init__(self, parquet_files, tokenizer, config=None, processor=None, max_samples: int = -1):
         import numpy as np
@@ -91,23 +125,10 @@ class ChatTemplateSFTDataset(Dataset):
         if not files:
             raise ValueError("no Parquet files given")
         self.files = files
-        records = [read_encoding_metadata(path) for path in files]
-        recorded = next((r for r in records if r), None)
-        if any(r != recorded for r in records if r):
-            raise ValueError(f"the files {files} were prepared with different chat template settings; prepare them "
-                             "in one prepare_data run")
-        asked = _plain(config.get("apply_chat_template_kwargs", {})) or {}
-        kwargs = dict(asked)
+        kwargs, recorded = self.check_config(config, files)
         tags = None
         use_tiktoken = None
         if recorded:
-            kept = recorded.get("template_kwargs") or {}
-            if asked and asked != kept:
-                raise ValueError(
-                    f"data.apply_chat_template_kwargs={asked} but {files[0]} was prepared with {kept or 'none'}: token "
-                    "counts, length filters and MAX_LENGTH were computed with those. Re-run sft/prepare_data.py with "
-                    f"--chat-template-kwargs '{json.dumps(asked)}', or drop the override")
-            kwargs = dict(kept)
             tags = recorded.get("reasoning_tags")
             use_tiktoken = False if recorded.get("text_encoder") not in (None, TEXT_ENCODER_TIKTOKEN) else None
         try:
@@ -186,6 +207,8 @@ class ChatTemplateSFTDataset(Dataset):
                 else slice(0, self.max_length)
             ids, mask = ids[keep], mask[keep]
             length = len(ids)
+        import torch  # imported by the trainer long before the first item
+
         input_ids = torch.tensor(ids, dtype=torch.long)
         loss_mask = torch.tensor(mask, dtype=torch.long)
         position_ids = torch.arange(length, dtype=torch.long)

@@ -1,0 +1,245 @@
+"""The check every launch runs before torchrun starts (imported by sft/launcher.py; not a command).
+
+`check_overrides(settings, launcher_overrides, user_overrides)`:
+  1. composes verl's `sft_trainer_engine` Hydra config with the launcher's own overrides, for the
+     keys it really has (verl is not imported: that alone takes 8-10 s here);
+  2. translates the user's overrides with sft/launch/verl_keys.py (old key names, JSON values,
+     `++` for verl's empty dictionaries; an unknown key stops with "did you mean"), checks
+     data.prompt_key / data.response_key against the data's manifest.json, and fixes the spelling
+     of values verl compares exactly (optim.optimizer's class name);
+  3. composes and resolves the whole config, and checks the few values verl restricts to a set;
+  4. loads the dataset class named by data.custom_cls and lets it check its settings against the
+     Parquet files (ChatTemplateSFTDataset.check_config: the chat template kwargs);
+  5. notes every user override that replaces what a printed setting says, and settings verl reads
+     only in another mode.
+Any failure is one LaunchError line; the result holds the final overrides, the notes and the
+composed config. DRY_RUN adds `build_typed_sections` (verl's dataclasses; imports verl).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sft.launch.settings import SETTINGS, LaunchError, Settings, hydra_value
+from sft.launch.verl_keys import (
+    ManifestCheck,
+    VerlKeyError,
+    optimizer_class_name,
+    compose_verl_config,
+    dotted_keys,
+    translate,
+    verl_config_dir,
+)
+
+# Values verl 0.9.1 accepts only from a set (FSDPOptimizerConfig.__post_init__, its SFT dataset's
+# padding and truncation, CheckpointHandler's resume modes): checked here so a typo stops in seconds.
+ALLOWED_VALUES = {
+    "optim.lr_scheduler_type": ("constant", "cosine"),
+    "data.pad_mode": ("no_padding", "right"),
+    "data.truncation": ("error", "left", "right"),
+    "trainer.resume_mode": ("auto", "disable", "resume_path"),
+}
+
+
+@dataclass
+class Preflight:
+    overrides: list[str]  # what verl is given: the launcher's, then the user's (translated)
+    notes: list[str] = field(default_factory=list)
+    config: object = None  # the composed, resolved OmegaConf config
+    seconds: float = 0.0
+
+
+def config_dir_for(settings: Settings) -> Path:
+    """The Hydra config directory of the verl that will run: VERL_DIR's, else the installed package's."""
+    if settings["VERL_DIR"]:
+        return Path(settings["VERL_DIR"]) / "verl" / "trainer" / "config"
+    try:
+        return verl_config_dir()
+    except VerlKeyError as exc:
+        raise LaunchError(f"{exc} Run scripts/setup_env.sh, or set PYTHON to the environment that has it.") from None
+
+
+def _compose(overrides: list[str], config_dir: Path):
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        config = compose_verl_config(overrides, config_dir)
+        OmegaConf.resolve(config)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        message = " ".join(str(exc).split())
+        raise LaunchError(f"verl's Hydra config does not accept the overrides: {message}") from None
+    return config
+
+
+def _manifest_config(settings: Settings) -> tuple[Path, dict | None]:
+    manifest = Path(settings["TRAIN_FILE"]).parent / "manifest.json"
+    try:
+        config = json.loads(manifest.read_text(encoding="utf-8")).get("config")
+    except (OSError, ValueError, AttributeError):
+        return manifest, None
+    return manifest, config if isinstance(config, dict) else None
+
+
+def _check_manifest_keys(checks: list[ManifestCheck], settings: Settings) -> list[str]:
+    """data.prompt_key / data.response_key: applied by prepare_data, so they must match its manifest."""
+    if not checks:
+        return []
+    manifest, config = _manifest_config(settings)
+    wanted = {check.field: check.value for check in checks}
+    flags = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in wanted.items())
+    fix = f"Run sft/prepare_data.py again with {flags} (it writes the fields into `messages`), and drop these overrides."
+    if config is None:
+        raise LaunchError(f"{', '.join(c.key for c in checks)} given, but there is no readable {manifest} to say which "
+                          f"fields TRAIN_FILE was prepared from. {fix}")
+    wrong = [f"{c.key}={c.value} but TRAIN_FILE was prepared with --{c.field.replace('_', '-')} {config.get(c.field)}"
+             for c in checks if config.get(c.field) != c.value]
+    if wrong:
+        raise LaunchError(f"{'; '.join(wrong)} ({manifest}). {fix}")
+    return [f"{c.key}={c.value} matches TRAIN_FILE's manifest.json (prepare_data applied it when it wrote the "
+            "messages); nothing to pass to verl." for c in checks]
+
+
+def _fix_values(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """optim.optimizer's class name spelt as torch spells it (verl looks it up with getattr)."""
+    fixed, notes = [], []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key.lstrip("+") == "optim.optimizer":
+            name = optimizer_class_name(value)
+            if name != value.strip("'\""):
+                notes.append(f"optim.optimizer={value}: verl looks the class up by its exact name; passed {key}={name}.")
+            override = f"{key}={name}"
+        fixed.append(override)
+    return fixed, notes
+
+
+def _check_values(config) -> None:
+    from omegaconf import OmegaConf
+
+    for key, allowed in ALLOWED_VALUES.items():
+        value = OmegaConf.select(config, key)
+        if value is not None and value not in allowed:
+            raise LaunchError(f"{key}={value}: verl 0.9.1 accepts {' or '.join(allowed)}.")
+    resume = OmegaConf.select(config, "trainer.resume_from_path")
+    if resume is not None and not (Path(resume).is_dir() and "global_step_" in Path(resume).name):
+        raise LaunchError(f"trainer.resume_from_path={resume}: verl resumes from an existing OUTPUT_DIR/global_step_N "
+                          "directory. Point it at one, or leave it unset (reruns resume from the latest step).")
+
+
+def load_dataset_class(config):
+    """The class data.custom_cls names, imported as verl will import it (by file path)."""
+    path, name = config.data.custom_cls.path, config.data.custom_cls.name
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise LaunchError(f"data.custom_cls.path={path}: no such file.")
+    spec = importlib.util.spec_from_file_location("verl_sft_dataset_check", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's own dataset file may raise anything
+        raise LaunchError(f"data.custom_cls.path={path} does not import: {type(exc).__name__}: {exc}") from None
+    cls = getattr(module, name, None)
+    if cls is None:
+        raise LaunchError(f"data.custom_cls.name={name}: {path} defines no such class.")
+    return cls
+
+
+def _check_dataset(config) -> None:
+    from omegaconf import OmegaConf
+
+    cls = load_dataset_class(config)
+    check = getattr(cls, "check_config", None)
+    if check is None:
+        return
+    files = [f for key in ("train_files", "val_files") for f in _as_list(OmegaConf.select(config, f"data.{key}"))]
+    try:
+        check(OmegaConf.to_container(config.data, resolve=False), files)
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(item) for item in value]
+
+
+_SETTING_OF_KEY = {key.lstrip("+"): row.name for row in SETTINGS for key in row.verl}
+
+
+def _replaced_settings(settings: Settings, user_overrides: list[str]) -> list[str]:
+    """A note for each user override of a key a printed setting sets: the printed value is not what runs."""
+    notes = []
+    for override in user_overrides:
+        key, sep, value = override.lstrip("+").partition("=")
+        name = _SETTING_OF_KEY.get(key)
+        if sep and name and name in settings.values and value != hydra_value(name, settings[name]):
+            notes.append(f"{key}={value} (your override) replaces {name}={settings[name]} shown above.")
+    return notes
+
+
+def _ignored_settings(settings: Settings) -> list[str]:
+    """Settings the environment sets that this mode does not read (LoRA's, in full fine-tuning)."""
+    env_names = [row.name for row in SETTINGS if row.parse is not None and settings.mode not in row.modes]
+    given = [name for name in env_names if name in settings.given]
+    if not given:
+        return []
+    return [f"{', '.join(given)} set in the environment: LoRA settings, not read by full fine-tuning "
+            "(scripts/run_sft_peft.sh trains LoRA)."]
+
+
+def _dynamic_micro_batch(config, user_overrides: list[str]) -> list[str]:
+    keys = {o.lstrip("+").partition("=")[0] for o in user_overrides}
+    if "data.micro_batch_size_per_gpu" in keys and config.data.use_dynamic_bsz:
+        return ["data.micro_batch_size_per_gpu is read for validation only while data.use_dynamic_bsz=true: training "
+                "micro batches hold up to data.max_token_len_per_gpu tokens. Set BATCH_SIZE instead (it caps that budget)."]
+    return []
+
+
+def check_overrides(settings: Settings, launcher_overrides: list[str], user_overrides: list[str]) -> Preflight:
+    """Translate, compose and check everything verl will be given; see the module docstring."""
+    started = time.monotonic()
+    config_dir = config_dir_for(settings)
+    if not user_overrides:
+        config = _compose(launcher_overrides, config_dir)
+        _check_values(config)
+        _check_dataset(config)
+        return Preflight(list(launcher_overrides), _ignored_settings(settings), config, time.monotonic() - started)
+    known = frozenset(dotted_keys(_compose(launcher_overrides, config_dir)))
+    translated, notes = translate(user_overrides, known)
+    checks = [item for item in translated if isinstance(item, ManifestCheck)]
+    passed, value_notes = _fix_values([item for item in translated if isinstance(item, str)])
+    notes += value_notes + _check_manifest_keys(checks, settings)
+    config = _compose(launcher_overrides + passed, config_dir)
+    _check_values(config)
+    _check_dataset(config)
+    notes += _replaced_settings(settings, passed) + _ignored_settings(settings) + _dynamic_micro_batch(config, passed)
+    return Preflight(launcher_overrides + passed, notes, config, time.monotonic() - started)
+
+
+def build_typed_sections(config, verl_dir: Path | None = None) -> None:
+    """verl's dataclasses for the engine, optim and checkpoint sections (DRY_RUN; imports verl, seconds)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if verl_dir and str(verl_dir) not in sys.path:
+        sys.path.insert(0, str(verl_dir))
+    from verl.utils.config import omega_conf_to_dataclass
+
+    try:
+        # The model section is left out: building it loads the model's config and tokenizer.
+        for section in ("engine", "optim", "checkpoint"):
+            omega_conf_to_dataclass(config[section])
+    except (HydraException, OmegaConfBaseException, ValueError, TypeError, AssertionError) as exc:
+        cause = exc.__cause__ if isinstance(exc, HydraException) and exc.__cause__ else exc
+        raise LaunchError(f"verl's config does not accept the overrides: {' '.join(str(cause).split())}") from None
