@@ -501,6 +501,14 @@ def _overrides(command: DocCommand) -> list[str]:
     return command.argv[1:] if command.kind == "launcher" else command.argv[_batch_file_index(command) + 1:]
 
 
+def _translated(overrides: list[str]) -> list[str]:
+    """The overrides as the launcher passes them to verl: old key names and JSON values translated
+    (a `+`/`++` prefix may differ: the launcher's own overrides add keys first)."""
+    from sft.launch.verl_keys import composed_keys, translate
+
+    return [item for item in translate(overrides, composed_keys())[0] if isinstance(item, str)]
+
+
 def _sbatch_nodes(command: DocCommand) -> int:
     for option in command.argv[1:_batch_file_index(command)]:
         if option.startswith("--nodes="):
@@ -593,9 +601,10 @@ def test_documented_launch_command_passes_a_dry_run(command, dry_runs):
     assert run.launcher_rc == 0, f"{command.id}: {command.text}\n{run.report()}"
     assert "[verl-sft] composed config" in run.output and "DRY_RUN=1: verl's Hydra config composes" in run.output
     torchrun = run.output.split("[verl-sft] command:\n", 1)[1].splitlines()[0]
-    overrides = _overrides(command)
-    if overrides:  # the doc's Hydra overrides reach torchrun last, so they win
-        assert torchrun.endswith(" " + shlex.join(overrides)), f"{command.id}: {overrides} are not last in\n{torchrun}"
+    overrides = _translated(_overrides(command))
+    if overrides:  # the doc's Hydra overrides (old key names translated) reach torchrun last, so they win
+        last = [item.lstrip("+") for item in shlex.split(torchrun)[-len(overrides):]]
+        assert last == [item.lstrip("+") for item in overrides], f"{command.id}: {overrides} are not last in\n{torchrun}"
     if command.kind == "sbatch":  # the topology comes from Slurm
         nodes = _sbatch_nodes(command)
         assert f"--nnodes={nodes} " in torchrun and "--rdzv-backend=c10d" in torchrun and "--rdzv-id=4242" in torchrun, torchrun

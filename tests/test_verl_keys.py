@@ -3,7 +3,9 @@ JSON values, "did you mean"."""
 
 from __future__ import annotations
 
+import re
 import shlex
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -229,3 +231,16 @@ def test_composed_keys_are_verl_091s(keys):
             "data.apply_chat_template_kwargs"} <= keys
     assert not keys & {"optim.warmup_steps_ratio", "data.prompt_key", "trainer.resume_path", "engine.mixed_precision"}
     assert composed_keys() is keys  # cached
+
+
+def test_sft_readme_lists_every_row_of_the_table():
+    """sft/README.md's "Commands written for older verl" table is RENAMED, row for row."""
+    from sft.launch.verl_keys import DROP, MANIFEST, REFUSE, RENAME, RENAMED
+
+    readme = (Path(__file__).resolve().parents[1] / "sft" / "README.md").read_text()
+    kinds = {RENAME: None, DROP: "dropped, with a note", REFUSE: "refused, with the fix",
+             MANIFEST: "checked against `manifest.json`"}
+    listed = re.findall(r"^\| `([^`]+)` \| (.+?) \| (.+?) \|$", readme.split("### Commands written for older verl")[1]
+                        .split("###")[0], re.MULTILINE)
+    expected = [(row.old, kinds[row.kind] or f"`{row.new}`", row.versions) for row in RENAMED]
+    assert listed == expected
