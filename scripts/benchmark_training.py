@@ -19,8 +19,9 @@ checkpoint is written). Step times come from the arrival times of verl's per-ste
 
 Printed per configuration: tokens/s per device (real tokens, padding excluded), MFU by our
 own count (6 x linear parameters per token plus causal attention, no recomputation counted,
-against the device's peak: a table of GPU bf16 peaks, or on CPU an fp32 matrix-multiply
-peak measured in the same run), verl's own train/mfu (against verl's table of peaks), peak
+against one device's peak: a table of GPU bf16 peaks, or on CPU an fp32 matrix-multiply peak
+measured in the same run on the threads one training process gets, cores // processes), verl's
+own train/mfu (against verl's table of peaks), peak
 memory (GPU: verl's max allocated; CPU: peak resident memory of all training processes), and
 each configuration's ratio to the first one.
 
@@ -206,18 +207,27 @@ def prepare_inputs(args: argparse.Namespace, work: Path) -> tuple[Path, Path, di
 # Measurement.
 
 
-def measure_cpu_matmul_peak(seconds: float = 2.0) -> float:
-    """fp32 FLOP/s of a large matrix product on all cores: the CPU's practical peak."""
+def measure_cpu_matmul_peak(threads: int, seconds: float = 2.0) -> float:
+    """fp32 FLOP/s of a large matrix product on `threads` threads: one training process's practical peak.
+
+    Each training process gets cores // NPROC_PER_NODE threads (the launcher sets OMP_NUM_THREADS),
+    so its MFU is measured against what that many threads reach, not against the whole machine.
+    """
     import torch
 
-    n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        n = 1024
+        a, b = torch.randn(n, n), torch.randn(n, n)
         torch.mm(a, b)
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            torch.mm(a, b)
+            count += 1
+        return 2 * n**3 * count / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def flops_per_token(config: dict, mean_context: float) -> float:
@@ -486,10 +496,12 @@ def _device(args: argparse.Namespace) -> tuple[str, str, float, str, int]:
         peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in device_name), float("nan"))
         peak_label = f"{device_name}, bf16 dense peak {peak / 1e12:.0f} TFLOP/s"
         return device, device_name, peak, peak_label, args.nproc or torch.cuda.device_count()
-    peak = measure_cpu_matmul_peak()
-    device_name = f"CPU ({os.cpu_count()} cores)"
-    peak_label = f"{device_name}, measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (all cores)"
-    return device, device_name, peak, peak_label, args.nproc or (2 if (os.cpu_count() or 1) >= 2 else 1)
+    nproc = args.nproc or (2 if (os.cpu_count() or 1) >= 2 else 1)
+    threads = max(1, (os.cpu_count() or 1) // nproc)  # what the launcher gives each process (OMP_NUM_THREADS)
+    peak = measure_cpu_matmul_peak(threads)
+    device_name = f"CPU process ({threads} of {os.cpu_count()} cores)"
+    peak_label = f"{device_name}, measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s per process ({threads} threads)"
+    return device, device_name, peak, peak_label, nproc
 
 
 def _run_configs(args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path, device: str,
