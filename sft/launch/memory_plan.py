@@ -52,18 +52,18 @@ LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_t
 """Dense decoder architectures whose parameters this module counts exactly."""
 
 RUNTIME_OVERHEAD_BYTES = {"cuda": GIB, "cpu": GIB // 2}
-"""Per process, assumed: CUDA context + NCCL buffers + allocator slack on a GPU; on a CPU the
-Python process with torch, transformers and verl imported (about that much resident)."""
+"""Per process. GPU, assumed: CUDA context, NCCL buffers, allocator slack. CPU: the Python
+process itself (measured here: 0.49 GiB resident after importing verl.trainer.sft_trainer)."""
 
 ADAMW_MOMENTS = 2  # exp_avg and exp_avg_sq (torch.optim.AdamW)
 REDUCE_BYTES = 4  # FSDP2 reduce_dtype fp32 (verl's default and this project's)
 
-# Activations of the logits and the loss, per element of tokens x vocab, at the peak of the
-# loss's backward pass. Measured on CPU (peak RSS of lm_head + log-probs, forward and backward,
-# 2,048 tokens x 32,000 vocab, torch 2.13): fp32 3.73 (verl's per-row v2) and 4.03 (this
-# project's per-block version) logits-sized copies; bf16 2.97-3.53. Rounded to 4 copies: the
-# logits, the gather's gradient, the logsumexp's gradient and their sum.
-NO_FUSED_CE_COPIES = 4
+# Logits-sized tensors live at the loss's backward pass without a fused cross entropy: the
+# logits, the gather's gradient and the logsumexp's gradient. Measured on CPU (torch 2.13): peak
+# RSS of one forward + backward of a 4-layer Qwen2 (hidden 512, vocab 32,000, sdpa), less the
+# saved activations and the weight gradients: fp32 2.9 copies (verl's logprobs_from_logits_v2,
+# 2,048 tokens), 2.6-3.0 (this project's per-block version, 4,096 tokens); bf16 2.1 (v2).
+NO_FUSED_CE_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -149,9 +149,9 @@ def architecture(model_config: Optional[dict[str, Any]]) -> "Architecture | str"
         model_type = "gemma3_text"
     if model_type not in LLAMA_LIKE:
         return f"model_type {model_type or '(none)'!r} is not one of {', '.join(LLAMA_LIKE)}"
-    if any((c.get(key) or 0) not in (0, 1) for key in _MOE_KEYS if key != "moe_intermediate_size") or \
-            c.get("moe_intermediate_size"):
-        return f"{model_type} config declares experts (mixture of experts): not a dense model"
+    experts = [key for key in _MOE_KEYS if (c.get(key) or 0) not in (0, 1)]
+    if experts:
+        return f"{model_type} config declares experts ({', '.join(experts)}): a mixture of experts, not a dense model"
     missing = [key for key in _REQUIRED if not isinstance(c.get(key), int) or c.get(key) <= 0]
     if missing:
         return f"config.json lacks {', '.join(missing)}"
@@ -242,19 +242,17 @@ def layer_activation_bytes(arch: Architecture, compute_bytes: int) -> int:
 
 def model_activation_bytes(arch: Architecture, compute_bytes: int, tokens: int, gradient_checkpointing: bool,
                            lora_rank: int = 0, lora_linears: int = 0) -> int:
-    """Activation bytes of one micro batch of `tokens` tokens, excluding the logits.
+    """Bytes the forward pass of one micro batch of `tokens` tokens saves for backward, without the logits.
 
     Without checkpointing: every layer's activations. With Hugging Face's (non-reentrant,
-    per decoder layer) checkpointing: each layer's input (b*h) plus one layer recomputed in the
-    backward pass. Plus the final norm, RoPE's cos/sin (2*b*d, shared by the layers) and the
-    int64 position ids. LoRA adds each adapter's rank-r intermediate (r*b per targeted linear).
+    per decoder layer) checkpointing: each layer's input (b*h); the layer recomputed in the
+    backward pass is the plan's "layer" item. Plus the final norm, RoPE's cos/sin (2*b*d, shared
+    by the layers) and the int64 position ids. LoRA adds each adapter's rank-r intermediate
+    (r*b per targeted linear).
     """
     b = compute_bytes
     per_layer = layer_activation_bytes(arch, b) + lora_rank * b * lora_linears
-    if gradient_checkpointing:
-        layers = arch.layers * b * arch.hidden + per_layer
-    else:
-        layers = arch.layers * per_layer
+    layers = arch.layers * (b * arch.hidden if gradient_checkpointing else per_layer)
     return tokens * (layers + norm_bytes(arch, b, arch.hidden) + 2 * b * arch.head_dim + 8)
 
 
@@ -276,10 +274,12 @@ def logits_bytes_per_element(compute_bytes: int, fused_cross_entropy: bool, devi
 # ---------------------------------------------------------------------------------------------
 # The plan.
 
-STATE, COMPUTE, STEP, HOST = "state", "compute", "step", "host"
-"""Phases of an item: held all run; live at the peak of a micro batch's backward pass; live
-during the optimizer step (after the activations are freed); on the host (not the device)."""
-_PHASE_ORDER = {STATE: 0, COMPUTE: 1, STEP: 2, HOST: 3}
+STATE, COMPUTE, LOSS, LAYER, STEP, HOST = "state", "compute", "loss", "layer", "step", "host"
+"""Phases of an item: held all run; live through a micro batch's backward pass; live only at
+the loss's backward (the logits: first) or only at a decoder layer's backward (later, once the
+logits are freed); live during the optimizer step (activations freed); on the host, not the device."""
+_PHASE_ORDER = {STATE: 0, COMPUTE: 1, LOSS: 2, LAYER: 3, STEP: 4, HOST: 5}
+TOTAL_RULE = "state + max(compute + max(loss, layer), step)"
 
 
 @dataclass(frozen=True)
@@ -306,21 +306,22 @@ class MemoryPlan:
 
     @property
     def total(self) -> Optional[int]:
-        """Peak bytes on the device: held state + the larger of the backward peak and the optimizer step."""
+        """Peak bytes on the device, TOTAL_RULE: the backward pass peaks at the loss or at a layer."""
         if self.unknown_reason:
             return None
-        return self.phase_bytes(STATE) + max(self.phase_bytes(COMPUTE), self.phase_bytes(STEP))
+        backward = self.phase_bytes(COMPUTE) + max(self.phase_bytes(LOSS), self.phase_bytes(LAYER))
+        return self.phase_bytes(STATE) + max(backward, self.phase_bytes(STEP))
 
     def format(self) -> str:
         """A short table: one line per item in GiB (2 decimals), the total, the assumptions."""
         lines = [self.title]
-        width = max([len(item.name) for item in self.items] + [10])
+        width = max([len(item.name) for item in self.items] + [len(TOTAL_RULE)])
         for item in self.items:
             lines.append(f"  {item.phase:<8} {item.name:<{width}} {item.bytes / GIB:>9.2f} GiB")
         if self.unknown_reason:
             lines.append(f"  total    unknown: {self.unknown_reason}")
         else:
-            lines.append(f"  {'total':<8} {'state + max(compute, step)':<{width}} {self.total / GIB:>9.2f} GiB")
+            lines.append(f"  {'total':<8} {TOTAL_RULE:<{width}} {self.total / GIB:>9.2f} GiB")
         lines.append("Assumptions:")
         lines.extend(f"  - {text}" for text in self.assumptions)
         return "\n".join(lines)
@@ -336,10 +337,10 @@ class MemoryPlan:
         options = sorted(_fix_options(self.inputs), key=lambda option: option[1])
         fixes = "; ".join(f"{n}) {text}: {need * processes / GIB:.2f} GiB" for n, (text, need)
                           in enumerate(options, 1))
-        shared = f" x {processes} processes" if processes > 1 else ""
+        shared = f" x {processes} processes = {self.total * processes / GIB:.2f} GiB" if processes > 1 else ""
         return [f"Memory plan: this run needs about {self.total / GIB:.2f} GiB per device{shared}, "
-                f"but {free_bytes / GIB:.2f} GiB is free. Fixes, largest effect first (each alone): "
-                f"{fixes or 'none known'}."]
+                f"but {free_bytes / GIB:.2f} GiB is free. Fixes, largest effect first (each alone: "
+                f"what the run would then need): {fixes or 'none known'}."]
 
 
 def _fix_options(inputs: dict[str, Any]) -> list[tuple[str, int]]:
@@ -450,16 +451,19 @@ def _compute_items(arch: Architecture, inputs: dict[str, Any]) -> list[Item]:
     else:
         unsharded_grads = root * b + largest * (b + REDUCE_BYTES)
     gc = inputs["gradient_checkpointing"]
-    activations = model_activation_bytes(arch, b, tokens, gc, inputs["lora_rank"] if lora else 0, len(targets))
+    rank = inputs["lora_rank"] if lora else 0
+    activations = model_activation_bytes(arch, b, tokens, gc, rank, len(targets))
+    per_layer = layer_activation_bytes(arch, b) + rank * b * len(targets)
     per_element = logits_bytes_per_element(b, inputs["flash_attn_installed"], inputs["device"])
     dtype = inputs["compute_dtype"]
     return [
         Item(f"gathered {dtype} params (root + 2 units)", in_flight, COMPUTE),
         Item(f"unsharded grads ({dtype} + fp32 reduce)", unsharded_grads, COMPUTE),
-        Item(f"activations ({tokens} tokens, checkpointing {'on' if gc else 'off'})", activations, COMPUTE),
-        Item("backward working set (1 layer)", tokens * layer_activation_bytes(arch, b), COMPUTE),
+        Item(f"saved activations ({tokens} tokens, checkpointing {'on' if gc else 'off'})", activations, COMPUTE),
         Item(f"logits + loss copies ({tokens} x {arch.vocab} x {per_element} B)", tokens * arch.vocab * per_element,
-             COMPUTE),
+             LOSS),
+        Item("recomputed layer + its gradients" if gc else "a layer's activation gradients",
+             tokens * per_layer * (2 if gc else 1), LAYER),
     ]
 
 
@@ -541,16 +545,17 @@ def _assumptions(inputs: dict[str, Any]) -> tuple[str, ...]:
         f"loss: no flash-attn, verl's logprobs_from_logits_v2: {NO_FUSED_CE_COPIES} logits-sized copies "
         "at the loss's backward (measured on CPU)" + (", plus autocast's fp32 log_softmax rows on a GPU"
                                                        if inputs["device"] == "cuda" else ""),
-        "total = state + max(compute, step): the optimizer step runs after activations are freed; "
-        "host items are not on the device",
+        f"total = {TOTAL_RULE}: the logits are freed before the layers' backward, the optimizer "
+        "step runs after it; a layer's activation gradients taken as large as its activations; host items "
+        "are not on the device",
         f"runtime overhead {inputs['overhead_bytes'] / GIB:.2f} GiB per process, assumed",
         "not counted: allocator fragmentation, padded micro batches' sdpa mask and k/v repeat, kernel "
         "workspaces, checkpoint saving",
     ]
     if inputs["mode"] == "lora":
-        lines.append("LoRA: verl casts adapters to the base dtype when they differ (engine.model_dtype=bf16 "
-                     "makes them bf16); adapter intermediates counted; untargeted frozen linears' inputs "
-                     "counted as saved (an upper bound)")
+        lines.append(f"LoRA: adapters {inputs['adapter_dtype']}; verl 0.9.1 alone casts them to the base dtype "
+                     "(engine.model_dtype=bf16 makes them bf16) unless a plugin casts them back; adapter "
+                     "intermediates counted; untargeted frozen linears' inputs counted as saved (an upper bound)")
     if inputs["device"] == "cpu":
         lines.append("CPU: every local rank shares the host's memory; compare processes x total")
     return tuple(lines)
