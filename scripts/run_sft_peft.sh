@@ -15,6 +15,8 @@
 #   LORA_RANK        32        rank of the LoRA matrices
 #   LORA_ALPHA       64        LoRA scaling numerator (scale = LORA_ALPHA / LORA_RANK)
 #   TARGET_MODULES   all-linear  modules that get adapters: all-linear, or a comma list (q_proj,v_proj)
+#   LORA_BASE_DTYPE  bf16      dtype the frozen base weights are held in (bf16 | fp32);
+#                              adapters, their gradients and AdamW state stay fp32
 # Settings shared with scripts/run_sft_training.sh: see scripts/lib/sft_env.sh, or run with --help.
 set -euo pipefail
 

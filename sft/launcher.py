@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from sft.common.errors import exit_on_user_error
-from sft.launch.preflight import Preflight, build_typed_sections, check_overrides, config_dir_for
+from sft.launch.preflight import Preflight, build_typed_sections, check_overrides, config_dir_for, memory_plan_for
 from sft.launch.run_record import append_launch, launch_entry
 from sft.launch.settings import (  # noqa: F401  (LaunchError, resolve_settings: this module's interface)
     SETTINGS,
@@ -123,6 +123,8 @@ def child_environment(s: Settings, env: dict[str, str] | None = None) -> dict[st
     # verl imports these at the end of `import verl` (its external-module extension point).
     modules = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
     modules.append("sft.verl_plugins.verl_fixes")
+    if s.mode == "lora":
+        modules.append("sft.verl_plugins.lora_precision")
     if s["DEVICE"] == "cpu":
         modules.append("sft.verl_plugins.cpu_runtime")
     env["VERL_USE_EXTERNAL_MODULES"] = ",".join(dict.fromkeys(modules))
@@ -162,6 +164,7 @@ _SUMMARY = (
     ("GRADIENT_CHECKPOINTING", "{GRADIENT_CHECKPOINTING}"),
     ("TRUST_REMOTE_CODE", "{TRUST_REMOTE_CODE}"),
     ("LORA_RANK / LORA_ALPHA / TARGET_MODULES", "{LORA_RANK} / {LORA_ALPHA} / {TARGET_MODULES}"),
+    ("LORA_BASE_DTYPE", "{LORA_BASE_DTYPE} frozen base, fp32 adapters"),
     ("VERL_DIR", "{VERL_DIR}"),
 )
 _NOT_SHOWN = {"MASTER_ADDR", "MASTER_PORT", "RDZV_ID", "DRY_RUN"}  # in the rendezvous line, or the dry run's own
@@ -223,7 +226,8 @@ def _printable_env(env: dict[str, str], keys: list[str]) -> str:
 # The values a user most often wants to confirm after their own overrides were applied (what a
 # dry run prints, in this order; a display choice, so a new setting need not appear here).
 EFFECTIVE_KEYS = (
-    "model.path", "model.lora_rank", "model.lora_alpha", "model.target_modules", "data.custom_cls.path",
+    "model.path", "model.lora_rank", "model.lora_alpha", "model.target_modules", "engine.model_dtype",
+    "data.custom_cls.path",
     "data.custom_cls.name", "data.apply_chat_template_kwargs", "optim.optimizer", "optim.lr", "optim.betas",
     "optim.lr_scheduler_type", "optim.lr_warmup_steps_ratio", "optim.weight_decay", "optim.clip_grad", "data.train_files", "data.val_files", "data.max_length",
     "data.max_token_len_per_gpu", "data.micro_batch_size_per_gpu", "data.use_dynamic_bsz", "data.train_batch_size",
@@ -275,6 +279,18 @@ def _record_launch(s: Settings, user_overrides: list[str], checked: Preflight, c
     print(f"[verl-sft] run record: {path}", flush=True)
 
 
+def _print_memory_plan(settings: Settings, config) -> None:
+    """sft/launch/memory_plan.py's plan for one device (assumptions with DRY_RUN), and its warning."""
+    plan, warnings = memory_plan_for(settings, config)
+    if plan is not None:
+        text = plan.format()
+        if not settings["DRY_RUN"]:
+            text = text.split("\nAssumptions:", 1)[0] + "\n  (DRY_RUN=1 lists the assumptions)"
+        print("[verl-sft] " + text, flush=True)
+    for warning in warnings:
+        print(f"[verl-sft] {'WARNING' if plan and plan.total else 'note'}: {warning}", flush=True)
+
+
 def launch(user_overrides: list[str], env: dict[str, str] | None = None) -> int:
     """Resolve, print the settings, check every override, print the command, then dry-run or exec torchrun."""
     settings = resolve_settings(env)
@@ -287,6 +303,7 @@ def launch(user_overrides: list[str], env: dict[str, str] | None = None) -> int:
     print(f"[verl-sft] command:\n  {_printable_env(child_env, shown_env)} {shlex.join(command)}", flush=True)
     print(f"[verl-sft] checked in {checked.seconds:.1f} s: verl's config composes with every override, and "
           f"{checked.config.data.custom_cls.name} loads and accepts the data.", flush=True)
+    _print_memory_plan(settings, checked.config)
     if settings["DRY_RUN"]:
         build_typed_sections(checked.config, settings["VERL_DIR"])
         print(format_effective_config(checked.config, config_dir_for(settings)))

@@ -7,6 +7,7 @@ module does not import torch or transformers).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -272,3 +273,66 @@ def test_load_model_config_reads_a_directory_or_the_local_cache_only(tmp_path, m
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     assert mp.load_model_config("org/tiny") == TINY
     assert mp.load_model_config("org/not-cached") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan as every launch prints it (sft/launch/preflight.py memory_plan_for).
+
+
+def _model_directory(tmp_path, config: dict):
+    """A model directory with the real model's config.json only: enough for a dry run's plan."""
+    directory = tmp_path / "model"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_every_launch_prints_the_plan_of_the_composed_config(tmp_path, chat_data_dir, launch_in_process):
+    from conftest import launcher_env
+
+    model = _model_directory(tmp_path, QWEN25_7B)
+    env = launcher_env(MODEL_NAME=model, TRAIN_FILE=chat_data_dir / "train.parquet", OUTPUT_DIR=tmp_path / "out",
+                       DRY_RUN=1, MAX_LENGTH=2048)
+    returncode, output = launch_in_process(env, "model.enable_gradient_checkpointing=true", mode="lora")
+    assert returncode == 0, output[-3000:]
+    plan = output.split("[verl-sft] Memory plan per cpu device: ", 1)[1]
+    assert plan.startswith("qwen2, 7,615.6M params, LoRA r=32 all-linear")
+    assert "2048 tokens per micro batch, fp32 compute, gradient checkpointing on" in plan  # the override counts
+    expected = plan_memory(QWEN25_7B, mode="lora", world_size=2, max_tokens_per_gpu=2048, gradient_checkpointing=True,
+                           param_dtype="bf16", compute_dtype="fp32", frozen_dtype="bf16", device="cpu",
+                           flash_attn_installed=False)
+    base = next(item for item in expected.items if item.name.startswith("frozen base"))
+    assert re.search(r"frozen base parameters \(bf16, 1/2 shard\) +%.2f GiB" % (base.bytes / GIB), plan)
+    assert f"{expected.total / GIB:.2f} GiB" in plan.split("\n  total", 1)[1].splitlines()[0]
+    assert "Assumptions:" in plan  # a dry run lists them
+
+
+def test_a_run_that_does_not_fit_is_warned_with_the_fixes(tmp_path, chat_data_dir, launch_in_process, monkeypatch):
+    from conftest import launcher_env
+
+    monkeypatch.setattr(mp, "_cpu_available_bytes", lambda: 24 * GIB)  # this machine's size, whatever is free now
+    model = _model_directory(tmp_path, QWEN25_7B)
+    env = launcher_env(MODEL_NAME=model, TRAIN_FILE=chat_data_dir / "train.parquet", OUTPUT_DIR=tmp_path / "out",
+                       DRY_RUN=1, MAX_LENGTH=2048)
+    returncode, output = launch_in_process(env)  # full fine-tuning of 7B on a 24 GiB CPU machine
+    assert returncode == 0
+    (warning,) = [line for line in output.splitlines() if line.startswith("[verl-sft] WARNING: Memory plan")]
+    assert "x 2 processes" in warning and "but 24.00 GiB is free" in warning
+    assert "LoRA (SFT_MODE=lora" in warning and "more devices" in warning
+    # LoRA with a bf16 base, gradient checkpointing and 512-token micro batches: 2 x 12.2 GiB would not fit
+    # either; one process holding the whole base would (19.9 GiB).
+    lora = {**env, "MAX_LENGTH": "512", "GRADIENT_CHECKPOINTING": "1", "NPROC_PER_NODE": "1", "TRAIN_BATCH_SIZE": "16"}
+    returncode, output = launch_in_process(lora, mode="lora")
+    assert returncode == 0 and "WARNING: Memory plan" not in output, output[-2000:]
+
+
+def test_a_model_without_a_local_config_gets_a_note_not_a_plan(tmp_path, chat_data_dir, launch_in_process,
+                                                               monkeypatch):
+    from conftest import launcher_env
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    env = launcher_env(MODEL_NAME="nobody/no-such-model", TRAIN_FILE=chat_data_dir / "train.parquet",
+                       OUTPUT_DIR=tmp_path / "out", DRY_RUN=1, MAX_LENGTH=2048)
+    returncode, output = launch_in_process(env)
+    assert returncode == 0 and "Memory plan per" not in output
+    assert "no memory plan: nobody/no-such-model's config.json is not on this machine" in output

@@ -14,6 +14,11 @@
      only in another mode.
 Any failure is one LaunchError line; the result holds the final overrides, the notes and the
 composed config. DRY_RUN adds `build_typed_sections` (verl's dataclasses; imports verl).
+
+`memory_plan_for(settings, config)`: sft/launch/memory_plan.py's plan of what one device holds,
+from the composed config (the values verl will really use), and the warning when the device's
+free memory (GPU: the device's; CPU: the machine's available memory, shared by every local
+process) is less than that.
 """
 
 from __future__ import annotations
@@ -243,3 +248,38 @@ def build_typed_sections(config, verl_dir: Path | None = None) -> None:
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, AssertionError) as exc:
         cause = exc.__cause__ if isinstance(exc, HydraException) and exc.__cause__ else exc
         raise LaunchError(f"verl's config does not accept the overrides: {' '.join(str(cause).split())}") from None
+
+
+def memory_plan_for(settings: Settings, config):
+    """(the plan for one device of this run, warnings) from the composed config; (None, []) for an unknown model."""
+    from omegaconf import OmegaConf
+
+    from sft.launch.memory_plan import free_device_memory, load_model_config, plan_memory
+
+    model_config = load_model_config(settings["MODEL_NAME"])
+    if model_config is None:
+        return None, [f"no memory plan: {settings['MODEL_NAME']}'s config.json is not on this machine (a hub id "
+                      "not in the local cache)."]
+
+    def value(key, default=None):
+        found = OmegaConf.select(config, key)
+        return default if found is None else found
+
+    dynamic = bool(value("data.use_dynamic_bsz"))
+    tokens = value("data.max_token_len_per_gpu") if dynamic else value("data.micro_batch_size_per_gpu") * value(
+        "data.max_length")
+    lora = int(value("model.lora_rank", 0)) > 0
+    model_dtype = str(value("engine.model_dtype", "fp32"))
+    target_modules = value("model.target_modules", "all-linear")
+    plan = plan_memory(
+        model_config, mode="lora" if lora else "full", world_size=settings["NNODES"] * settings["NPROC_PER_NODE"],
+        max_tokens_per_gpu=int(tokens), gradient_checkpointing=bool(value("model.enable_gradient_checkpointing")),
+        param_dtype=model_dtype, compute_dtype=str(value("engine.mixed_precision.param_dtype", "bf16")),
+        lora_rank=int(value("model.lora_rank", 0)) or 32,
+        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
+        frozen_dtype=model_dtype, device=settings["DEVICE"], offload=bool(value("engine.offload_policy", False)),
+        flash_attn_installed=settings["DEVICE"] == "cuda" and importlib.util.find_spec("flash_attn") is not None)
+    if settings["DEVICE"] == "cuda" and settings.sources.get("DEVICE", "").startswith("no GPU visible"):
+        return plan, ["memory plan not compared with free memory: no GPU here (GPUs assumed)."]
+    processes = settings["NPROC_PER_NODE"] if settings["DEVICE"] == "cpu" else 1
+    return plan, plan.warnings(free_device_memory("cpu" if settings["DEVICE"] == "cpu" else "cuda"), processes)

@@ -563,6 +563,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TARGET_MODULES", {"lora": "all-linear"},  # every linear layer: closest to full fine-tuning
             "modules that get adapters: all-linear, or a comma list (q_proj,v_proj)", "", _target_modules,
             verl=("model.target_modules",), modes=("lora",)),
+    # verl holds the frozen base in engine.model_dtype, fp32 (4 bytes per parameter) when training;
+    # sft/verl_plugins/lora_precision.py keeps the adapters fp32 whatever the base's dtype.
+    Setting("LORA_BASE_DTYPE", {"lora": "bf16"}, "dtype the frozen base weights are held in (bf16 | fp32);\n"
+            "adapters, their gradients and AdamW state stay fp32", "",
+            choice(("bf16", "fp32"), "LORA_BASE_DTYPE must be bf16 or fp32, got {value!r}."),
+            verl=("engine.model_dtype",), modes=("lora",), lower=True),
 )
 SETTINGS_BY_NAME = {row.name: row for row in SETTINGS}
 # Every variable the launchers read, for tests that must start from a clean environment.
