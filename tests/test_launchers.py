@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO_ROOT, composed_values, launcher_env, run_launcher, train_losses, write_chat_parquet
+from conftest import (REPO_ROOT, composed_values, launcher_env, model_shards, run_launcher, train_losses,
+                      write_chat_parquet)
 from sft import launcher
 from sft.launch.settings import SETTINGS, LaunchError, exported_settings, listing, resolve_settings
 
@@ -81,6 +82,11 @@ def test_lora_trains_and_writes_lora_metadata(tmp_path, tiny_model_dir, chat_dat
     assert sorted(losses) == list(range(1, 9))
     assert losses[8] < losses[1] - 0.1, losses
     assert "val/loss" not in result.stdout
+    # LORA_BASE_DTYPE=bf16 (the default): the frozen base is held in bf16, the adapters in fp32.
+    assert "[verl-sft] LoRA: frozen base in bfloat16, adapters in fp32" in result.stdout
+    dtypes = {name: str(value.dtype) for (name, _), value in model_shards(output_dir / "global_step_8").items()}
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {"torch.float32"}
+    assert {d for n, d in dtypes.items() if "lora_" not in n} == {"torch.bfloat16"}
     # Hydra's run record lands beside the checkpoints, not in the working directory.
     assert list((output_dir / "hydra").glob("*/.hydra/config.yaml"))
     assert not (tmp_path / "outputs").exists()
