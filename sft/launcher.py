@@ -122,7 +122,7 @@ def child_environment(s: Settings, env: dict[str, str] | None = None) -> dict[st
     env["PYTHONWARNINGS"] = ",".join(warning_filters + ["ignore::UserWarning:verl.workers.engine"])
     # verl imports these at the end of `import verl` (its external-module extension point).
     modules = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-    modules.append("sft.verl_plugins.verl_fixes")
+    modules += ["sft.verl_plugins.verl_fixes", "sft.verl_plugins.sharded_loading"]
     if s.mode == "lora":
         modules.append("sft.verl_plugins.lora_precision")
     if s["DEVICE"] == "cpu":

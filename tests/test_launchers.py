@@ -297,7 +297,8 @@ def test_resolution_applies_the_defaults_of_each_mode(tmp_path, tiny_model_dir, 
     assert (lora["LEARNING_RATE"], lora["LORA_RANK"], lora["LORA_ALPHA"], lora["TARGET_MODULES"]) == (1e-4, 32, 64, "all-linear")
     assert lora["VAL_FILE"] is None and lora["TEST_FREQ"] == -1 and lora.sources["TEST_FREQ"] == "no VAL_FILE: validation off"
     overrides = launcher.hydra_overrides(lora)
-    assert overrides[-3:] == ["model.lora_rank=32", "model.lora_alpha=64", "model.target_modules=all-linear"]
+    assert overrides[-4:] == ["model.lora_rank=32", "model.lora_alpha=64", "model.target_modules=all-linear",
+                              "engine.model_dtype=bf16"]  # LORA_BASE_DTYPE: the frozen base in bf16
     assert "optim.lr=0.0001" in overrides and "data.val_files=null" in overrides and "trainer.test_freq=-1" in overrides
 
 

@@ -55,6 +55,8 @@
 #   PYTHON           .venv/bin/python if present, else python3
 #   SFT_STOP_FILE    (unset)   a path: once that file exists, the run saves a checkpoint at the end of
 #                              the current step and exits 0 (sft/verl_plugins/verl_fixes.py; slurm/ batch files set it)
+#   SFT_SHARDED_LOADING (unset)  0: load the model as verl does (rank 0 reads it whole, then broadcasts);
+#                              default: each rank reads only its shard from the safetensors files
 
 # shellcheck source=python.sh
 source "$(dirname "${BASH_SOURCE[0]}")/python.sh"

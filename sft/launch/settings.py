@@ -556,6 +556,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SFT_STOP_FILE", None, "a path: once that file exists, the run saves a checkpoint at the end of\n"
             "the current step and exits 0 (sft/verl_plugins/verl_fixes.py; slurm/ batch files set it)", BEHAVIOUR, None,
             listed_default="(unset)", read_by="sft/verl_plugins/verl_fixes.py"),
+    Setting("SFT_SHARDED_LOADING", None, "0: load the model as verl does (rank 0 reads it whole, then broadcasts);\n"
+            "default: each rank reads only its shard from the safetensors files", BEHAVIOUR, None,
+            listed_default="(unset)", read_by="sft/verl_plugins/sharded_loading.py"),
     Setting("LORA_RANK", {"lora": "32"}, "rank of the LoRA matrices", "", integer(1), verl=("model.lora_rank",),
             modes=("lora",)),
     Setting("LORA_ALPHA", {"lora": "64"}, "LoRA scaling numerator (scale = LORA_ALPHA / LORA_RANK)", "", integer(1),
