@@ -318,7 +318,8 @@ def test_a_run_that_does_not_fit_is_warned_with_the_fixes(tmp_path, chat_data_di
     assert returncode == 0
     (warning,) = [line for line in output.splitlines() if line.startswith("[verl-sft] WARNING: Memory plan")]
     assert "x 2 processes" in warning and "but 24.00 GiB is free" in warning
-    assert "LoRA (SFT_MODE=lora" in warning and "more devices" in warning
+    assert "LoRA (scripts/run_sft_peft.sh: rank 32, all-linear, bf16 frozen base)" in warning
+    assert "more devices" in warning
     # LoRA with a bf16 base, gradient checkpointing and 512-token micro batches: 2 x 12.2 GiB would not fit
     # either; one process holding the whole base would (19.9 GiB).
     lora = {**env, "MAX_LENGTH": "512", "GRADIENT_CHECKPOINTING": "1", "NPROC_PER_NODE": "1", "TRAIN_BATCH_SIZE": "16"}

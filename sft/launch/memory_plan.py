@@ -347,8 +347,8 @@ def _fix_options(inputs: dict[str, Any]) -> list[tuple[str, int]]:
     """(fix, total it would need) for each fix that applies, in the order the docs give them."""
     candidates = []
     if inputs["mode"] == "full":
-        candidates.append(("LoRA (SFT_MODE=lora, rank 32, all-linear)",
-                           dict(mode="lora", lora_rank=32, target_modules="all-linear")))
+        candidates.append(("LoRA (scripts/run_sft_peft.sh: rank 32, all-linear, bf16 frozen base)",
+                           dict(mode="lora", lora_rank=32, target_modules="all-linear", frozen_dtype="bf16")))
     world = inputs["world_size"]
     candidates.append((f"more devices (FSDP world size {world} -> {2 * world})", dict(world_size=2 * world)))
     if inputs["device"] == "cuda" and not inputs["offload"]:
