@@ -22,7 +22,7 @@ sft/prepare_data.py exactly as users do. Then it runs each configuration through
 times of verl's per-step log lines.
 
 Printed per configuration, in a first table: tokens/s per device (real tokens, padding
-excluded), MFU by our own count (6 x linear parameters per token plus causal attention, no
+excluded), MFU by our own count (6 x linear parameters per token, 4 x for LoRA, plus causal attention, no
 recomputation counted, against one device's peak: a table of GPU bf16 peaks, or on CPU an fp32
 matrix-multiply peak measured in the same run on the threads one training process gets, cores //
 processes), verl's own train/mfu (against verl's table of peaks), peak memory (GPU: verl's max
@@ -261,8 +261,12 @@ def measure_cpu_matmul_peak(threads: int, seconds: float = 2.0) -> float:
         torch.set_num_threads(previous)
 
 
-def flops_per_token(config: dict, mean_context: float) -> float:
-    """Training FLOPs per token: 6 x linear-layer parameters + causal attention (fwd + bwd)."""
+def flops_per_token(config: dict, mean_context: float, frozen: bool = False) -> float:
+    """Training FLOPs per token: 6 x linear-layer parameters + causal attention (fwd + bwd).
+
+    frozen (LoRA): 4 x, the forward and the activations' gradients; frozen weights get no gradient
+    (the adapters' own FLOPs, under 1% at rank 32, are left out).
+    """
     h, layers = config["hidden_size"], config["num_hidden_layers"]
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     head_dim = h // heads
@@ -272,7 +276,7 @@ def flops_per_token(config: dict, mean_context: float) -> float:
     # QK^T and AV: 2 matmuls x 2 FLOPs x head_dim*heads per (query, key) pair; causal halves the
     # pairs; fwd + bwd = 3x.
     attention = 3 * 2 * 2 * layers * heads * head_dim * mean_context / 2
-    return 6 * linear + attention
+    return (4 if frozen else 6) * linear + attention
 
 
 def real_tokens_per_step(lengths: list[int], world: int, train_batch_size: int, steps: int) -> dict[int, int]:
@@ -598,14 +602,17 @@ def _device(args: argparse.Namespace) -> tuple[str, str, float, str, int]:
 
 
 def _run_configs(args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path, device: str,
-                 step_tokens: dict[int, int], per_token: float, peak: float) -> list[RunResult]:
+                 step_tokens: dict[int, int], per_token: float, peak: float,
+                 per_token_lora: float | None = None) -> list[RunResult]:
     """Every configuration of --configs in turn, with a line of progress each."""
     results = []
     for name in args.configs.split(","):
         print(f"[benchmark] running {name} ({args.warmup_steps} warm-up + {args.steps} measured steps)", flush=True)
         result, _ = run_config(name, args, model_dir, train_file, work, device, args.nproc, step_tokens)
         if result.ok:
-            result.mfu_ours = result.tokens_per_s_per_device * per_token / peak
+            lora = CONFIGS[name].get("launcher") == "scripts/run_sft_peft.sh"
+            flops = per_token_lora if lora and per_token_lora else per_token
+            result.mfu_ours = result.tokens_per_s_per_device * flops / peak
             if result.error:
                 print(f"[benchmark]   warning: {result.error}", flush=True)
             print(f"[benchmark]   {result.tokens_per_s_per_device:,.0f} tokens/s/device, "
@@ -651,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[benchmark] {len(counts)} samples, tokens p50 {int(sorted(counts)[len(counts) // 2])} max {int(max(counts))}; "
           f"{per_token / 1e9:.3f} GFLOP per token; {peak_label}", flush=True)
 
-    results = _run_configs(args, model_dir, train_file, work, device, step_tokens, per_token, peak)
+    per_token_lora = flops_per_token(model_config, mean_context, frozen=True)
+    results = _run_configs(args, model_dir, train_file, work, device, step_tokens, per_token, peak, per_token_lora)
     label = f"{args.nproc}x {device_name}"
     table = format_table(results, label)
     print(f"\nshape {args.shape}, tokenizer {args.tokenizer}, {args.steps} measured steps of "
