@@ -288,7 +288,7 @@ def _print_memory_plan(settings: Settings, config) -> None:
             text = text.split("\nAssumptions:", 1)[0] + "\n  (DRY_RUN=1 lists the assumptions)"
         print("[verl-sft] " + text, flush=True)
     for warning in warnings:
-        print(f"[verl-sft] {'WARNING' if plan and plan.total else 'note'}: {warning}", flush=True)
+        print(f"[verl-sft] {'WARNING' if warning.startswith('Memory plan:') else 'note'}: {warning}", flush=True)
 
 
 def launch(user_overrides: list[str], env: dict[str, str] | None = None) -> int:

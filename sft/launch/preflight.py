@@ -215,16 +215,13 @@ def check_overrides(settings: Settings, launcher_overrides: list[str], user_over
     """Translate, compose and check everything verl will be given; see the module docstring."""
     started = time.monotonic()
     config_dir = config_dir_for(settings)
-    if not user_overrides:
-        config = _compose(launcher_overrides, config_dir)
-        _check_values(config)
-        _check_dataset(config)
-        return Preflight(list(launcher_overrides), _ignored_settings(settings), config, time.monotonic() - started)
-    known = frozenset(dotted_keys(_compose(launcher_overrides, config_dir)))
-    translated, notes = translate(user_overrides, known)
-    checks = [item for item in translated if isinstance(item, ManifestCheck)]
-    passed, value_notes = _fix_values([item for item in translated if isinstance(item, str)])
-    notes += value_notes + _check_manifest_keys(checks, settings)
+    passed, notes = [], []
+    if user_overrides:  # without any, the launcher's own overrides are composed once
+        known = frozenset(dotted_keys(_compose(launcher_overrides, config_dir)))
+        translated, notes = translate(user_overrides, known)
+        checks = [item for item in translated if isinstance(item, ManifestCheck)]
+        passed, value_notes = _fix_values([item for item in translated if isinstance(item, str)])
+        notes += value_notes + _check_manifest_keys(checks, settings)
     config = _compose(launcher_overrides + passed, config_dir)
     _check_values(config)
     _check_dataset(config)

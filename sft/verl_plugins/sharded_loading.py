@@ -63,23 +63,21 @@ class CheckpointFiles:
         self._handles: dict[Path, object] = {}
         self._stack = contextlib.ExitStack()
 
-    def rows(self, key: str, start: int, end: int) -> torch.Tensor:
+    def _slice(self, key: str):
+        """safetensors' lazy view of tensor `key` (its file opened once, memory-mapped)."""
         from safetensors import safe_open
 
         path = self.file_of[key]
         if path not in self._handles:
             self._handles[path] = self._stack.enter_context(safe_open(str(path), framework="pt"))
-        piece = self._handles[path].get_slice(key)
-        shape = piece.get_shape()
-        return piece[start:end] if shape else piece[:]
+        return self._handles[path].get_slice(key)
+
+    def rows(self, key: str, start: int, end: int) -> torch.Tensor:
+        piece = self._slice(key)
+        return piece[start:end] if piece.get_shape() else piece[:]
 
     def shape(self, key: str) -> list[int]:
-        from safetensors import safe_open
-
-        path = self.file_of[key]
-        if path not in self._handles:
-            self._handles[path] = self._stack.enter_context(safe_open(str(path), framework="pt"))
-        return list(self._handles[path].get_slice(key).get_shape())
+        return list(self._slice(key).get_shape())
 
     def close(self) -> None:
         self._stack.close()
