@@ -61,9 +61,12 @@ if __package__ in (None, ""):  # run as `python sft/evaluate.py`: make `import s
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import contextlib
 import json
 import math
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -79,11 +82,12 @@ from sft.dataprep.jsonl_io import (
     InputError,
     JsonlReader,
 )
-from sft.text.math_answers import extract_final_answer, reference_answer
+from sft.text.math_answers import answers_match, extract_final_answer, reference_answer
 from sft.text.math_answers import grade as grade_solution
 
 BACKENDS = ("transformers", "vllm")
 RESULTS_FILE = "results.jsonl"
+SAMPLES_FILE = "samples.jsonl"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 COMPARISON_MD = "comparison.md"
@@ -244,22 +248,27 @@ def _reference(row: dict, solution: Any, solution_name: str, answer_key: str | N
     return reference, ref_answer, skip_reason
 
 
-def load_samples(
-    data_path: str | os.PathLike,
-    *,
-    answer_key: str | None = None,
-    prompt_key: str = "prompt",
-    solution_key: str = "generated_solution",
-    system_prompt: str | None = None,
-    limit: int | None = None,
-) -> list[EvalSample]:
-    """Read the first `limit` rows of a Parquet/JSONL file into samples (see the module doc)."""
+def read_problem_rows(data_path: str | os.PathLike, limit: int | None = None) -> list[tuple[str, dict]]:
+    """(location, row) pairs of the first `limit` rows of a Parquet/JSONL file; an empty file is an error."""
     path = Path(data_path)
     rows = _read_rows(path)
     if limit is not None:
         rows = rows[: max(limit, 0)]
     if not rows:
-        raise EvaluationError(f"{path}: no rows to evaluate.")
+        raise EvaluationError(f"{path}: no rows to read (an empty file, or --limit 0). Pass a file with at least one row.")
+    return rows
+
+
+def samples_from_rows(
+    rows: list[tuple[str, dict]],
+    *,
+    answer_key: str | None = None,
+    prompt_key: str = "prompt",
+    solution_key: str = "generated_solution",
+    id_key: str = "id",
+    system_prompt: str | None = None,
+) -> list[EvalSample]:
+    """The rows of read_problem_rows as samples: prompt conversation, id and reference answer (see the module doc)."""
     samples = []
     for index, (where, row) in enumerate(rows):
         messages, solution, solution_name = _conversation(row, where, prompt_key, solution_key)
@@ -268,7 +277,7 @@ def load_samples(
         samples.append(
             EvalSample(
                 index=index,
-                id=row.get("id", index),
+                id=row.get(id_key, index),
                 messages=messages,
                 reference=reference,
                 reference_answer=ref_answer,
@@ -276,6 +285,23 @@ def load_samples(
             )
         )
     return samples
+
+
+def load_samples(
+    data_path: str | os.PathLike,
+    *,
+    answer_key: str | None = None,
+    prompt_key: str = "prompt",
+    solution_key: str = "generated_solution",
+    id_key: str = "id",
+    system_prompt: str | None = None,
+    limit: int | None = None,
+) -> list[EvalSample]:
+    """Read the first `limit` rows of a Parquet/JSONL file into samples (see the module doc)."""
+    return samples_from_rows(
+        read_problem_rows(data_path, limit), answer_key=answer_key, prompt_key=prompt_key, solution_key=solution_key,
+        id_key=id_key, system_prompt=system_prompt,
+    )
 
 
 # --------------------------------------------------------------------------- generation
@@ -288,6 +314,11 @@ class Generation(NamedTuple):
     """Generated tokens, not counting the EOS that ended the output."""
     truncated: bool
     """True when generation hit max_new_tokens without producing an EOS."""
+
+    @property
+    def finish_reason(self) -> str:
+        """"stop" (a stop token ended the output) or "length" (max_new_tokens did)."""
+        return "length" if self.truncated else "stop"
 
 
 def _resolve_device(device: str) -> str:
@@ -309,7 +340,11 @@ def _resolve_dtype(dtype: str, device: str, model_dir: Path):
         try:
             config = json.loads((model_dir / "config.json").read_text())
         except (OSError, json.JSONDecodeError):
-            pass
+            if not model_dir.exists():  # a hub id: its config from the hub cache
+                with contextlib.suppress(Exception):
+                    from transformers import AutoConfig
+
+                    config = AutoConfig.from_pretrained(str(model_dir)).to_dict()
     return torch_dtype(dtype, config)
 
 
@@ -353,7 +388,13 @@ def _stop_token_ids(tokenizer, model_dir: Path) -> set[int]:
 def _load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except OSError as exc:  # a hub id that is neither cached nor reachable
+        raise EvaluationError(
+            f"cannot load {model_dir}: not a local model directory, and the Hugging Face Hub does not serve it here "
+            f"({str(exc).splitlines()[0]}). Pass an exported model directory, or download the model first."
+        ) from None
     if not tokenizer.chat_template:
         raise EvaluationError(
             f"{model_dir}: the tokenizer has no chat template, so prompts cannot be formatted as in training. "
@@ -379,50 +420,85 @@ def _split_at_stop(tokens: list[int], stop_ids: set[int]) -> tuple[list[int], bo
     return tokens, False
 
 
-def generate_transformers(
-    model_dir: Path,
-    tokenizer,
-    prompts: list[list[int]],
-    *,
-    stop_ids: set[int],
-    max_new_tokens: int,
-    batch_size: int,
-    device: str,
-    dtype,
-    progress: bool = True,
-) -> list[Generation]:
-    """Greedy, batched, left-padded decoding with transformers; longest prompts first."""
-    import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, GenerationConfig
+@dataclass(frozen=True)
+class Sampling:
+    """How outputs are decoded: greedy (temperature 0, one output per prompt) or `num_samples` sampled ones."""
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
+    num_samples: int = 1
+    """Outputs per prompt (--num-samples)."""
+    temperature: float = 0.0
+    """Softmax temperature (--temperature); 0 = greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling (--top-p): sample among the most likely tokens whose probabilities add up to top_p; 1 = all."""
+    seed: int = 0
+    """Seed of the random stream (--seed); unused when greedy."""
+
+    def __post_init__(self):
+        if not isinstance(self.num_samples, int) or self.num_samples < 1:
+            raise EvaluationError(f"--num-samples must be a whole number of at least 1, not {self.num_samples}.")
+        if not self.temperature >= 0:  # also refuses NaN
+            raise EvaluationError(f"--temperature must be 0 (greedy) or more, not {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise EvaluationError(f"--top-p must be in (0, 1], not {self.top_p}; 1 keeps every token.")
+        if self.greedy and self.num_samples > 1:
+            raise EvaluationError(
+                f"--temperature 0 is greedy decoding: all {self.num_samples} samples of a problem would be the same. "
+                "Use a temperature above 0 (e.g. 1.0), or --num-samples 1."
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+GREEDY = Sampling()
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (e.g. (seed, shard index)): the same parts always give the same seed."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def _transformers_batches(model, tokenizer, prompts: list[list[int]], *, stop_ids: set[int], sampling: Sampling,
+                          max_new_tokens: int, batch_size: int, device: str, bar) -> list[list[Generation]]:
+    """Batched, left-padded decoding, longest prompts first; `sampling.num_samples` outputs per prompt."""
+    import torch
+    from transformers import GenerationConfig
+
+    sampled = {} if sampling.greedy else {
+        # top_k=0: no top-k cut (transformers' default is 50; vLLM's is none), so both backends sample alike.
+        "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
+        "num_return_sequences": sampling.num_samples,
+    }
     generation_config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=sorted(stop_ids),
-        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=max_new_tokens, do_sample=not sampling.greedy, eos_token_id=sorted(stop_ids),
+        pad_token_id=tokenizer.pad_token_id, **sampled,
     )
+    k = sampling.num_samples
     # Sorting by length keeps padding (wasted compute) small; results go back in input order.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    results: list[Generation | None] = [None] * len(prompts)
-    with tqdm(total=len(prompts), desc="generating", unit="sample", disable=not progress) as bar:
+    results: list[list[Generation]] = [[] for _ in prompts]
+    # The random stream is the call's own (seeded here, the caller's restored after): the outputs
+    # depend only on the prompts, the settings and the seed.
+    with torch.random.fork_rng(devices=[] if device == "cpu" else None):
+        torch.manual_seed(sampling.seed)
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             padded = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, padding=True, return_tensors="pt")
-            padded = {k: v.to(device) for k, v in padded.items()}
+            padded = {key: value.to(device) for key, value in padded.items()}
             with torch.inference_mode():
                 sequences = model.generate(**padded, generation_config=generation_config)
             new_tokens = sequences[:, padded["input_ids"].shape[1] :].tolist()
-            for i, tokens in zip(batch, new_tokens):
+            for row, tokens in enumerate(new_tokens):  # num_return_sequences rows per prompt, in order
                 kept, stopped = _split_at_stop(tokens, stop_ids)
-                results[i] = Generation(
-                    text=tokenizer.decode(kept, skip_special_tokens=True),
-                    output_tokens=len(kept),
-                    truncated=not stopped,
+                results[batch[row // k]].append(
+                    Generation(tokenizer.decode(kept, skip_special_tokens=True), len(kept), not stopped)
                 )
-            bar.update(len(batch))
-    return results  # type: ignore[return-value]
+            if bar is not None:
+                bar.update(len(batch) * k)
+    return results
 
 
 def _require_vllm():
@@ -437,35 +513,105 @@ def _require_vllm():
     return vllm
 
 
-def generate_vllm(
-    model_dir: Path,
-    tokenizer,
-    prompts: list[list[int]],
-    *,
-    stop_ids: set[int],
-    max_new_tokens: int,
-    dtype,
-    progress: bool = True,
-) -> list[Generation]:
-    """Greedy decoding with vLLM (continuous batching; --batch-size does not apply)."""
+def _vllm_outputs(llm, tokenizer, prompts: list[list[int]], *, stop_ids: set[int], sampling: Sampling,
+                  max_new_tokens: int, bar) -> list[list[Generation]]:
+    """vLLM decoding (continuous batching: --batch-size does not apply); each prompt seeded on its own."""
     vllm = _require_vllm()
-    llm = vllm.LLM(model=str(model_dir), dtype=str(dtype).removeprefix("torch.") if dtype is not None else "auto", seed=0)
-    params = vllm.SamplingParams(
-        temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=sorted(stop_ids), skip_special_tokens=True
-    )
-    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=progress)
+    common = {"max_tokens": max_new_tokens, "stop_token_ids": sorted(stop_ids), "skip_special_tokens": True}
+    if sampling.greedy:
+        params = vllm.SamplingParams(temperature=0.0, **common)
+    else:
+        params = [vllm.SamplingParams(n=sampling.num_samples, temperature=sampling.temperature, top_p=sampling.top_p,
+                                      seed=derive_seed(sampling.seed, i), **common) for i in range(len(prompts))]
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=bar is not None and not bar.disable)
     results = []
     for output in outputs:
-        completion = output.outputs[0]
-        kept, stopped = _split_at_stop(list(completion.token_ids), stop_ids)
-        results.append(
-            Generation(
-                text=tokenizer.decode(kept, skip_special_tokens=True),
-                output_tokens=len(kept),
-                truncated=completion.finish_reason == "length" and not stopped,
-            )
-        )
+        generations = []
+        for completion in sorted(output.outputs, key=lambda c: c.index):
+            kept, stopped = _split_at_stop(list(completion.token_ids), stop_ids)
+            generations.append(Generation(tokenizer.decode(kept, skip_special_tokens=True), len(kept),
+                                          completion.finish_reason == "length" and not stopped))
+        results.append(generations)
+    if bar is not None:
+        bar.update(sum(len(g) for g in results))
     return results
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_model(model: str | os.PathLike) -> None:
+    """A local Hugging Face model directory, or a hub id (`org/name`) that is not a local path."""
+    path = Path(model)
+    if (path / "config.json").is_file() or (not path.exists() and _HUB_ID.fullmatch(str(model))):
+        return
+    raise EvaluationError(
+        f"{path / 'config.json'} not found: {path} is not a Hugging Face model directory. "
+        "Export a training checkpoint first: python -m sft.export OUTPUT_DIR -o MODEL_DIR."
+    )
+
+
+class Generator:
+    """A model loaded once for many calls, the same for both backends: chat prompts in, decoded outputs out.
+
+        generator = Generator(model_dir, backend="transformers", device="auto", dtype="auto", batch_size=16)
+        prompts = generator.prompt_ids([[{"role": "user", "content": "What is 3 + 4?"}]])
+        outputs = generator.generate(prompts, Sampling(4, temperature=1.0, seed=0), max_new_tokens=512)
+        outputs[0]  # four Generations of the first prompt
+    """
+
+    def __init__(self, model: str | os.PathLike, *, backend: str, device: str, dtype: str, batch_size: int):
+        if backend not in BACKENDS:
+            raise EvaluationError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        model_dir = Path(model)
+        self.backend, self.batch_size = backend, batch_size
+        resolved_device = _resolve_device(device)
+        self.torch_dtype = _resolve_dtype(dtype, resolved_device, model_dir)
+        self.device = resolved_device if backend == "transformers" else "vllm"
+        self.tokenizer = _load_tokenizer(model_dir)
+        self.stop_ids = _stop_token_ids(self.tokenizer, model_dir)
+        if backend == "vllm":
+            vllm = _require_vllm()
+            vllm_dtype = str(self.torch_dtype).removeprefix("torch.") if dtype != "auto" else "auto"
+            self._engine = vllm.LLM(model=str(model_dir), dtype=vllm_dtype, seed=0)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            self._engine = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=self.torch_dtype)
+            self._engine = self._engine.to(resolved_device).eval()
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.torch_dtype).removeprefix("torch.")
+
+    def prompt_ids(self, conversations: list[list[dict]]) -> list[list[int]]:
+        """Token ids of each conversation through the chat template, with the generation prompt."""
+        return _prompt_token_ids(self.tokenizer, conversations)
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling = GREEDY, *, max_new_tokens: int,
+                 bar=None) -> list[list[Generation]]:
+        """`sampling.num_samples` outputs per prompt, in prompt order. `bar` (a tqdm, or None) advances by
+        the outputs made: batch by batch (transformers), or at the end, with vLLM's own bar meanwhile."""
+        if self.backend == "vllm":
+            return _vllm_outputs(self._engine, self.tokenizer, prompts, stop_ids=self.stop_ids, sampling=sampling,
+                                 max_new_tokens=max_new_tokens, bar=bar)
+        return _transformers_batches(self._engine, self.tokenizer, prompts, stop_ids=self.stop_ids,
+                                     sampling=sampling, max_new_tokens=max_new_tokens, batch_size=self.batch_size,
+                                     device=self.device, bar=bar)
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None, device: str) -> Iterator[int]:
+    """Torch's CPU threads set to `num_threads` (on CPU, when given) inside the block; yields the number used."""
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if num_threads and device == "cpu":
+        torch.set_num_threads(num_threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads_before)  # a library call leaves the caller's setting alone
 
 
 # --------------------------------------------------------------------------- grading and summary
@@ -503,6 +649,78 @@ def skipped_record(sample: EvalSample) -> dict:
         "skip_reason": sample.skip_reason,
         "prompt": sample.messages[-1]["content"],
         "reference": sample.reference,
+    }
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimate of pass@k from n samples of which c are correct (Chen et al. 2021):
+    the chance that k of the n, drawn without replacement, include a correct one: 1 - C(n-c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def pass_at_k_values(num_samples: int) -> list[int]:
+    """The k reported for `num_samples` samples: the powers of two below it, and itself (4 -> 1, 2, 4; 6 -> 1, 2, 4, 6)."""
+    return sorted({2**i for i in range(num_samples.bit_length()) if 2**i < num_samples} | {num_samples})
+
+
+def majority_vote(answers: list[str | None]) -> tuple[int | None, int]:
+    """(index of the winning answer, its votes): answers grouped by math-verify equivalence
+    (answers_match: "1/2" and "0.5" are one answer), None answers not voting, the largest group
+    winning, a tie going to the group whose first answer came first. (None, 0) when nobody voted.
+    The index is the group's first answer."""
+    groups: list[list[int]] = []  # indices of equivalent answers, in order of first appearance
+    for index, answer in enumerate(answers):
+        if answer is None:
+            continue
+        group = next((g for g in groups if answers_match(answer, answers[g[0]])), None)
+        if group is None:
+            groups.append([index])
+        else:
+            group.append(index)
+    if not groups:
+        return None, 0
+    winner = max(groups, key=len)  # max keeps the first of equally large groups
+    return winner[0], len(winner)
+
+
+SAMPLE_FIELDS = ("output", "predicted_answer", "answer_rule", "correct", "has_final_answer", "truncated",
+                 "output_tokens")
+
+
+def sampled_record(sample: EvalSample, generations: list[Generation], strict: bool = False) -> dict:
+    """One problem's samples.jsonl record: each sample graded as `grade` grades the greedy output,
+    the number correct, and the majority answer (majority_vote over the samples' answers)."""
+    graded = [grade(sample, generation, strict=strict) for generation in generations]
+    winner, votes = majority_vote([r["predicted_answer"] for r in graded])
+    return {
+        "index": sample.index,
+        "id": sample.id,
+        "prompt": sample.messages[-1]["content"],
+        "reference_answer": sample.reference_answer,
+        "num_samples": len(graded),
+        "num_correct": sum(r["correct"] for r in graded),
+        "majority_answer": None if winner is None else graded[winner]["predicted_answer"],
+        "majority_votes": votes,
+        "majority_correct": winner is not None and graded[winner]["correct"],
+        "samples": [{key: r[key] for key in SAMPLE_FIELDS} for r in graded],
+    }
+
+
+def summarize_sampled(records: list[dict], num_samples: int) -> dict:
+    """pass@k (k of pass_at_k_values), maj@K and the samples' truncation and length, over problems' sampled records."""
+    n = len(records)
+    samples = [s for r in records for s in r["samples"]]
+    pass_at = {str(k): sum(pass_at_k(r["num_samples"], r["num_correct"], k) for r in records) / n
+               for k in pass_at_k_values(num_samples)}
+    return {
+        "samples_per_problem": num_samples,
+        "pass_at_k": pass_at,
+        "maj_at_k": sum(r["majority_correct"] for r in records) / n,
+        "sampled_final_answer_rate": sum(s["has_final_answer"] for s in samples) / len(samples),
+        "sampled_truncation_rate": sum(s["truncated"] for s in samples) / len(samples),
+        "sampled_mean_output_tokens": sum(s["output_tokens"] for s in samples) / len(samples),
     }
 
 
@@ -562,6 +780,16 @@ def format_summary(summary: dict) -> str:
         f"| truncation rate | {_percent(summary['truncation_rate'])} ({summary['num_truncated']}/{g}) |",
         f"| mean output length (tokens) | {_tokens(summary['mean_output_tokens'])} |",
     ]
+    sampled = _sampled_metrics(summary)
+    if sampled:
+        lines[6:6] = [f"| {label} | {_percent(value)} |" for label, value in sampled.items()]
+        lines.append(f"| sampled: truncation rate, mean length (tokens) | {_percent(summary['sampled_truncation_rate'])}, "
+                     f"{_tokens(summary['sampled_mean_output_tokens'])} |")
+        lines.append(f"\nAccuracy: greedy decoding. pass@k and maj@{summary['samples_per_problem']}: "
+                     f"{summary['samples_per_problem']} samples per problem (temperature {summary['temperature']}, "
+                     f"top-p {summary['top_p']}, seed {summary['seed']}); pass@k is the unbiased estimate of "
+                     "Chen et al. (2021), pass@1 the mean correct rate; maj@K grades the answer most samples give "
+                     "(math-verify equivalence; samples without an answer do not vote).")
     if summary.get("answer_rules"):
         found = ", ".join(f"{rule} {count}" for rule, count in summary["answer_rules"].items())
         lines.append(f"\nAccuracy grades what each output concludes ({summary.get('grader', 'lenient')} grader); "
@@ -570,6 +798,32 @@ def format_summary(summary: dict) -> str:
     for reason, count in summary.get("skip_reasons", {}).items():
         lines.append(f"\nSkipped {count}: {reason}.")
     return "\n".join(lines) + "\n"
+
+
+def _sampled_metrics(summary: dict) -> dict[str, float | None]:
+    """{"pass@1": .., "pass@2": .., "maj@4": ..} of a summary with sampled solutions; {} without."""
+    if "pass_at_k" not in summary:
+        return {}
+    metrics = {f"pass@{k}": value for k, value in summary["pass_at_k"].items()}
+    metrics[f"maj@{summary['samples_per_problem']}"] = summary["maj_at_k"]
+    return metrics
+
+
+def _sampled_comparison(base: dict, tuned: dict) -> tuple[list[str], list[str]]:
+    """(table rows, notes) comparing the sampled metrics of two summaries; empty when neither has any."""
+    before, after = _sampled_metrics(base), _sampled_metrics(tuned)
+    labels = sorted(before.keys() | after.keys(), key=lambda label: (label.startswith("maj"), int(label.split("@")[1])))
+    rows = []
+    for label in labels:
+        b, t = before.get(label), after.get(label)
+        change = "n/a" if b is None or t is None else f"{100 * (t - b):+.1f} pts"
+        rows.append(f"| {label} | {_percent(b)} | {_percent(t)} | {change} |")
+    notes = []
+    if labels:
+        for key in ("samples_per_problem", "temperature", "top_p"):
+            if base.get(key) != tuned.get(key):
+                notes.append(f"Note: {key} differs ({base.get(key)!r} vs {tuned.get(key)!r}).")
+    return rows, notes
 
 
 def compare_summaries(base: dict, tuned: dict, base_label: str = "base", tuned_label: str = "fine-tuned") -> str:
@@ -585,6 +839,8 @@ def compare_summaries(base: dict, tuned: dict, base_label: str = "base", tuned_l
     lines = [f"| metric | {base_label} | {tuned_label} | change |", "|---|---|---|---|"]
     for label, key in rows:
         lines.append(f"| {label} | {_percent(base[key])} | {_percent(tuned[key])} | {points(key)} |")
+    sampled_rows, notes = _sampled_comparison(base, tuned)
+    lines[3:3] = sampled_rows  # beside (greedy) accuracy
     if base["mean_output_tokens"] is None or tuned["mean_output_tokens"] is None:
         change = "n/a"
     else:
@@ -594,7 +850,6 @@ def compare_summaries(base: dict, tuned: dict, base_label: str = "base", tuned_l
         f"{_tokens(tuned['mean_output_tokens'])} | {change} |"
     )
     lines.append(f"| graded samples | {base['num_graded']} | {tuned['num_graded']} | |")
-    notes = []
     if base.get("data") != tuned.get("data") or base["num_samples"] != tuned["num_samples"]:
         notes.append("Note: the two evaluations used different data; the comparison is not like for like.")
     for key in ("max_new_tokens", "system_prompt", "grader"):
@@ -606,7 +861,7 @@ def compare_summaries(base: dict, tuned: dict, base_label: str = "base", tuned_l
 # --------------------------------------------------------------------------- evaluation
 
 
-def _check_setup(model_dir: Path, backend: str, dtype: str, max_new_tokens: int, batch_size: int) -> None:
+def check_setup(model: str | os.PathLike, backend: str, dtype: str, max_new_tokens: int, batch_size: int) -> None:
     """Refuse bad settings before anything is loaded."""
     if backend not in BACKENDS:
         raise EvaluationError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -616,54 +871,42 @@ def _check_setup(model_dir: Path, backend: str, dtype: str, max_new_tokens: int,
         raise EvaluationError("max_new_tokens and batch_size must be at least 1")
     if backend == "vllm":
         _require_vllm()  # fail before loading anything
-    if not (model_dir / "config.json").is_file():
-        raise EvaluationError(
-            f"{model_dir / 'config.json'} not found: {model_dir} is not a Hugging Face model directory. "
-            "Export a training checkpoint first: python -m sft.export OUTPUT_DIR -o MODEL_DIR."
-        )
+    check_model(model)
 
 
-class _Run(NamedTuple):
-    """What generating took: the outputs, the seconds and the CPU threads torch used."""
-
-    generations: list[Generation]
-    seconds: float
-    threads: int
-
-
-def _generate(
-    model_dir: Path, prompts: list[list[int]], tokenizer, stop_ids: set[int], *, backend: str, device: str,
-    dtype: str, resolved_dtype, max_new_tokens: int, batch_size: int, num_threads: int | None, progress: bool,
-) -> _Run:
-    """Generate with `backend`, torch's CPU threads set to `num_threads` for this call only."""
-    import torch
-
-    threads_before = torch.get_num_threads()
-    if num_threads and device == "cpu":
-        torch.set_num_threads(num_threads)
-    threads_used = torch.get_num_threads()
-    started = time.time()
-    try:
-        if backend == "vllm":
-            generations = generate_vllm(
-                model_dir, tokenizer, prompts, stop_ids=stop_ids, max_new_tokens=max_new_tokens,
-                dtype=resolved_dtype if dtype != "auto" else None, progress=progress,
-            )
-        else:
-            generations = generate_transformers(
-                model_dir, tokenizer, prompts, stop_ids=stop_ids, max_new_tokens=max_new_tokens,
-                batch_size=batch_size, device=device, dtype=resolved_dtype, progress=progress,
-            )
-    finally:
-        torch.set_num_threads(threads_before)  # a library call leaves the caller's setting alone
-    return _Run(generations, time.time() - started, threads_used)
+def _sampling(num_samples: int, temperature: float | None, top_p: float | None, seed: int | None) -> Sampling | None:
+    """The sampled pass of --num-samples K > 1 (temperature 1.0 unless given); None for K = 1."""
+    if num_samples == 1:
+        given = [name for name, value in (("--temperature", temperature), ("--top-p", top_p), ("--seed", seed))
+                 if value is not None]
+        if given:
+            raise EvaluationError(f"{', '.join(given)} set the sampled solutions of --num-samples K > 1; with one "
+                                  "sample the evaluation is greedy. Add --num-samples 4 (say), or drop them.")
+        return None
+    return Sampling(num_samples, 1.0 if temperature is None else temperature, 1.0 if top_p is None else top_p,
+                    0 if seed is None else seed)
 
 
-def _write_outputs(output_dir: Path, records: list[dict], summary: dict) -> None:
-    """results.jsonl, summary.md and summary.json, each written atomically."""
+def _write_outputs(output_dir: Path, records: list[dict], summary: dict, sampled: list[dict] | None) -> None:
+    """results.jsonl, samples.jsonl (sampled solutions; removed when there are none), summary.md and
+    summary.json, each written atomically."""
     write_text_atomic(output_dir / RESULTS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    if sampled is not None:
+        write_text_atomic(output_dir / SAMPLES_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sampled))
+    else:  # an earlier run's samples would not belong to this summary
+        (output_dir / SAMPLES_FILE).unlink(missing_ok=True)
     write_text_atomic(output_dir / SUMMARY_MD, format_summary(summary))
     write_text_atomic(output_dir / SUMMARY_JSON, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+
+
+def _graded_samples(data_path: Path, **reading: Any) -> tuple[list[EvalSample], list[EvalSample]]:
+    """(every sample, the ones with a reference answer); none with one is an error."""
+    samples = load_samples(data_path, **reading)
+    to_generate = [s for s in samples if s.skip_reason is None]
+    if not to_generate:
+        reasons = sorted({s.skip_reason for s in samples})
+        raise EvaluationError(f"{data_path}: no row has a reference answer to grade against ({'; '.join(reasons)}).")
+    return samples, to_generate
 
 
 def evaluate(
@@ -684,61 +927,91 @@ def evaluate(
     num_threads: int | None = None,
     progress: bool = True,
     strict_grading: bool = False,
+    num_samples: int = 1,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
 ) -> dict:
     """Evaluate `model_dir` on `data_path`, write results.jsonl, summary.json and summary.md, return the summary.
 
     The arguments mirror the CLI flags (see the module doc). `num_threads` sets torch's CPU
-    threads for the generation only (None: leave as is). The returned summary is what
-    summary.json holds: rates are fractions of the graded rows (None when nothing was graded).
+    threads for the generation only (None: leave as is). `num_samples` > 1 adds a sampled pass
+    (`temperature` default 1.0, `top_p` 1.0, `seed` 0; they are errors with one sample): samples.jsonl,
+    and pass@k and maj@K in the summary. The returned summary is what summary.json holds: rates
+    are fractions of the graded rows (None when nothing was graded).
     Raises EvaluationError for bad input or setup, before anything is written.
     """
     model_dir, data_path, output_dir = Path(model_dir), Path(data_path), Path(output_dir)
-    _check_setup(model_dir, backend, dtype, max_new_tokens, batch_size)
-    samples = load_samples(
-        data_path, answer_key=answer_key, prompt_key=prompt_key, solution_key=solution_key,
-        system_prompt=system_prompt, limit=limit,
-    )
-    to_generate = [s for s in samples if s.skip_reason is None]
-    if not to_generate:
-        reasons = sorted({s.skip_reason for s in samples})
-        raise EvaluationError(f"{data_path}: no row has a reference answer to grade against ({'; '.join(reasons)}).")
-
-    resolved_device = _resolve_device(device)
-    resolved_dtype = _resolve_dtype(dtype, resolved_device, model_dir)
-    tokenizer = _load_tokenizer(model_dir)
-    stop_ids = _stop_token_ids(tokenizer, model_dir)
-    prompts = _prompt_token_ids(tokenizer, [s.messages for s in to_generate])
-    run = _generate(
-        model_dir, prompts, tokenizer, stop_ids, backend=backend, device=resolved_device, dtype=dtype,
-        resolved_dtype=resolved_dtype, max_new_tokens=max_new_tokens, batch_size=batch_size, num_threads=num_threads,
-        progress=progress,
-    )
-
-    by_index = {s.index: grade(s, g, strict=strict_grading) for s, g in zip(to_generate, run.generations)}
+    check_setup(model_dir, backend, dtype, max_new_tokens, batch_size)
+    sampling = _sampling(num_samples, temperature, top_p, seed)
+    samples, to_generate = _graded_samples(data_path, answer_key=answer_key, prompt_key=prompt_key,
+                                           solution_key=solution_key, system_prompt=system_prompt, limit=limit)
+    generator = Generator(model_dir, backend=backend, device=device, dtype=dtype, batch_size=batch_size)
+    prompts = generator.prompt_ids([s.messages for s in to_generate])
+    with torch_threads(num_threads, generator.device) as threads:
+        greedy, seconds = _timed_generate(generator, prompts, GREEDY, max_new_tokens, progress, "generating")
+        if sampling is not None:
+            outputs, sampling_seconds = _timed_generate(generator, prompts, sampling, max_new_tokens, progress,
+                                                        f"sampling {sampling.num_samples} per problem")
+    by_index = {s.index: grade(s, g[0], strict=strict_grading) for s, g in zip(to_generate, greedy)}
     records = [by_index.get(s.index) or skipped_record(s) for s in samples]
-    output_tokens = sum(g.output_tokens for g in run.generations)
+    output_tokens = sum(g[0].output_tokens for g in greedy)
     summary = summarize(
         records,
         model=str(model_dir.resolve()),
         data=str(data_path.resolve()),
         backend=backend,
-        device=resolved_device if backend == "transformers" else "vllm",
-        dtype=str(resolved_dtype).removeprefix("torch."),
+        device=generator.device,
+        dtype=generator.dtype_name,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
-        num_threads=run.threads if resolved_device == "cpu" and backend == "transformers" else None,
+        num_threads=threads if generator.device == "cpu" else None,
         limit=limit,
         answer_key=answer_key,
         system_prompt=system_prompt,
         grader="strict" if strict_grading else "lenient",
-        generation_seconds=round(run.seconds, 3),
-        output_tokens_per_second=round(output_tokens / run.seconds, 1) if run.seconds > 0 else None,
+        generation_seconds=round(seconds, 3),
+        output_tokens_per_second=round(output_tokens / seconds, 1) if seconds > 0 else None,
     )
-    _write_outputs(output_dir, records, summary)
+    sampled = None
+    if sampling is not None:
+        sampled = [sampled_record(s, g, strict=strict_grading) for s, g in zip(to_generate, outputs)]
+        sampled_tokens = sum(x.output_tokens for g in outputs for x in g)
+        summary.update(summarize_sampled(sampled, sampling.num_samples), temperature=sampling.temperature,
+                       top_p=sampling.top_p, seed=sampling.seed, sampling_seconds=round(sampling_seconds, 3),
+                       sampled_output_tokens_per_second=round(sampled_tokens / sampling_seconds, 1)
+                       if sampling_seconds > 0 else None)
+    _write_outputs(output_dir, records, summary, sampled)
     return summary
 
 
+def _timed_generate(generator: Generator, prompts: list[list[int]], sampling: Sampling, max_new_tokens: int,
+                    progress: bool, what: str) -> tuple[list[list[Generation]], float]:
+    """(the generator's outputs, seconds taken), under a progress bar counting outputs."""
+    from tqdm import tqdm
+
+    started = time.time()
+    with tqdm(total=len(prompts) * sampling.num_samples, desc=what, unit="sample", disable=not progress) as bar:
+        outputs = generator.generate(prompts, sampling, max_new_tokens=max_new_tokens, bar=bar)
+    return outputs, time.time() - started
+
+
 # --------------------------------------------------------------------------- CLI
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generation flags sft/evaluate.py and sft/generate.py share: length, batching, engine, device, dtype, threads."""
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="generation limit per answer, in tokens")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call (transformers backend)")
+    parser.add_argument("--backend", choices=BACKENDS, default="transformers", help="generation engine")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="auto = float32 on CPU, the model config's dtype on GPU"
+    )
+    parser.add_argument(
+        "--num-threads", type=int, default=0,
+        help="CPU threads for torch; 0 = torch's default (all cores). On a busy machine, 1 can be much faster",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -763,18 +1036,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--system-prompt", default=None,
         help="system message put first in every prompt; must match training (a row with a different one is an error)",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="generation limit per answer, in tokens")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call (transformers backend)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows (default: all rows)")
-    parser.add_argument("--backend", choices=BACKENDS, default="transformers", help="generation engine")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    add_backend_arguments(parser)
     parser.add_argument(
-        "--dtype", choices=DTYPES, default="auto", help="auto = float32 on CPU, the model config's dtype on GPU"
+        "--num-samples", type=int, default=1, metavar="K",
+        help="K > 1: also sample K solutions per problem and report pass@k and maj@K beside the greedy accuracy "
+        "(samples.jsonl); 1 = greedy only",
     )
-    parser.add_argument(
-        "--num-threads", type=int, default=0,
-        help="CPU threads for torch; 0 = torch's default (all cores). On a busy machine, 1 can be much faster",
-    )
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="sampling temperature of the K samples (default 1.0; only with --num-samples > 1)")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="nucleus sampling of the K samples, in (0, 1] (default 1.0 = off; only with --num-samples > 1)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the K samples (default 0; only with --num-samples > 1)")
     parser.add_argument(
         "--baseline", default=None, metavar="SUMMARY_JSON",
         help="summary.json of an earlier evaluation (e.g. the base model): print and write a before/after table",
@@ -803,6 +1077,7 @@ def main(argv: list[str] | None = None) -> int:
             system_prompt=args.system_prompt, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
             limit=args.limit, backend=args.backend, device=args.device, dtype=args.dtype,
             num_threads=args.num_threads or None, progress=not args.no_progress, strict_grading=args.strict_grading,
+            num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
         )
     except EvaluationError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -812,7 +1087,8 @@ def main(argv: list[str] | None = None) -> int:
         table = compare_summaries(baseline, summary)
         write_text_atomic(Path(args.output_dir) / COMPARISON_MD, table)
         print(table)
-    print(f"wrote {RESULTS_FILE}, {SUMMARY_JSON}, {SUMMARY_MD} to {args.output_dir} "
+    written = [RESULTS_FILE] + ([SAMPLES_FILE] if "pass_at_k" in summary else []) + [SUMMARY_JSON, SUMMARY_MD]
+    print(f"wrote {', '.join(written)} to {args.output_dir} "
           f"({summary['generation_seconds']:.1f}s generating on {summary['device']})")
     return 0
 
