@@ -7,6 +7,8 @@ Usage:
         --require-final-answer --dedup --max-per-problem 4 --on-error skip
     python sft/prepare_data.py data.jsonl -o data/sft --answers answers.jsonl   # keep correct solutions only
     python sft/prepare_data.py traces.jsonl -o data/sft --tokenizer Qwen/Qwen3-8B  # see what the template trains
+    python sft/prepare_data.py "data/orig/*.jsonl" --source self="outputs/round2/*.jsonl" --weight self=2 \\
+        -o data/sft --answer-key answer --max-per-problem 4         # mix sources: original data + the model's samples
 
 Writes, in the output directory (each file atomically; a stale file this run does not produce
 is removed; manifest.json is written last, so its presence means the run completed):
@@ -19,8 +21,9 @@ is removed; manifest.json is written last, so its presence means the run complet
     answer_drops.jsonl  with --answer-key/--answers, one line per row the grader dropped: file, line,
                      reason, rule, the answer it found, the reference (kept rows carry `sft_answer`
                      and `sft_answer_rule`; manifest `grading` counts rows by outcome and by rule)
-    manifest.json    inputs (size, sha256), arguments, library versions, counts per stage (they
-                     add up to the rows read), split and shuffle details, token summary with
+    manifest.json    inputs (size, sha256, source), arguments, library versions, counts per stage (they
+                     add up to the rows read), the same per source (`sources`: globs, files, weight,
+                     where its rows ended), split and shuffle details, token summary with
                      `tokens.recommended_max_length` and `tokens.recommended_max_tokens_per_gpu`
 
 With --tokenizer every row is encoded through the model's chat template by sft/text/chat_format.py,
@@ -31,19 +34,28 @@ reason), filtered (by reason, in this order: no_answer_after_reasoning, no_final
 no_reference_answer, no_answer_found, wrong_answer, no_token_count, too_few_tokens,
 too_many_tokens, over_max_length), deduplicated,
 filtered as over_max_per_problem (the first K remaining solutions of a problem in input order
-are kept), train or val. The split is by problem (same id, or same prompt when a row has no
-id), exactly round(val_split x problems) problems in val, chosen by a seeded hash. Rows are
-shuffled uniformly at random (seeded) with bounded memory: each row goes to a hashed bucket on
-disk, each bucket is permuted in memory. Parsing runs in --workers processes; the output does
+are kept), removed_by_weight (a source weight below 1), train or val; a weight above 1 writes
+extra copies, counted as `repeats` (read = the drops + train + val - repeats).
+
+Sources (sft/dataprep/sources.py): the INPUT files are the source `main`; --source NAME=GLOB adds
+others. Every filter acts within a source (--dedup and --max-per-problem never compare rows of
+two sources); then each kept row of a source of weight W is written floor(W) times, plus once
+more with probability frac(W), drawn from --seed and the row's file and line. The split is by
+problem across all sources, so every copy of every row of a problem is on one side.
+
+The split is by problem (same id, or same prompt when a row has no id), exactly
+round(val_split x problems) problems in val, chosen by a seeded hash. Rows are shuffled
+uniformly at random (seeded) with bounded memory: each row goes to a hashed bucket on disk,
+each bucket is permuted in memory (with a row's repeated copies). Parsing runs in --workers processes; the output does
 not depend on their number. See sft/README.md ("Data preparation") for details.
 
 The code, in pipeline order (`prepare_data` below reads top to bottom): every option is one
 field of PrepareConfig (sft/dataprep/config.py); plan_run loads the answers and the chat
 template and cuts the inputs into tasks; scan runs them in worker processes
 (sft/dataprep/workers.py, sft/dataprep/scan.py) that spill rows to disk (sft/dataprep/spill.py);
-select_rows (--dedup, --max-per-problem) and split_problems decide on all rows in input
-order; write_outputs shuffles and writes the Parquet files (sft/dataprep/write.py); the
-summaries, build_manifest and publish finish the run.
+select_rows (--dedup, --max-per-problem, within each source), weigh_rows (--weight) and
+split_problems decide on all rows in input order; write_outputs shuffles and writes the
+Parquet files (sft/dataprep/write.py); the summaries, build_manifest and publish finish the run.
 """
 
 from __future__ import annotations
@@ -63,7 +75,7 @@ import math
 import os
 import platform
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable
 
 import numpy as np
@@ -72,7 +84,7 @@ import pyarrow.parquet as pq
 
 from sft.common.files import atomic_path, scratch_directory, write_json_atomic
 from sft.dataprep.config import PrepareConfig, add_arguments, config_from_args
-from sft.dataprep.jsonl_io import DataError, InputError, JsonlReader, ensure_writable_dir, expand_inputs, file_sha256
+from sft.dataprep.jsonl_io import DataError, InputError, JsonlReader, ensure_writable_dir, file_sha256
 from sft.dataprep.scan import (
     MESSAGES_COLUMN,
     ROW_FILTERS,
@@ -82,6 +94,16 @@ from sft.dataprep.scan import (
     TaskResult,
     mix64,
     plan_tasks,
+)
+from sft.dataprep.sources import (
+    MAIN,
+    RowSources,
+    Sources,
+    add_source_arguments,
+    parse_source_flags,
+    resolve_sources,
+    source_flags,
+    source_table,
 )
 from sft.dataprep.spill import SpillInfo, absolute_line, merge_line_records, merge_spill_schemas
 from sft.dataprep.workers import WorkerInputs, scan_tasks
@@ -93,7 +115,8 @@ __all__ = ["DataError", "InputError", "PrepareConfig", "build_parser", "config_f
 MANIFEST_VERSION = 1
 MAX_BUCKETS = 512
 FILTER_ORDER = ROW_FILTERS + ("over_max_per_problem",)
-STAGE_ORDER = ["read", "rejected", *ROW_FILTERS, "deduplicated", "over_max_per_problem", "train", "val"]
+STAGE_ORDER = ["read", "rejected", *ROW_FILTERS, "deduplicated", "over_max_per_problem", "removed_by_weight", "train", "val"]
+"""Where a row can end, in pipeline order; `repeats` (the extra copies a weight above 1 writes) are counted apart."""
 
 
 def _versions(names: Iterable[str]) -> dict[str, str]:
@@ -320,6 +343,10 @@ class _Counts:
     rejected: collections.Counter = field(default_factory=collections.Counter)
     deduplicated: int = 0
     filtered: collections.Counter = field(default_factory=collections.Counter)
+    removed_by_weight: int = 0
+    """kept rows a weight below 1 did not write (0 copies)"""
+    repeats: int = 0
+    """extra copies a weight above 1 wrote: train + val count them, so `read` is short of them"""
     train: int = 0
     val: int = 0
 
@@ -344,32 +371,47 @@ class _Counts:
             "deduplicated": self.deduplicated,
             "filtered": filtered,
             "filtered_total": sum(filtered.values()),
+            "removed_by_weight": self.removed_by_weight,
+            "repeats": self.repeats,
             "train": self.train,
             "val": self.val,
         }
 
     def balanced(self) -> bool:
-        return self.read == sum(self.rejected.values()) + self.deduplicated + sum(self.filtered.values()) + self.train + self.val
+        """read = rejected + filtered + deduplicated + removed_by_weight + train + val - repeats"""
+        return self.read == (sum(self.rejected.values()) + self.deduplicated + sum(self.filtered.values())
+                             + self.removed_by_weight + self.train + self.val - self.repeats)
 
 
 @dataclass
 class _Selection:
-    """The global filters' output: the rows they dropped, and the kept rows' problem and prompt hashes
-    and token counts in input order."""
+    """The global filters' and the weights' output: the rows they dropped, the rows written more than once,
+    and the written rows' problem and prompt hashes, token counts and sources in input order (a row written
+    k times appears k times)."""
 
     dropped_order: np.ndarray
     groups: np.ndarray
     prompts: np.ndarray
     tokens: np.ndarray | None
-    """chat-template token counts of the kept rows (with --tokenizer)"""
+    """chat-template token counts of the written rows (with --tokenizer)"""
     counted_tokens: np.ndarray
     """token counts of every row that reached the length filters"""
     deduplicated: int
     over_max_per_problem: int
+    order: np.ndarray
+    """order keys of the rows kept by the filters (before weighting)"""
+    sources: np.ndarray
+    """source index of each written row"""
+    per_source: dict[str, np.ndarray]
+    """per source index: deduplicated, over_max_per_problem, kept, removed_by_weight, repeats"""
+    repeat_order: np.ndarray | None = None
+    """order keys (sorted) of the rows written more than once, and how many times each"""
+    repeat_copies: np.ndarray | None = None
 
 
-def select_rows(results: list[TaskResult], cfg: PrepareConfig, tokenized: bool) -> _Selection:
-    """--dedup (the first of identical pairs is kept) and --max-per-problem (the first K of a problem)."""
+def select_rows(results: list[TaskResult], cfg: PrepareConfig, tokenized: bool, rows: RowSources) -> _Selection:
+    """--dedup (the first of identical pairs is kept) and --max-per-problem (the first K of a problem), each
+    within a source."""
 
     def gather(name: str, dtype) -> np.ndarray:
         parts = [getattr(r, name) for r in results if getattr(r, name) is not None]
@@ -377,28 +419,64 @@ def select_rows(results: list[TaskResult], cfg: PrepareConfig, tokenized: bool) 
 
     order, groups, prompts = gather("order", np.uint64), gather("groups", np.uint64), gather("prompts", np.uint64)
     tokens = gather("tokens", np.int64) if tokenized else None
+    source = rows.source(order)
+    # XOR with a per-source constant keeps equal values equal within a source and apart across sources
+    source_salt = mix64(source.astype(np.uint64), 0x50_55_52_43)
+    n_sources = len(rows.sources.sources)
     dropped = np.zeros(len(order), dtype=bool)
-    deduplicated = over_max = 0
+    per_source = {name: np.zeros(n_sources, dtype=np.int64) for name in ("deduplicated", "over_max_per_problem")}
     if cfg.dedup and len(order):
         # 64-bit digests of the normalised (prompt, response): a false match needs ~4e9 rows
-        _, first = np.unique(gather("digests", np.uint64), return_index=True)
+        _, first = np.unique(gather("digests", np.uint64) ^ source_salt, return_index=True)
         duplicate = np.ones(len(order), dtype=bool)
         duplicate[first] = False
-        deduplicated = int(duplicate.sum())
+        per_source["deduplicated"] = np.bincount(source[duplicate], minlength=n_sources)
         dropped |= duplicate
     if cfg.max_per_problem is not None and len(order):
         alive = np.flatnonzero(~dropped)
-        by_group = alive[np.argsort(groups[alive], kind="stable")]  # input order within each group
-        sorted_groups = groups[by_group]
+        problems = groups ^ source_salt
+        by_group = alive[np.argsort(problems[alive], kind="stable")]  # input order within each group
+        sorted_groups = problems[by_group]
         starts = np.r_[0, np.flatnonzero(sorted_groups[1:] != sorted_groups[:-1]) + 1]
         rank = np.arange(len(by_group)) - np.repeat(starts, np.diff(np.r_[starts, len(by_group)]))
         over = by_group[rank >= cfg.max_per_problem]
-        over_max = int(len(over))
+        per_source["over_max_per_problem"] = np.bincount(source[over], minlength=n_sources)
         dropped[over] = True
     keep = ~dropped
+    per_source["kept"] = np.bincount(source[keep], minlength=n_sources)
     return _Selection(np.sort(order[dropped]), groups[keep], prompts[keep],
                       tokens[keep] if tokens is not None else None, gather("counted_tokens", np.int64),
-                      deduplicated, over_max)
+                      int(per_source["deduplicated"].sum()), int(per_source["over_max_per_problem"].sum()),
+                      order[keep], source[keep], per_source)
+
+
+def weigh_rows(selection: _Selection, rows: RowSources, seed: int) -> _Selection:
+    """The selection with each kept row written as many times as its source's weight says
+    (RowSources.copies): rows with no copy join the dropped ones, rows with several are repeated in the
+    arrays the split and summaries read."""
+    n_sources = len(rows.sources.sources)
+    none = np.zeros(n_sources, dtype=np.int64)
+    if not rows.sources.weighted or not len(selection.order):
+        return replace(selection, per_source={**selection.per_source, "removed_by_weight": none, "repeats": none})
+    copies = rows.copies(selection.order, seed)
+    removed, several = copies == 0, copies > 1
+    source = selection.sources
+    repeated = selection.order[several]
+    by_order = np.argsort(repeated, kind="stable")
+    return replace(
+        selection,
+        dropped_order=np.sort(np.concatenate([selection.dropped_order, selection.order[removed]])),
+        groups=np.repeat(selection.groups, copies),
+        prompts=np.repeat(selection.prompts, copies),
+        tokens=np.repeat(selection.tokens, copies) if selection.tokens is not None else None,
+        sources=np.repeat(source, copies),
+        repeat_order=repeated[by_order],
+        repeat_copies=copies[several][by_order],
+        per_source={**selection.per_source,
+                    "removed_by_weight": np.bincount(source[removed], minlength=n_sources),
+                    "repeats": np.bincount(source[several], weights=copies[several] - 1,
+                                           minlength=n_sources).astype(np.int64)},
+    )
 
 
 @dataclass
@@ -543,6 +621,51 @@ def grading_summary(results: list[TaskResult], cfg: PrepareConfig) -> dict:
     }
 
 
+def source_summary(sources: Sources, results: list[TaskResult], selection: _Selection,
+                   is_val: np.ndarray) -> dict[str, dict]:
+    """The manifest's `sources`: per source its files and weight and where its rows ended, counted like
+    `counts` (train and val count every copy; kept = removed_by_weight + train + val - repeats)."""
+    file_source = sources.file_sources()
+    summary = {}
+    for index, source in enumerate(sources.sources):
+        mine = [r for r in results if file_source[r.file_index] == index]
+        rejected: collections.Counter = collections.Counter()
+        filtered: collections.Counter = collections.Counter()
+        for result in mine:
+            rejected.update(result.rejected)
+            filtered.update(result.filtered)
+        filtered["over_max_per_problem"] = int(selection.per_source["over_max_per_problem"][index])
+        written = selection.sources == index
+        summary[source.name] = {
+            "globs": source.globs,
+            "files": [os.path.abspath(path) for path in source.files],
+            "weight": source.weight,
+            "read": sum(r.rows_read for r in mine),
+            "blank_lines": sum(r.blank_lines for r in mine),
+            "rejected": dict(sorted(rejected.items())),
+            "filtered": {reason: filtered[reason] for reason in FILTER_ORDER if filtered[reason]},
+            "deduplicated": int(selection.per_source["deduplicated"][index]),
+            "kept": int(selection.per_source["kept"][index]),
+            "removed_by_weight": int(selection.per_source["removed_by_weight"][index]),
+            "repeats": int(selection.per_source["repeats"][index]),
+            "train": int((written & ~is_val).sum()),
+            "val": int((written & is_val).sum()),
+        }
+    return summary
+
+
+def sources_add_up(summary: dict[str, dict], counts: _Counts) -> bool:
+    """Every source accounts for each of its rows, and the sources add up to the run's counts."""
+    for info in summary.values():
+        dropped = sum(info["rejected"].values()) + sum(info["filtered"].values()) + info["deduplicated"]
+        if info["read"] != dropped + info["kept"] or \
+                info["kept"] != info["removed_by_weight"] + info["train"] + info["val"] - info["repeats"]:
+            return False
+    totals = {key: sum(info[key] for info in summary.values())
+              for key in ("read", "deduplicated", "removed_by_weight", "repeats", "train", "val")}
+    return totals == {key: getattr(counts, key) for key in totals}
+
+
 # ---------------------------------------------------------------------------------------
 # Manifest and publishing
 
@@ -567,7 +690,9 @@ def line_record_files(results: list[TaskResult], cfg: PrepareConfig, tmp_dir: Pa
 
 def build_manifest(cfg: PrepareConfig, plan: _Plan, command: dict, results: list[TaskResult], digests: dict[str, str],
                    counts: _Counts, summaries: dict[str, Any], warnings: list[str]) -> dict:
-    """The manifest, less `outputs` (filled in as they are published); `summaries`: split, tokens, chat_template."""
+    """The manifest, less `outputs` (filled in as they are published); `summaries`: split, tokens, chat_template,
+    sources."""
+    source_of = {path: name for name, info in summaries["sources"].items() for path in info["files"]}
     inputs = []
     for file_index, path in enumerate(plan.files):
         mine = [r for r in results if r.file_index == file_index]
@@ -578,6 +703,7 @@ def build_manifest(cfg: PrepareConfig, plan: _Plan, command: dict, results: list
             "rows": sum(r.rows_read for r in mine),
             "blank_lines": sum(r.blank_lines for r in mine),
             "rejected": sum(sum(r.rejected.values()) for r in mine),
+            "source": source_of.get(os.path.abspath(path), MAIN),
         })
     manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
@@ -593,12 +719,14 @@ def build_manifest(cfg: PrepareConfig, plan: _Plan, command: dict, results: list
         ),
         "stage_order": STAGE_ORDER,
         "counts": counts.as_dict(),
+        "sources": summaries["sources"],
         "split": summaries["split"],
         "shuffle": {
             "buckets": plan.buckets,
             "guarantee": "a uniform random permutation for the seed: each row goes to a bucket by a seeded "
             "hash of its position in the input, each bucket is permuted with a seeded RNG; the same inputs, "
-            "seed and --shuffle-buffer-mb give the same order",
+            "seed and --shuffle-buffer-mb give the same order; the copies of a row a weight above 1 writes are permuted "
+            "within its bucket",
         },
         "workers": plan.workers,
         "outputs": {},
@@ -638,17 +766,22 @@ def publish(out: Path, produced: dict[str, tuple[Path, int]], manifest: dict) ->
 # The pipeline
 
 
-def prepare_data(inputs: list[str], output_dir: str | os.PathLike, config: PrepareConfig | None = None,
-                 command: dict | None = None) -> dict:
+def prepare_data(inputs: list[str] | dict[str, list[str]], output_dir: str | os.PathLike,
+                 config: PrepareConfig | None = None, command: dict | None = None,
+                 weights: dict[str, float] | None = None) -> dict:
     """Run the whole preparation; returns the manifest (also written to output_dir/manifest.json).
 
-    Raises InputError for unusable inputs, options or output directory, and DataError for the
-    first bad row under on_error="fail"; nothing is written to output_dir in either case.
+    `inputs`: files or globs (the source `main`), or {source name: files or globs}; `weights`: {source
+    name: W}, 1 for a source not named (sft.dataprep.sources). Raises InputError for unusable inputs,
+    options or output directory, and DataError for the first bad row under on_error="fail"; nothing is
+    written to output_dir in either case.
     """
     cfg = config or PrepareConfig()
-    files = expand_inputs(list(inputs))
+    sources = resolve_sources(inputs, weights)
+    files = sources.files
     out = ensure_writable_dir(output_dir)
-    command = command or {"inputs": list(inputs), "output_dir": str(out)}
+    command = command or {"inputs": inputs if isinstance(inputs, dict) else list(inputs), "output_dir": str(out),
+                          **({"weights": dict(weights)} if weights else {})}
     plan = plan_run(files, cfg)
     with scratch_directory(out / ".prepare_data", prefix=".prepare_data-") as tmp_dir:
         results, spills = scan(plan, cfg, tmp_dir)
@@ -657,32 +790,38 @@ def prepare_data(inputs: list[str], output_dir: str | os.PathLike, config: Prepa
         # (the scan keeps every core busy)
         hash_thread, digests = _hash_inputs(files)
         spill_schema = merge_spill_schemas(spills)
-        selection = select_rows(results, cfg, tokenized=plan.chat is not None)
+        rows = RowSources.of(sources, plan.tasks, results)
+        selection = weigh_rows(select_rows(results, cfg, plan.chat is not None, rows), rows, cfg.seed)
         counts.deduplicated = selection.deduplicated
         if selection.over_max_per_problem:
             counts.filtered["over_max_per_problem"] = selection.over_max_per_problem
+        counts.removed_by_weight = int(selection.per_source["removed_by_weight"].sum())
+        counts.repeats = int(selection.per_source["repeats"].sum())
         split = split_problems(selection.groups, selection.prompts, cfg)
 
         written: dict[str, Path] = {}
         if len(selection.groups):
             schema = output_schema(spill_schema, encoding_record(cfg, plan.chat))
-            written, rows = write_outputs(spills, spill_schema, schema, RowsOut(selection.dropped_order, split.threshold),
-                                          cfg, tmp_dir, plan.buckets, _progress_factory(cfg))
-            counts.train, counts.val = rows["train"], rows["val"]
+            rows_out = RowsOut(selection.dropped_order, split.threshold, selection.repeat_order, selection.repeat_copies)
+            written, rows_written = write_outputs(spills, spill_schema, schema, rows_out, cfg, tmp_dir, plan.buckets,
+                                                  _progress_factory(cfg))
+            counts.train, counts.val = rows_written["train"], rows_written["val"]
         flags: collections.Counter = collections.Counter()
         for result in results:
             flags.update(result.template_flags)
         tokens, token_warnings = token_summary(plan.chat, cfg, selection, split.is_val)
         template, template_warnings = template_summary(plan.chat, cfg, flags, written.get("train"), counts.train)
-        if not counts.balanced():  # a bug, never bad input: every row must be accounted for
-            raise RuntimeError(f"internal error: stage counts do not add up: {counts.as_dict()}")
+        per_source = source_summary(sources, results, selection, split.is_val)
+        if not counts.balanced() or not sources_add_up(per_source, counts):  # a bug, never bad input
+            raise RuntimeError(f"internal error: stage counts do not add up: {counts.as_dict()} {per_source}")
 
         # with no train rows neither Parquet file is published (main reports the error)
         produced = {name: (path, getattr(counts, name)) for name, path in written.items() if counts.train}
         produced.update(line_record_files(results, cfg, tmp_dir))
         hash_thread.join()
         manifest = build_manifest(cfg, plan, command, results, digests, counts,
-                                  {"split": split.info, "tokens": tokens, "chat_template": template},
+                                  {"split": split.info, "tokens": tokens, "chat_template": template,
+                                   "sources": per_source},
                                   plan.warnings + split.warnings + token_warnings + template_warnings)
         publish(out, produced, manifest)
         return manifest
@@ -709,8 +848,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog='Example: python sft/prepare_data.py "outputs/*.jsonl" -o data/sft --tokenizer /models/qwen --max-length 4096',
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL files or quoted globs (e.g. 'outputs/*.jsonl')")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", default=argparse.SUPPRESS,
+                        help=f"JSONL files or quoted globs (e.g. 'outputs/*.jsonl'): the source {MAIN!r}; required "
+                        "unless --source is given")
     parser.add_argument("-o", "--output-dir", required=True, help="directory for train.parquet, val.parquet, manifest.json")
+    add_source_arguments(parser)  # --source, --weight
     add_arguments(parser)  # every option of PrepareConfig
     return parser
 
@@ -734,6 +876,12 @@ def format_report(manifest: dict, output_dir: str) -> str:
         outcomes = ", ".join(f"{k} {v:,}" for k, v in grading["outcomes"].items())
         rules = ", ".join(f"{k} {v:,}" for k, v in grading["rules"].items())
         lines.append(f"graded ({grading['grader'].split(':')[0]}): {outcomes}; answers found by {rules}")
+    if c["removed_by_weight"] or c["repeats"]:
+        lines.append(f"weights: removed {c['removed_by_weight']:,} kept rows, wrote {c['repeats']:,} repeated copies "
+                     "(counted in train and val)")
+    sources = manifest["sources"]
+    if len(sources) > 1 or any(info["weight"] != 1 for info in sources.values()):
+        lines.append(source_table(sources))
     split = manifest["split"]
     lines.append(f"train {c['train']:,} rows, val {c['val']:,} rows "
                  f"({split['problems']:,} problems, {split['val_problems']:,} in val)")
@@ -773,9 +921,14 @@ def format_report(manifest: dict, output_dir: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    inputs, sources, weights = source_flags(args)
+    if not inputs and not sources:
+        parser.error("the following arguments are required: INPUT (or --source NAME=GLOB)")
     try:
         config = config_from_args(args)
-        manifest = prepare_data(args.inputs, args.output_dir, config,
+        specs, weights = parse_source_flags(inputs, sources, weights)
+        inputs = specs[MAIN] if list(specs) == [MAIN] else specs
+        manifest = prepare_data(inputs, args.output_dir, config, weights=weights,
                                 command={"argv": sys.argv[1:] if argv is None else list(argv), "cwd": os.getcwd()})
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

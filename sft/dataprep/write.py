@@ -5,7 +5,8 @@ Usage (internal; prepare_data drives it):
     outputs, rows = write_outputs(spills, spill_schema, schema, rows_out, config, tmp_dir, buckets, progress_factory)
 
 Each bucket of the spill (sft.dataprep.spill) is read whole, its rows not dropped by the
-global filters are put back in input order and permuted with a seeded RNG, then written in
+global filters or the weights are put back in input order, repeated as often as their source's
+weight says (sft.dataprep.sources) and permuted with a seeded RNG, then written in
 slices of about SLICE_BYTES of text to train or val (a row is in val when its problem's hash
 is below the split's threshold), with the `messages` column built from the prompt and
 response (or the stored conversation). Each Parquet file is written on its own thread.
@@ -43,11 +44,22 @@ MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string
 
 @dataclass
 class RowsOut:
-    """Which spilled rows go where: the order keys of the rows the global filters dropped (sorted), and
-    the split's threshold (rows whose problem hash is below it go to val; None: no val)."""
+    """Which spilled rows go where: the order keys of the rows the global filters and the weights dropped
+    (sorted), the split's threshold (rows whose problem hash is below it go to val; None: no val), and the
+    order keys (sorted) of the rows a weight writes more than once with their number of copies."""
 
     dropped_order: np.ndarray
     threshold: Any
+    repeat_order: np.ndarray | None = None
+    repeat_copies: np.ndarray | None = None
+
+    def copies(self, keys: np.ndarray) -> np.ndarray | None:
+        """How many times each row (by order key) is written; None when every row is written once."""
+        if self.repeat_order is None or not len(self.repeat_order):
+            return None
+        at = np.minimum(np.searchsorted(self.repeat_order, keys), len(self.repeat_order) - 1)
+        hit = self.repeat_order[at] == keys
+        return np.where(hit, self.repeat_copies[at], 1)
 
 
 def encoding_record(cfg: PrepareConfig, chat) -> dict:
@@ -154,6 +166,9 @@ def _write_bucket(bucket: int, table: pa.Table, schema: pa.Schema, rows_out: Row
     dropped = rows_out.dropped_order
     rows = np.flatnonzero(~np.isin(keys, dropped, assume_unique=True)) if len(dropped) else np.arange(len(keys))
     rows = rows[np.argsort(keys[rows], kind="stable")]  # input order, whichever worker wrote what
+    copies = rows_out.copies(keys[rows])
+    if copies is not None:  # a row's copies, side by side here, are spread over the bucket by the permutation
+        rows = np.repeat(rows, copies)
     rows = rows[np.random.default_rng([cfg.seed, bucket]).permutation(len(rows))]
     groups = table.column(GROUP_COLUMN).to_numpy()[rows]
     is_val = groups < rows_out.threshold if rows_out.threshold is not None else np.zeros(len(rows), dtype=bool)

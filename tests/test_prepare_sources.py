@@ -1,0 +1,273 @@
+"""sft/prepare_data.py with several sources (--source NAME=GLOB, --weight NAME=W): exact counts per source,
+repeats on one side of the split, seeded fractional weights, filters within a source, a leak-free split
+across sources, one-line errors, and positional INPUT output unchanged."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sft.dataprep.jsonl_io import InputError
+from sft.prepare_data import PrepareConfig, main, prepare_data
+
+SMALL_TASKS = dict(task_mb=0.004, chunk_mb=0.002, shuffle_buffer_mb=0.01)
+"""Many scan tasks and shuffle buckets on inputs of a few KB."""
+
+
+def rows_of(source: str, problems: range, per_problem: int, **extra) -> list[dict]:
+    return [{"id": p, "prompt": f"Solve problem {p}: what is {p} + {p}?",
+             "generated_solution": f"[{source} {k}] {p} + {p} = {2 * p}. The answer is \\boxed{{{2 * p}}}.",
+             "src": source, "k": k, **extra}
+            for p in problems for k in range(per_problem)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def written(out: Path) -> tuple[list[dict], list[dict]]:
+    val = out / "val.parquet"
+    return pq.read_table(out / "train.parquet").to_pylist(), pq.read_table(val).to_pylist() if val.exists() else []
+
+
+def run(tmp_path: Path, sources, name: str = "out", weights=None, **config) -> dict:
+    config.setdefault("progress", False)
+    return prepare_data(sources, tmp_path / name, PrepareConfig(**config), weights=weights)
+
+
+def assert_accounted(manifest: dict) -> None:
+    """Every row read ends in an output or a counted drop, repeats apart: for the run and for each source."""
+    c = manifest["counts"]
+    dropped = c["rejected_total"] + c["filtered_total"] + c["deduplicated"] + c["removed_by_weight"]
+    assert c["read"] == dropped + c["train"] + c["val"] - c["repeats"], c
+    for name, s in manifest["sources"].items():
+        assert s["read"] == sum(s["rejected"].values()) + sum(s["filtered"].values()) + s["deduplicated"] + s["kept"], name
+        assert s["kept"] == s["removed_by_weight"] + s["train"] + s["val"] - s["repeats"], name
+    for key in ("read", "deduplicated", "removed_by_weight", "repeats", "train", "val"):
+        assert c[key] == sum(s[key] for s in manifest["sources"].values()), key
+    outputs = manifest["outputs"]
+    assert c["train"] == outputs["train"]["rows"] and c["val"] == outputs.get("val", {"rows": 0})["rows"]
+
+
+def test_two_sources_with_weights_1_and_2_write_exact_counts_and_keep_copies_on_one_side(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", rows_of("a", range(0, 20), 2))
+    b1 = write_jsonl(tmp_path / "b1.jsonl", rows_of("b", range(10, 20), 1))
+    b2 = write_jsonl(tmp_path / "b2.jsonl", rows_of("b", range(20, 30), 1))
+    manifest = run(tmp_path, {"orig": [str(a)], "self": [str(b1)]} | {"self": [str(b1), str(b2)]},
+                   weights={"self": 2}, val_split=0.2, **SMALL_TASKS)
+    train, val = written(tmp_path / "out")
+    assert len(train) + len(val) == 40 + 2 * 20
+    copies = collections.Counter((r["src"], r["id"], r["k"]) for r in train + val)
+    assert {n for key, n in copies.items() if key[0] == "a"} == {1} and len(copies) == 60
+    assert {n for key, n in copies.items() if key[0] == "b"} == {2}
+    val_keys = {(r["src"], r["id"], r["k"]) for r in val}
+    assert not val_keys & {(r["src"], r["id"], r["k"]) for r in train}  # both copies on the same side
+    s = manifest["sources"]
+    assert list(s) == ["orig", "self"]
+    assert s["orig"] | {"files": None} == {
+        "globs": [str(a)], "files": None, "weight": 1.0, "read": 40, "blank_lines": 0, "rejected": {},
+        "filtered": {}, "deduplicated": 0, "kept": 40, "removed_by_weight": 0, "repeats": 0,
+        "train": sum(r["src"] == "a" for r in train), "val": sum(r["src"] == "a" for r in val)}
+    assert s["self"]["files"] == [str(b1.resolve()), str(b2.resolve())] and s["self"]["weight"] == 2.0
+    assert (s["self"]["read"], s["self"]["kept"], s["self"]["repeats"]) == (20, 20, 20)
+    assert s["self"]["train"] == sum(r["src"] == "b" for r in train)
+    assert s["self"]["val"] == 2 * sum(key[0] == "b" for key in val_keys)
+    assert manifest["counts"]["repeats"] == 20 and manifest["split"]["problems"] == 30
+    assert [i["source"] for i in manifest["inputs"]] == ["orig", "self", "self"]
+    assert_accounted(manifest)
+
+
+def test_fractional_weight_is_seeded_by_row_and_the_same_for_any_workers_or_tasks(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", rows_of("a", range(60), 5))  # 300 rows, many tasks
+    weights = {"main": 0.5}
+    one = run(tmp_path, [str(a)], "one", weights, workers=1, **SMALL_TASKS)
+    two = run(tmp_path, [str(a)], "two", weights, workers=2, **SMALL_TASKS)
+    assert written(tmp_path / "one") == written(tmp_path / "two")
+    assert one["counts"] == two["counts"] and one["sources"] == two["sources"]
+    kept = one["sources"]["main"]["kept"] - one["sources"]["main"]["removed_by_weight"]
+    assert 110 < kept < 190 and one["counts"]["repeats"] == 0  # about half of 300
+    # The draw is by file and line, not by task: other task sizes keep the same rows (in another order).
+    other_tasks = run(tmp_path, [str(a)], "big", weights, workers=1, task_mb=1.0)
+    keys = lambda out: sorted((r["id"], r["k"]) for part in written(out) for r in part)  # noqa: E731
+    assert keys(tmp_path / "big") == keys(tmp_path / "one")
+    assert other_tasks["counts"] == one["counts"]
+    reseeded = run(tmp_path, [str(a)], "seed", weights, seed=1, **SMALL_TASKS)
+    assert keys(tmp_path / "seed") != keys(tmp_path / "one")
+    # 1.5: every row once, about half twice, again independent of the workers.
+    up1 = run(tmp_path, [str(a)], "up1", {"main": 1.5}, workers=1, **SMALL_TASKS)
+    up2 = run(tmp_path, [str(a)], "up2", {"main": 1.5}, workers=2, **SMALL_TASKS)
+    assert written(tmp_path / "up1") == written(tmp_path / "up2")
+    assert 110 < up1["counts"]["repeats"] < 190 and up1["counts"]["removed_by_weight"] == 0
+    for manifest in (one, two, other_tasks, reseeded, up1):
+        assert_accounted(manifest)
+
+
+def test_weight_zero_writes_nothing_of_its_source_and_counts_it(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", rows_of("a", range(10), 2))
+    b = write_jsonl(tmp_path / "b.jsonl", rows_of("b", range(5, 25), 1) + [{"prompt": "broken"}])
+    manifest = run(tmp_path, {"a": [str(a)], "b": [str(b)]}, weights={"b": 0}, on_error="skip")
+    train, val = written(tmp_path / "out")
+    assert {r["src"] for r in train + val} == {"a"} and len(train) + len(val) == 20
+    s = manifest["sources"]["b"]
+    assert (s["read"], s["rejected"], s["kept"], s["removed_by_weight"], s["train"], s["val"]) == \
+        (21, {"missing_field": 1}, 20, 20, 0, 0)
+    assert manifest["split"]["problems"] == 10  # only problems with written rows are split
+    assert_accounted(manifest)
+
+
+def test_filters_act_within_each_source(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", rows_of("x", range(10), 3))
+    b = write_jsonl(tmp_path / "b.jsonl", rows_of("x", range(10), 3))  # the same rows, byte for byte
+    manifest = run(tmp_path, {"a": [str(a)], "b": [str(b)]}, max_per_problem=1, dedup=True, val_split=0.0)
+    train, _ = written(tmp_path / "out")
+    assert len(train) == 20 and collections.Counter(r["id"] for r in train) == {p: 2 for p in range(10)}
+    for name in ("a", "b"):  # one per problem per source; identical rows of two sources are not duplicates
+        assert manifest["sources"][name]["filtered"] == {"over_max_per_problem": 20}
+        assert manifest["sources"][name]["deduplicated"] == 0 and manifest["sources"][name]["train"] == 10
+    # Duplicates within a source are removed; the same row in another source stays.
+    c = write_jsonl(tmp_path / "c.jsonl", rows_of("x", range(10), 1) * 2)
+    manifest = run(tmp_path, {"a": [str(a)], "c": [str(c)]}, "dedup", dedup=True, val_split=0.0)
+    assert (manifest["sources"]["a"]["deduplicated"], manifest["sources"]["c"]["deduplicated"]) == (0, 10)
+    assert manifest["counts"]["train"] == 30 + 10
+    assert_accounted(manifest)
+
+
+def test_answer_key_missing_in_one_source_is_no_reference_answer_there(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", rows_of("a", range(4), 1, ref="0"))  # 2p != 0 except p = 0
+    b = write_jsonl(tmp_path / "b.jsonl", rows_of("b", range(4), 1))  # no `ref` field
+    manifest = run(tmp_path, {"a": [str(a)], "b": [str(b)]}, weights={"b": 3}, answer_key="ref", val_split=0.0)
+    assert manifest["sources"]["a"]["filtered"] == {"wrong_answer": 3} and manifest["sources"]["a"]["train"] == 1
+    assert manifest["sources"]["b"]["filtered"] == {"no_reference_answer": 4} and manifest["sources"]["b"]["kept"] == 0
+    assert manifest["counts"]["filtered"] == {"no_reference_answer": 4, "wrong_answer": 3}
+    assert_accounted(manifest)
+
+
+@pytest.mark.parametrize("group_by", ["id", "prompt"])
+def test_the_split_is_leak_free_across_sources(tmp_path, group_by):
+    a = write_jsonl(tmp_path / "a.jsonl", rows_of("a", range(40), 1))
+    b = write_jsonl(tmp_path / "b.jsonl", rows_of("b", range(40), 3))  # the model's samples of the same problems
+    manifest = run(tmp_path, {"orig": [str(a)], "self": [str(b)]}, weights={"self": 1.7}, val_split=0.25,
+                   group_by=group_by, **SMALL_TASKS)
+    train, val = written(tmp_path / "out")
+    assert not {r["id"] for r in train} & {r["id"] for r in val}
+    assert len({r["id"] for r in val}) == 10 and {r["src"] for r in val} == {"a", "b"}
+    assert manifest["split"]["val_problems"] == 10 and manifest["split"]["val_prompts_also_in_train"] == 0
+    assert_accounted(manifest)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line and errors
+
+
+def test_command_line_mixes_sources_and_prints_a_table(tmp_path, capsys):
+    write_jsonl(tmp_path / "a.jsonl", rows_of("a", range(10), 2))
+    write_jsonl(tmp_path / "b1.jsonl", rows_of("b", range(10), 1))
+    write_jsonl(tmp_path / "b2.jsonl", rows_of("b", range(10, 12), 1))
+    out = tmp_path / "cli"
+    assert main([str(tmp_path / "a.jsonl"), "--source", f"self={tmp_path}/b1.jsonl", "--source",
+                 f"self={tmp_path}/b2.jsonl", "--weight", "self=2", "--weight", "main=0.5", "-o", str(out),
+                 "--no-progress"]) == 0
+    report = capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["sources"]) == ["main", "self"] and manifest["sources"]["self"]["repeats"] == 12
+    table = {line.split()[0]: line.split()[1:] for line in report.splitlines() if line.split()[0] in ("source", "self")}
+    assert table["source"] == ["weight", "read", "dropped", "kept", "repeats", "removed", "train", "val"]
+    self_info = manifest["sources"]["self"]
+    assert table["self"] == ["2", "12", "0", "12", "12", "0", f"{self_info['train']}", f"{self_info['val']}"]
+    assert_accounted(manifest)
+    # --source alone, without INPUT
+    assert main(["--source", f"b={tmp_path}/b1.jsonl", "-o", str(tmp_path / "only"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "only" / "manifest.json").read_text())["counts"]["train"] == 9
+
+
+ERRORS = {
+    # arguments (after INPUT): the one-line message on stderr
+    "bad_syntax": (["--source", "self"], "--source 'self' is not NAME=GLOB"),
+    "bad_name": (["--source", "my source=b1.jsonl"], "is not NAME=GLOB"),
+    "empty_glob": (["--source", "self="], "is not NAME=GLOB"),
+    "negative": (["--weight", "main=-1"], "--weight main=-1: a weight must be 0 or more"),
+    "not_a_number": (["--weight", "main=lots"], "--weight 'main=lots' is not NAME=W"),
+    "unknown": (["--weight", "selff=2"], "--weight selff=2 names no source (sources: main)"),
+    "twice": (["--weight", "main=2", "--weight", "main=3"], "--weight main is given twice"),
+    "no_files": (["--source", "self=nothing/*.jsonl"], "--source self: the pattern 'nothing/*.jsonl' matches no file"),
+    "missing_file": (["--source", "self=gone.jsonl"], "--source self: input file gone.jsonl does not exist"),
+    "two_sources": (["--source", "self=*.jsonl"], "a.jsonl is in two sources, 'main' and 'self'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_source_and_weight_mistakes_are_one_line_errors(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "a.jsonl", rows_of("a", range(3), 1))
+    arguments, message = ERRORS[case]
+    assert main(["a.jsonl", *arguments, "-o", "out", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("error: "), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_input_and_no_source_is_the_usual_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["-o", str(tmp_path / "out")])
+    assert caught.value.code == 2
+    assert "the following arguments are required: INPUT (or --source NAME=GLOB)" in capsys.readouterr().err
+    with pytest.raises(InputError, match="no input"):
+        prepare_data({}, tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------
+# Positional INPUT: the output of before
+
+
+def _golden_inputs(tmp_path: Path) -> list[str]:
+    rows = rows_of("a", range(30), 3)
+    rows += [dict(r, generated_solution="  " + r["generated_solution"]) for r in rows[:9]]  # --dedup's duplicates
+    a = write_jsonl(tmp_path / "a.jsonl", rows)
+    b = write_jsonl(tmp_path / "b.jsonl", [{**r, "id": r["id"] + 100, "pad": "z" * 50} for r in rows_of("b", range(12), 2)])
+    return [str(a), str(b)]
+
+
+GOLDEN_CASES = {
+    "default": dict(),
+    "filters": dict(dedup=True, max_per_problem=2, val_split=0.2, seed=3),
+    "workers": dict(workers=2, dedup=True, seed=1, **SMALL_TASKS),
+}
+GOLDEN_PYARROW = "26.0.1"
+"""The pyarrow that wrote GOLDEN's bytes (Parquet files record their writer's version)."""
+GOLDEN = {
+    # case/file: (sha256 of the file, sha256 of its rows as JSON), both the first 16 hex digits, as written by
+    # sft/prepare_data.py before sources and weights existed (commit 41615e2)
+    "default/train.parquet": ("6efdf49587703799", "3729aebe58e5ea54"),
+    "default/val.parquet": ("51659ef46b167316", "da795dfcca36e8c0"),
+    "filters/train.parquet": ("a152ea26a6610691", "9315e6604d7a92ac"),
+    "filters/val.parquet": ("79ed801afa9c7535", "5d09a8950f9620bd"),
+    "workers/train.parquet": ("3a799ed583ebeb2d", "52cacd45fc712212"),
+    "workers/val.parquet": ("5d2f4a3dabd918a2", "413eb3dba925f888"),
+}
+
+
+def _digests(path: Path) -> tuple[str, str]:
+    rows = json.dumps(pq.read_table(path).to_pylist(), sort_keys=True).encode()
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16], hashlib.sha256(rows).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
+def test_positional_inputs_give_the_files_of_before(tmp_path, case):
+    inputs = _golden_inputs(tmp_path)
+    config = dict(GOLDEN_CASES[case], progress=False)
+    prepare_data(inputs, tmp_path / "positional", PrepareConfig(**config))
+    prepare_data({"main": inputs}, tmp_path / "named", PrepareConfig(**config), weights={"main": 1})
+    for name in ("train.parquet", "val.parquet"):
+        now = _digests(tmp_path / "positional" / name)
+        assert _digests(tmp_path / "named" / name) == now  # --source main=... --weight main=1: the same bytes
+        golden = GOLDEN[f"{case}/{name}"]
+        assert now[1] == golden[1], f"{case}/{name}: the rows or their order changed"
+        if pa.__version__ == GOLDEN_PYARROW:
+            assert now[0] == golden[0], f"{case}/{name}: the bytes changed"
