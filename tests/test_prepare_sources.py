@@ -153,13 +153,15 @@ def test_answer_key_missing_in_one_source_is_no_reference_answer_there(tmp_path)
 def test_the_split_is_leak_free_across_sources(tmp_path, group_by):
     a = write_jsonl(tmp_path / "a.jsonl", rows_of("a", range(40), 1))
     b = write_jsonl(tmp_path / "b.jsonl", rows_of("b", range(40), 3))  # the model's samples of the same problems
-    manifest = run(tmp_path, {"orig": [str(a)], "self": [str(b)]}, weights={"self": 1.7}, val_split=0.25,
-                   group_by=group_by, **SMALL_TASKS)
+    sources, settings = {"orig": [str(a)], "self": [str(b)]}, dict(val_split=0.25, group_by=group_by, **SMALL_TASKS)
+    manifest = run(tmp_path, sources, weights={"self": 1.7}, workers=1, **settings)
     train, val = written(tmp_path / "out")
     assert not {r["id"] for r in train} & {r["id"] for r in val}
     assert len({r["id"] for r in val}) == 10 and {r["src"] for r in val} == {"a", "b"}
     assert manifest["split"]["val_problems"] == 10 and manifest["split"]["val_prompts_also_in_train"] == 0
     assert_accounted(manifest)
+    two = run(tmp_path, sources, "two", weights={"self": 1.7}, workers=2, **settings)
+    assert written(tmp_path / "two") == (train, val) and two["sources"] == manifest["sources"]
 
 
 # ---------------------------------------------------------------------------------------
