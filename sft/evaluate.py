@@ -4,6 +4,7 @@ Usage:
     python -m sft.evaluate MODEL_DIR data/sft/val.parquet -o outputs/eval/tuned
     python -m sft.evaluate MODEL_DIR data/raw/val.jsonl -o outputs/eval/base --limit 200 --max-new-tokens 1024
     python -m sft.evaluate MODEL_DIR val.parquet -o outputs/eval/tuned --baseline outputs/eval/base/summary.json
+    python -m sft.evaluate MODEL_DIR val.parquet -o outputs/eval/k8 --num-samples 8 --temperature 0.8   # + pass@k, maj@8
     python sft/evaluate.py --help
 
 Grading: an output is correct when what it concludes is the reference answer (math-verify
@@ -22,12 +23,22 @@ Input (one row per problem):
   The reference answer is the final answer the reference solution states (sft/text/math_answers.py),
   or, with `--answer-key COL`, the value of that column (a bare answer or a full solution).
   A row whose reference states no final answer is not graded; it is listed as skipped.
+  (sft/generate.py reads problems the same way: read_problem_rows and samples_from_rows.)
 
 Generation: the model's chat template with the generation prompt, greedy decoding, at most
 `--max-new-tokens` new tokens, stopping at EOS (the generation config's and tokenizer's EOS
 plus the token that closes an assistant turn in the chat template). `--backend transformers`
 (default) decodes in batches with left padding on CPU or GPU (`--device auto`);
-`--backend vllm` uses vLLM when it is installed.
+`--backend vllm` uses vLLM when it is installed. Both sit behind `Generator` (loaded once,
+greedy or sampled by a `Sampling`), which sft/generate.py uses too.
+
+K samples (`--num-samples K`, K > 1): after the greedy pass (its accuracy and results.jsonl
+are unchanged), K solutions per problem are sampled (`--temperature`, default 1.0; `--top-p`,
+default 1.0; `--seed`, default 0) and graded the same way: pass@1 (the mean correct rate),
+pass@k for k = K and the powers of two below it (the unbiased estimator of Chen et al. 2021,
+1 - C(n-c, k)/C(n, k)), and maj@K (the answer most samples give, answers grouped by
+math-verify equivalence; samples without an answer do not vote; a tie goes to the answer that
+came first; a problem with no votes counts as wrong).
 
 Output (in --output-dir, each file written atomically):
   results.jsonl   one record per input row: prompt, output, predicted answer and the rule that
@@ -36,6 +47,12 @@ Output (in --output-dir, each file written atomically):
   summary.json    accuracy, final-answer rate, truncation rate (hit --max-new-tokens without
                   EOS), mean output length in tokens, counts, and the settings used.
   summary.md      the same as a Markdown table (and comparison.md with --baseline).
+  samples.jsonl   with --num-samples K > 1, one record per graded problem: its K samples (output,
+                  predicted answer, rule, correct, has_final_answer, truncated, output_tokens),
+                  num_correct, majority_answer, majority_votes, majority_correct. summary.json then
+                  adds samples_per_problem, pass_at_k ({"1": .., "2": .., "K": ..}), maj_at_k,
+                  sampled_final_answer_rate, sampled_truncation_rate, sampled_mean_output_tokens,
+                  temperature, top_p, seed, sampling_seconds, sampled_output_tokens_per_second.
 
 As a library (the demo uses it this way):
     from sft.evaluate import evaluate, compare_summaries
@@ -1002,7 +1019,7 @@ def _timed_generate(generator: Generator, prompts: list[list[int]], sampling: Sa
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """The generation flags sft/evaluate.py and sft/generate.py share: length, batching, engine, device, dtype, threads."""
     parser.add_argument("--max-new-tokens", type=int, default=512, help="generation limit per answer, in tokens")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call (transformers backend)")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call, each with its K samples when sampling (transformers backend)")
     parser.add_argument("--backend", choices=BACKENDS, default="transformers", help="generation engine")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument(

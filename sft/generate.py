@@ -84,6 +84,7 @@ class GenerateError(UserError):
 
 
 def shard_path(output_dir: Path, shard: int) -> Path:
+    """OUT_DIR/samples-00000.jsonl for shard 0."""
     return output_dir / f"samples-{shard:05d}.jsonl"
 
 
@@ -165,6 +166,22 @@ def read_shard(path: Path, problems: list[EvalSample], k: int) -> tuple[list[dic
         if not isinstance(row, dict) or (row.get("id"), row.get("sample_index"), row.get("prompt")) != key:
             return None, f"line {line} is not sample {key[1]} of problem {key[0]!r}"
     return rows, ""
+
+
+def _complete_shards(output_dir: Path, shards: list[tuple[int, list[EvalSample]]],
+                     k: int) -> tuple[dict[int, list[dict]], list[tuple[int, list[EvalSample]]]]:
+    """({shard index: rows} of the shards already complete, the (index, problems) of the others)."""
+    rows: dict[int, list[dict]] = {}
+    missing = []
+    for index, problems in shards:
+        kept, why = read_shard(shard_path(output_dir, index), problems, k)
+        if kept is None:
+            missing.append((index, problems))
+            if why != "missing":
+                print(f"{shard_path(output_dir, index)} {why}: generating it again", file=sys.stderr)
+        else:
+            rows[index] = kept
+    return rows, missing
 
 
 def shard_rows(problems: list[EvalSample], outputs: list[list[Generation]], model: str) -> list[dict]:
@@ -310,16 +327,7 @@ def generate(
     }
     _check_settings(output_dir, settings, overwrite)
     shards = [(i, items[start : start + shard_size]) for i, start in enumerate(range(0, len(items), shard_size))]
-    rows: dict[int, list[dict]] = {}
-    missing = []
-    for index, shard_problems in shards:
-        kept, why = read_shard(shard_path(output_dir, index), shard_problems, num_samples)
-        if kept is None:
-            missing.append((index, shard_problems))
-            if why != "missing":
-                print(f"{shard_path(output_dir, index)} {why}: generating it again", file=sys.stderr)
-        else:
-            rows[index] = kept
+    rows, missing = _complete_shards(output_dir, shards, num_samples)
     run = {"backend": backend, "device": device, "dtype": dtype, "batch_size": batch_size, "num_threads": num_threads}
     record = {"settings": settings, "run": run, "status": "running"}
     write_json_atomic(output_dir / SETTINGS_FILE, record)

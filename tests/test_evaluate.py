@@ -372,3 +372,148 @@ def test_compare_summaries_table():
     assert "Note" not in table
     other = compare_summaries(base, {**tuned, "data": "other.parquet"}, "before", "after")
     assert "| metric | before | after | change |" in other and "different data" in other
+
+
+# ----------------------------------------------------------------------------- k samples: pass@k and maj@K
+
+
+@pytest.mark.parametrize(
+    "n, c, k, expected",
+    [
+        (4, 1, 2, 0.5),  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+        (4, 1, 1, 0.25),  # pass@1 is the correct rate c/n
+        (4, 0, 4, 0.0),
+        (4, 4, 1, 1.0),
+        (5, 2, 2, 0.7),  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+        (4, 3, 2, 1.0),  # n - c < k: every draw of 2 holds a correct one
+        (8, 2, 4, 1 - 15 / 70),  # C(6,4)/C(8,4)
+    ],
+)
+def test_pass_at_k_is_the_unbiased_estimator(n, c, k, expected):
+    assert ev.pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_values_and_bad_arguments():
+    assert ev.pass_at_k_values(1) == [1] and ev.pass_at_k_values(2) == [1, 2]
+    assert ev.pass_at_k_values(4) == [1, 2, 4] and ev.pass_at_k_values(6) == [1, 2, 4, 6]
+    assert ev.pass_at_k_values(16) == [1, 2, 4, 8, 16]
+    with pytest.raises(ValueError):
+        ev.pass_at_k(4, 5, 1)
+    with pytest.raises(ValueError):
+        ev.pass_at_k(4, 1, 5)
+
+
+@pytest.mark.parametrize(
+    "answers, winner",
+    [
+        (["1/2", "0.5", "3", None], (0, 2)),  # "1/2" and "0.5" are one answer
+        (["3", "1/2", "0.5"], (1, 2)),
+        (["3", "\\frac{1}{2}", None, "0.5", None], (1, 2)),
+        (["3", "4"], (0, 1)),  # a tie: the answer that came first
+        (["\\frac{1}{2}", "3", "3", "0.5"], (0, 2)),  # a 2-2 tie: the group that appeared first
+        ([None, None], (None, 0)),  # nobody voted
+        ([], (None, 0)),
+    ],
+)
+def test_majority_vote_groups_equivalent_answers(answers, winner):
+    assert ev.majority_vote(answers) == winner
+
+
+def _problem(reference: str = "0.5") -> ev.EvalSample:
+    return ev.EvalSample(index=0, id="q", messages=[{"role": "user", "content": "Half of one?"}], reference=reference,
+                         reference_answer=reference)
+
+
+def test_sampled_records_and_their_summary_by_hand():
+    """Problem 1: samples 1/2, 0.5, 3, none -> 2 of 4 correct, majority 1/2 (correct). Problem 2: 3, 3, 1/2,
+    none -> 1 correct, majority 3 (wrong). Problem 3: no sample states an answer -> majority wrong."""
+    outputs = [
+        ["So \\boxed{1/2}.", "The answer is 0.5", "The answer is 3", "I do not know."],
+        ["The answer is 3", "\\boxed{3}", "\\boxed{\\frac{1}{2}}", "Hmm."],
+        ["Hmm.", "No idea.", "Well.", "Maybe."],
+    ]
+    records = [ev.sampled_record(_problem(), [ev.Generation(text, 3, i == 3) for i, text in enumerate(texts)])
+               for texts in outputs]
+    assert [r["num_correct"] for r in records] == [2, 1, 0]
+    assert [r["majority_answer"] for r in records] == ["1/2", "3", None]
+    assert [r["majority_votes"] for r in records] == [2, 2, 0]
+    assert [r["majority_correct"] for r in records] == [True, False, False]
+    assert [s["correct"] for s in records[0]["samples"]] == [True, True, False, False]
+    assert set(records[0]["samples"][0]) == set(ev.SAMPLE_FIELDS)
+    summary = ev.summarize_sampled(records, 4)
+    assert summary["samples_per_problem"] == 4
+    assert summary["pass_at_k"]["1"] == pytest.approx((2 / 4 + 1 / 4 + 0) / 3)
+    assert summary["pass_at_k"]["2"] == pytest.approx(((1 - 1 / 6) + 0.5 + 0) / 3)  # C(2,2)/C(4,2), C(3,2)/C(4,2)
+    assert summary["pass_at_k"]["4"] == pytest.approx(2 / 3)
+    assert summary["maj_at_k"] == pytest.approx(1 / 3)
+    assert summary["sampled_truncation_rate"] == 0.25 and summary["sampled_mean_output_tokens"] == 3
+
+
+def test_sampling_settings_are_checked_before_anything_is_loaded(graded_problems_jsonl, tmp_path):
+    model = tmp_path / "no model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(EvaluationError, match=r"--temperature set the sampled solutions of --num-samples K > 1"):
+        evaluate(model, graded_problems_jsonl, tmp_path / "o", temperature=0.7)
+    with pytest.raises(EvaluationError, match=r"--top-p, --seed set the sampled"):
+        evaluate(model, graded_problems_jsonl, tmp_path / "o", top_p=0.9, seed=3)
+    with pytest.raises(EvaluationError, match="--temperature 0 is greedy decoding: all 4 samples"):
+        evaluate(model, graded_problems_jsonl, tmp_path / "o", num_samples=4, temperature=0.0)
+    with pytest.raises(EvaluationError, match=r"--top-p must be in \(0, 1\]"):
+        evaluate(model, graded_problems_jsonl, tmp_path / "o", num_samples=4, top_p=1.5)
+    with pytest.raises(EvaluationError, match="--num-samples must be a whole number of at least 1"):
+        evaluate(model, graded_problems_jsonl, tmp_path / "o", num_samples=0)
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_with_k_samples_keeps_greedy_results_and_adds_pass_and_maj(base_and_memorised_models,
+                                                                           graded_problems_jsonl, tmp_path, capsys):
+    model = str(base_and_memorised_models["memorised"])
+    common = [str(graded_problems_jsonl), "--max-new-tokens", "32", "--num-threads", "1", "--no-progress"]
+    assert ev.main([model, *common, "-o", str(tmp_path / "greedy")]) == 0
+    assert ev.main([model, *common, "-o", str(tmp_path / "k4"), "--num-samples", "4", "--temperature", "0.5",
+                    "--baseline", str(tmp_path / "greedy" / "summary.json")]) == 0
+    greedy, greedy_summary = _read_results(tmp_path / "greedy")
+    records, summary = _read_results(tmp_path / "k4")
+    assert records == greedy  # results.jsonl stays the greedy records
+    assert {k: summary[k] for k in greedy_summary if "seconds" not in k and "per_second" not in k} == \
+        {k: v for k, v in greedy_summary.items() if "seconds" not in k and "per_second" not in k}
+    sampled = [json.loads(line) for line in (tmp_path / "k4" / "samples.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in sampled] == ["a", "b", "c"]  # graded problems only, in input order
+    assert all(r["num_samples"] == 4 and len(r["samples"]) == 4 for r in sampled)
+    for r in sampled:
+        assert r["num_correct"] == sum(s["correct"] for s in r["samples"])
+        memorised = sum(s["output"] == MEMORISED for s in r["samples"])
+        assert memorised >= 3  # temperature 0.5 on a memorised answer (measured: 4 of 4)
+    assert sampled[0]["majority_answer"] == "7" and sampled[0]["majority_correct"]
+    assert sampled[2]["majority_answer"] == "7" and not sampled[2]["majority_correct"]  # reference 8
+    assert summary["samples_per_problem"] == 4 and set(summary["pass_at_k"]) == {"1", "2", "4"}
+    assert summary["pass_at_k"]["1"] == pytest.approx(sum(r["num_correct"] / 4 for r in sampled) / 3)
+    assert summary["maj_at_k"] == pytest.approx(2 / 3)
+    assert (summary["temperature"], summary["top_p"], summary["seed"]) == (0.5, 1.0, 0)
+    markdown = (tmp_path / "k4" / "summary.md").read_text()
+    assert "| accuracy | 66.7% (2/3) |\n| pass@1 |" in markdown and "| maj@4 | 66.7% |" in markdown
+    comparison = (tmp_path / "k4" / "comparison.md").read_text()
+    assert "| accuracy | 66.7% | 66.7% | +0.0 pts |" in comparison
+    assert "| pass@4 | n/a |" in comparison and "| maj@4 | n/a | 66.7% | n/a |" in comparison
+    assert "Note: samples_per_problem differs (None vs 4)." in comparison
+    assert "samples.jsonl" in capsys.readouterr().out
+    # A later greedy run into the same directory removes the samples that no longer belong to its summary.
+    assert ev.main([model, *common, "-o", str(tmp_path / "k4")]) == 0
+    assert not (tmp_path / "k4" / "samples.jsonl").exists()
+
+
+def test_compare_summaries_with_sampled_metrics():
+    base = {"accuracy": 0.1, "final_answer_rate": 0.5, "truncation_rate": 0.25, "mean_output_tokens": 100.0,
+            "num_graded": 20, "num_samples": 20, "data": "val.parquet", "max_new_tokens": 256, "system_prompt": None,
+            "samples_per_problem": 4, "pass_at_k": {"1": 0.2, "2": 0.3, "4": 0.4}, "maj_at_k": 0.25,
+            "temperature": 1.0, "top_p": 1.0}
+    tuned = {**base, "pass_at_k": {"1": 0.5, "2": 0.6, "4": 0.7}, "maj_at_k": 0.55}
+    table = compare_summaries(base, tuned)
+    lines = table.splitlines()
+    assert lines[2] == "| accuracy | 10.0% | 10.0% | +0.0 pts |"
+    assert lines[3:7] == ["| pass@1 | 20.0% | 50.0% | +30.0 pts |", "| pass@2 | 30.0% | 60.0% | +30.0 pts |",
+                          "| pass@4 | 40.0% | 70.0% | +30.0 pts |", "| maj@4 | 25.0% | 55.0% | +30.0 pts |"]
+    assert "Note" not in table
+    hotter = compare_summaries(base, {**tuned, "temperature": 0.6})
+    assert "Note: temperature differs (1.0 vs 0.6)." in hotter
