@@ -117,21 +117,23 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_settings(output_dir: Path, settings: dict, overwrite: bool) -> None:
-    """Refuse to mix settings in one OUT_DIR; with `overwrite`, remove the earlier run's files first."""
+def _check_settings(output_dir: Path, settings: dict, overwrite: bool) -> dict:
+    """Refuse to mix settings in one OUT_DIR; with `overwrite`, remove the earlier run's files first.
+    Returns the earlier run's generation.json ({} when there is none)."""
     recorded_path = output_dir / SETTINGS_FILE
     shards = sorted(output_dir.glob(SHARD_GLOB)) if output_dir.is_dir() else []
     if overwrite:
         for path in [*shards, recorded_path]:
             path.unlink(missing_ok=True)
-        return
+        return {}
     if not recorded_path.is_file():
         if shards:
             raise GenerateError(f"{output_dir} holds {len(shards)} samples-*.jsonl file(s) but no {SETTINGS_FILE}, "
                                 "so they cannot be checked. Use another -o, or --overwrite to start over.")
-        return
+        return {}
     try:
-        recorded = json.loads(recorded_path.read_text())["settings"]
+        previous = json.loads(recorded_path.read_text())
+        recorded = previous["settings"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise GenerateError(f"{recorded_path}: unreadable ({exc}). Use another -o, or --overwrite to start over.")
     for key in CHECKED_SETTINGS:
@@ -142,6 +144,7 @@ def _check_settings(output_dir: Path, settings: dict, overwrite: bool) -> None:
                 f"now {settings[key]!r} ({recorded_path}). Use another -o for the new settings, or --overwrite "
                 "to delete the samples there and start over."
             )
+    return previous
 
 
 # --------------------------------------------------------------------------- shards
@@ -325,10 +328,15 @@ def generate(
         "max_new_tokens": max_new_tokens, "seed": seed, "shard_size": shard_size, "prompt_key": prompt_key,
         "id_key": id_key, "answer_key": answer_key, "system_prompt": system_prompt, "limit": limit,
     }
-    _check_settings(output_dir, settings, overwrite)
+    previous = _check_settings(output_dir, settings, overwrite)
     shards = [(i, items[start : start + shard_size]) for i, start in enumerate(range(0, len(items), shard_size))]
     rows, missing = _complete_shards(output_dir, shards, num_samples)
+    if progress:
+        print(f"{len(items):,} problems x {num_samples} samples in {len(shards)} shard(s) of up to {shard_size}: "
+              f"{len(rows)} complete (kept), {len(missing)} to generate", file=sys.stderr)
     run = {"backend": backend, "device": device, "dtype": dtype, "batch_size": batch_size, "num_threads": num_threads}
+    if not missing and isinstance(previous.get("run"), dict):  # nothing to generate: the run that made the samples
+        run = previous["run"]
     record = {"settings": settings, "run": run, "status": "running"}
     write_json_atomic(output_dir / SETTINGS_FILE, record)
 

@@ -173,6 +173,7 @@ def test_rerun_after_an_interruption_regenerates_only_bad_shards_identically(gen
     done = generate(str(tiny_model_dir), problems_jsonl, out, num_samples=3, shard_size=2, **FAST)
     assert done["summary"]["shards_reused"] == 3 and done["summary"]["samples_generated"] == 0
     assert done["summary"]["samples_per_second"] is None and _shards(out) == reference
+    assert done["run"]["device"] == "cpu" and done["run"]["num_threads"] == 1  # the run that made them
 
 
 def test_a_shard_with_other_problems_is_regenerated(generated, tiny_model_dir, problems_jsonl, capsys):
@@ -242,6 +243,8 @@ def test_other_settings_into_the_same_directory_are_refused(generated, tiny_mode
         ('{"prompt": "ok"}\n', ["--temperature", "0"], r"--temperature 0 is greedy .*--num-samples 1"),
         ('{"prompt": "ok"}\n', ["--temperature", "-1"], r"--temperature must be 0 \(greedy\) or more"),
         ('{"prompt": "ok"}\n', ["--shard-size", "0"], r"--shard-size must be at least 1"),
+        ('{"messages": [{"role": "system", "content": "A"}, {"role": "user", "content": "q"}]}\n',
+         ["--system-prompt", "B"], r"problems.jsonl:1: the row already has a system message that differs"),
     ],
 )
 def test_bad_input_is_one_line_naming_file_line_and_fix(tiny_model_dir, tmp_path, capsys, content, options, message):
@@ -279,6 +282,41 @@ def test_help():
     for flag in ("--num-samples", "--temperature", "--top-p", "--seed", "--shard-size", "--backend", "--overwrite",
                  "--answer-key", "--id-key", "--system-prompt", "--num-threads"):
         assert flag in result.stdout
+
+
+def test_vllm_backend_asks_for_k_seeded_samples_per_prompt(monkeypatch, tiny_tokenizer):
+    """The vLLM path without vLLM: a stand-in module records what is asked and answers in vLLM's shapes."""
+    import types
+
+    from sft import evaluate as ev
+
+    asked = {}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    class LLM:
+        def generate(self, prompts, params, use_tqdm):
+            asked.update(prompts=prompts, params=params, use_tqdm=use_tqdm)
+            eos = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+            word = tiny_tokenizer("7", add_special_tokens=False)["input_ids"]
+            completion = types.SimpleNamespace
+            return [types.SimpleNamespace(outputs=[completion(index=1, token_ids=word * 3, finish_reason="length"),
+                                                   completion(index=0, token_ids=word + [eos], finish_reason="stop")])
+                    for _ in prompts]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=SamplingParams, LLM=LLM))
+    outputs = ev._vllm_outputs(LLM(), tiny_tokenizer, [[1, 2], [3]], stop_ids={tiny_tokenizer.eos_token_id},
+                               sampling=ev.Sampling(2, 0.7, 0.9, seed=5), max_new_tokens=3, bar=None)
+    assert asked["prompts"] == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
+    first, second = (params.kwargs for params in asked["params"])  # one per prompt: each seeded on its own
+    assert {k: first[k] for k in ("n", "temperature", "top_p", "max_tokens")} == {"n": 2, "temperature": 0.7,
+                                                                                  "top_p": 0.9, "max_tokens": 3}
+    assert first["seed"] == ev.derive_seed(5, 0) and second["seed"] == ev.derive_seed(5, 1)
+    assert first["stop_token_ids"] == [tiny_tokenizer.eos_token_id]
+    assert [[(g.output_tokens, g.finish_reason) for g in prompt] for prompt in outputs] == [[(1, "stop"), (3, "length")]] * 2
+    assert outputs[0][0].text == "7" and outputs[0][1].text == "777"
 
 
 # ----------------------------------------------------------------------------- a model that knows the answers
