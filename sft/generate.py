@@ -101,6 +101,10 @@ def load_problems(problems: Path, *, prompt_key: str, id_key: str, answer_key: s
     rows = read_problem_rows(problems, limit)
     if answer_key is None and any(DEFAULT_ANSWER_KEY in row for _, row in rows):
         answer_key = DEFAULT_ANSWER_KEY
+    elif answer_key is not None and not any(answer_key in row for _, row in rows):
+        fields = sorted({key for _, row in rows for key in row})
+        raise GenerateError(f"{problems}: no row has the --answer-key column {answer_key!r} (fields: "
+                            f"{', '.join(fields) or 'none'}). Name the answer column, or drop --answer-key.")
     samples = samples_from_rows(rows, answer_key=answer_key, prompt_key=prompt_key, id_key=id_key,
                                 system_prompt=system_prompt)
     for sample in samples:
@@ -134,8 +138,10 @@ def _check_settings(output_dir: Path, settings: dict, overwrite: bool) -> dict:
     try:
         previous = json.loads(recorded_path.read_text())
         recorded = previous["settings"]
+        if not isinstance(recorded, dict):
+            raise TypeError("'settings' is not an object")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise GenerateError(f"{recorded_path}: unreadable ({exc}). Use another -o, or --overwrite to start over.")
+        raise GenerateError(f"{recorded_path}: unreadable ({exc}). Use another -o, or --overwrite to start over.") from None
     for key in CHECKED_SETTINGS:
         if recorded.get(key) != settings[key]:
             what = "the problems file's content (sha256)" if key == "problems_sha256" else key

@@ -226,6 +226,9 @@ def test_other_settings_into_the_same_directory_are_refused(generated, tiny_mode
     record = generate(str(tiny_model_dir), problems_jsonl, out, num_samples=2, overwrite=True, **FAST)
     assert sorted(_shards(out)) == ["samples-00000.jsonl"] and record["summary"]["samples"] == 2
 
+    (out / "generation.json").write_text("[]")
+    with pytest.raises(UserError, match=r"generation.json: unreadable .*--overwrite"):
+        generate(str(tiny_model_dir), problems_jsonl, out, num_samples=2, **FAST)
     (out / "generation.json").unlink()
     with pytest.raises(UserError, match="no generation.json.*--overwrite"):
         generate(str(tiny_model_dir), problems_jsonl, out, num_samples=2, **FAST)
@@ -243,6 +246,8 @@ def test_other_settings_into_the_same_directory_are_refused(generated, tiny_mode
         ('{"prompt": "ok"}\n', ["--temperature", "0"], r"--temperature 0 is greedy .*--num-samples 1"),
         ('{"prompt": "ok"}\n', ["--temperature", "-1"], r"--temperature must be 0 \(greedy\) or more"),
         ('{"prompt": "ok"}\n', ["--shard-size", "0"], r"--shard-size must be at least 1"),
+        ('{"prompt": "ok", "solution": "7"}\n', ["--answer-key", "gold"],
+         r"problems.jsonl: no row has the --answer-key column 'gold' \(fields: prompt, solution\)"),
         ('{"messages": [{"role": "system", "content": "A"}, {"role": "user", "content": "q"}]}\n',
          ["--system-prompt", "B"], r"problems.jsonl:1: the row already has a system message that differs"),
     ],
