@@ -4,7 +4,7 @@ Usage:
     python -m sft.evaluate MODEL_DIR data/sft/val.parquet -o outputs/eval/tuned
     python -m sft.evaluate MODEL_DIR data/raw/val.jsonl -o outputs/eval/base --limit 200 --max-new-tokens 1024
     python -m sft.evaluate MODEL_DIR val.parquet -o outputs/eval/tuned --baseline outputs/eval/base/summary.json
-    python -m sft.evaluate MODEL_DIR val.parquet -o outputs/eval/k8 --num-samples 8 --temperature 0.8   # + pass@k, maj@8
+    python -m sft.evaluate MODEL_DIR val.parquet -o outputs/eval/k8 --num-samples 8 --temperature 0.8  # pass@k, maj@8
     python sft/evaluate.py --help
 
 Grading: an output is correct when what it concludes is the reference answer (math-verify
@@ -272,7 +272,9 @@ def read_problem_rows(data_path: str | os.PathLike, limit: int | None = None) ->
     if limit is not None:
         rows = rows[: max(limit, 0)]
     if not rows:
-        raise EvaluationError(f"{path}: no rows to read (an empty file, or --limit 0). Pass a file with at least one row.")
+        raise EvaluationError(
+            f"{path}: no rows to read (an empty file, or --limit 0). Pass a file with at least one row."
+        )
     return rows
 
 
@@ -540,7 +542,8 @@ def _vllm_outputs(llm, tokenizer, prompts: list[list[int]], *, stop_ids: set[int
     else:
         params = [vllm.SamplingParams(n=sampling.num_samples, temperature=sampling.temperature, top_p=sampling.top_p,
                                       seed=derive_seed(sampling.seed, i), **common) for i in range(len(prompts))]
-    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=bar is not None and not bar.disable)
+    shown = bar is not None and not bar.disable
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=shown)
     results = []
     for output in outputs:
         generations = []
@@ -678,7 +681,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def pass_at_k_values(num_samples: int) -> list[int]:
-    """The k reported for `num_samples` samples: the powers of two below it, and itself (4 -> 1, 2, 4; 6 -> 1, 2, 4, 6)."""
+    """The k reported for `num_samples` samples: the powers of two below it, and itself
+    (4 -> 1, 2, 4; 6 -> 1, 2, 4, 6)."""
     return sorted({2**i for i in range(num_samples.bit_length()) if 2**i < num_samples} | {num_samples})
 
 
@@ -800,8 +804,8 @@ def format_summary(summary: dict) -> str:
     sampled = _sampled_metrics(summary)
     if sampled:
         lines[6:6] = [f"| {label} | {_percent(value)} |" for label, value in sampled.items()]
-        lines.append(f"| sampled: truncation rate, mean length (tokens) | {_percent(summary['sampled_truncation_rate'])}, "
-                     f"{_tokens(summary['sampled_mean_output_tokens'])} |")
+        lines.append(f"| sampled: truncation rate, mean length (tokens) | "
+                     f"{_percent(summary['sampled_truncation_rate'])}, {_tokens(summary['sampled_mean_output_tokens'])} |")
         lines.append(f"\nAccuracy: greedy decoding. pass@k and maj@{summary['samples_per_problem']}: "
                      f"{summary['samples_per_problem']} samples per problem (temperature {summary['temperature']}, "
                      f"top-p {summary['top_p']}, seed {summary['seed']}); pass@k is the unbiased estimate of "

@@ -141,7 +141,9 @@ def _check_settings(output_dir: Path, settings: dict, overwrite: bool) -> dict:
         if not isinstance(recorded, dict):
             raise TypeError("'settings' is not an object")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise GenerateError(f"{recorded_path}: unreadable ({exc}). Use another -o, or --overwrite to start over.") from None
+        raise GenerateError(
+            f"{recorded_path}: unreadable ({exc}). Use another -o, or --overwrite to start over."
+        ) from None
     for key in CHECKED_SETTINGS:
         if recorded.get(key) != settings[key]:
             what = "the problems file's content (sha256)" if key == "problems_sha256" else key
@@ -353,8 +355,8 @@ def generate(
         run.update(device=generator.device, dtype=generator.dtype_name)
         with torch_threads(num_threads, generator.device) as threads:
             run["num_threads"] = threads if generator.device == "cpu" else None
-            generated, seconds = _generate_shards(generator, missing, output_dir, sampling, max_new_tokens=max_new_tokens,
-                                         model=str(model), progress=progress)
+            generated, seconds = _generate_shards(generator, missing, output_dir, sampling,
+                                                  max_new_tokens=max_new_tokens, model=str(model), progress=progress)
         rows.update(generated)
     all_rows = [row for index in sorted(rows) for row in rows[index]]
     summary = summarize(all_rows, num_samples, seconds=seconds,
@@ -395,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--system-prompt", default=None,
                         help="system message put first in every prompt (a row with a different one is an error)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="delete OUT_DIR's samples and generation.json from a run with other settings, and start over")
+                        help="delete OUT_DIR's samples and generation.json from a run with other settings, "
+                        "and start over")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
