@@ -176,6 +176,31 @@ def test_rerun_after_an_interruption_regenerates_only_bad_shards_identically(gen
     assert done["run"]["device"] == "cpu" and done["run"]["num_threads"] == 1  # the run that made them
 
 
+def test_an_interrupted_run_leaves_whole_shards_and_resumes_to_the_same_samples(generated, tiny_model_dir,
+                                                                                 problems_jsonl, tmp_path, monkeypatch):
+    out, _ = generated
+    reference = _shards(out)
+    interrupted = tmp_path / "interrupted"
+    real_generate = gen.Generator.generate
+    calls = []
+
+    def interrupt_the_second_shard(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C, or a job's time limit, while shard 1 is being sampled
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(gen.Generator, "generate", interrupt_the_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        generate(str(tiny_model_dir), problems_jsonl, interrupted, num_samples=3, shard_size=2, **FAST)
+    assert sorted(p.name for p in interrupted.iterdir()) == ["generation.json", "samples-00000.jsonl"]  # no partial file
+    assert json.loads((interrupted / "generation.json").read_text())["status"] == "running"
+    monkeypatch.setattr(gen.Generator, "generate", real_generate)
+    record = generate(str(tiny_model_dir), problems_jsonl, interrupted, num_samples=3, shard_size=2, **FAST)
+    assert _shards(interrupted) == reference  # as if never interrupted
+    assert record["summary"]["shards_reused"] == 1 and record["summary"]["samples_generated"] == 9
+
+
 def test_a_shard_with_other_problems_is_regenerated(generated, tiny_model_dir, problems_jsonl, capsys):
     out, _ = generated
     reference = _shards(out)
