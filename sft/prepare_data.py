@@ -9,6 +9,8 @@ Usage:
     python sft/prepare_data.py traces.jsonl -o data/sft --tokenizer Qwen/Qwen3-8B  # see what the template trains
     python sft/prepare_data.py "data/orig/*.jsonl" --source self="outputs/round2/*.jsonl" --weight self=2 \\
         -o data/sft --answer-key answer --max-per-problem 4         # mix sources: original data + the model's samples
+    python sft/prepare_data.py --source seed="data/orig/*.jsonl" --source self="outputs/round2/*.jsonl" \\
+        -o data/sft --answer-key answer --max-per-problem 2 --dedup --filters-for self   # filter the samples only
 
 Writes, in the output directory (each file atomically; a stale file this run does not produce
 is removed; manifest.json is written last, so its presence means the run completed):
@@ -42,6 +44,10 @@ others. Every filter acts within a source (--dedup and --max-per-problem never c
 two sources); then each kept row of a source of weight W is written floor(W) times, plus once
 more with probability frac(W), drawn from --seed and the row's file and line. The split is by
 problem across all sources, so every copy of every row of a problem is on one side.
+--filters-for NAME[,NAME...] restricts the quality filters (--dedup, --require-final-answer,
+--answer-key/--answers, --max-per-problem, --min/--max-tokens) to the named sources: the rows of
+the others are still validated and encoded, and dropped only as no_answer_after_reasoning or
+over_max_length (training could not use them); manifest `sources.NAME.filtered_by_options`.
 
 The split is by problem (same id, or same prompt when a row has no id), exactly
 round(val_split x problems) problems in val, chosen by a seeded hash. Rows are shuffled
@@ -251,8 +257,10 @@ class _Plan:
         return self.inputs.chat
 
 
-def plan_run(files: list[str], cfg: PrepareConfig) -> _Plan:
-    """Load what the scan needs (reference answers, grader, chat template) and cut the inputs into tasks."""
+def plan_run(sources: Sources, cfg: PrepareConfig) -> _Plan:
+    """Load what the scan needs (reference answers, grader, chat template) and cut the inputs into tasks
+    (each marked with whether the quality filters act on it, --filters-for)."""
+    files = sources.files
     total_bytes = sum(os.path.getsize(p) for p in files)
     buckets = int(min(MAX_BUCKETS, max(1, math.ceil(total_bytes / (cfg.shuffle_buffer_mb * (1 << 20))))))
     answers = load_answers(cfg.answers, cfg.id_key) if cfg.check_answers and cfg.answers else None
@@ -261,13 +269,17 @@ def plan_run(files: list[str], cfg: PrepareConfig) -> _Plan:
 
         warm_up()
     chat, warnings = load_chat_format(files, cfg) if cfg.tokenizer else (None, [])
+    if cfg.filters_for is not None and not cfg.quality_filters:
+        warnings.append(f"--filters-for {','.join(cfg.filters_for)} has no effect: no quality filter is on "
+                        "(--dedup, --require-final-answer, --answer-key, --answers, --max-per-problem, "
+                        "--min-tokens, --max-tokens)")
     tokenizer = None
     if chat is not None:  # what a worker started by spawn needs to build the same ChatFormat
         options = cfg.chat_options()
         if chat.text.tiktoken is None:
             options["use_tiktoken"] = False
         tokenizer = (cfg.tokenizer, options)
-    tasks = plan_tasks(files, int(cfg.task_bytes))
+    tasks = plan_tasks(files, int(cfg.task_bytes), sources.filtered_files())
     workers = min(cfg.workers or _cpu_count(), len(tasks))
     return _Plan(files, buckets, tasks, workers, WorkerInputs(answers, chat, tokenizer), warnings)
 
@@ -411,7 +423,7 @@ class _Selection:
 
 def select_rows(results: list[TaskResult], cfg: PrepareConfig, tokenized: bool, rows: RowSources) -> _Selection:
     """--dedup (the first of identical pairs is kept) and --max-per-problem (the first K of a problem), each
-    within a source."""
+    within a source, for the rows of the sources they act on (--filters-for)."""
 
     def gather(name: str, dtype) -> np.ndarray:
         parts = [getattr(r, name) for r in results if getattr(r, name) is not None]
@@ -420,20 +432,22 @@ def select_rows(results: list[TaskResult], cfg: PrepareConfig, tokenized: bool, 
     order, groups, prompts = gather("order", np.uint64), gather("groups", np.uint64), gather("prompts", np.uint64)
     tokens = gather("tokens", np.int64) if tokenized else None
     source = rows.source(order)
+    applies = rows.filtered(order)
     # XOR with a per-source constant keeps equal values equal within a source and apart across sources
     source_salt = mix64(source.astype(np.uint64), 0x50_55_52_43)
     n_sources = len(rows.sources.sources)
     dropped = np.zeros(len(order), dtype=bool)
     per_source = {name: np.zeros(n_sources, dtype=np.int64) for name in ("deduplicated", "over_max_per_problem")}
-    if cfg.dedup and len(order):
+    if cfg.dedup and applies.any():
         # 64-bit digests of the normalised (prompt, response): a false match needs ~4e9 rows
-        _, first = np.unique(gather("digests", np.uint64) ^ source_salt, return_index=True)
-        duplicate = np.ones(len(order), dtype=bool)
-        duplicate[first] = False
+        candidates = np.flatnonzero(applies)
+        _, first = np.unique((gather("digests", np.uint64) ^ source_salt)[candidates], return_index=True)
+        duplicate = applies.copy()
+        duplicate[candidates[first]] = False
         per_source["deduplicated"] = np.bincount(source[duplicate], minlength=n_sources)
         dropped |= duplicate
-    if cfg.max_per_problem is not None and len(order):
-        alive = np.flatnonzero(~dropped)
+    if cfg.max_per_problem is not None and applies.any():
+        alive = np.flatnonzero(~dropped & applies)
         problems = groups ^ source_salt
         by_group = alive[np.argsort(problems[alive], kind="stable")]  # input order within each group
         sorted_groups = problems[by_group]
@@ -640,6 +654,7 @@ def source_summary(sources: Sources, results: list[TaskResult], selection: _Sele
             "globs": source.globs,
             "files": [os.path.abspath(path) for path in source.files],
             "weight": source.weight,
+            "filtered_by_options": source.filtered,
             "read": sum(r.rows_read for r in mine),
             "blank_lines": sum(r.blank_lines for r in mine),
             "rejected": dict(sorted(rejected.items())),
@@ -777,12 +792,12 @@ def prepare_data(inputs: list[str] | dict[str, list[str]], output_dir: str | os.
     written to output_dir in either case.
     """
     cfg = config or PrepareConfig()
-    sources = resolve_sources(inputs, weights)
+    sources = resolve_sources(inputs, weights, cfg.filters_for)
     files = sources.files
     out = ensure_writable_dir(output_dir)
     command = command or {"inputs": inputs if isinstance(inputs, dict) else list(inputs), "output_dir": str(out),
                           **({"weights": dict(weights)} if weights else {})}
-    plan = plan_run(files, cfg)
+    plan = plan_run(sources, cfg)
     with scratch_directory(out / ".prepare_data", prefix=".prepare_data-") as tmp_dir:
         results, spills = scan(plan, cfg, tmp_dir)
         counts = _Counts.of_scan(results)

@@ -72,7 +72,7 @@ def test_two_sources_with_weights_1_and_2_write_exact_counts_and_keep_copies_on_
     s = manifest["sources"]
     assert list(s) == ["orig", "self"]
     assert s["orig"] | {"files": None} == {
-        "globs": [str(a)], "files": None, "weight": 1.0, "read": 40, "blank_lines": 0, "rejected": {},
+        "globs": [str(a)], "files": None, "weight": 1.0, "filtered_by_options": True, "read": 40, "blank_lines": 0, "rejected": {},
         "filtered": {}, "deduplicated": 0, "kept": 40, "removed_by_weight": 0, "repeats": 0,
         "train": sum(r["src"] == "a" for r in train), "val": sum(r["src"] == "a" for r in val)}
     assert s["self"]["files"] == [str(b1.resolve()), str(b2.resolve())] and s["self"]["weight"] == 2.0
@@ -273,3 +273,170 @@ def test_positional_inputs_give_the_files_of_before(tmp_path, case):
         assert now[1] == golden[1], f"{case}/{name}: the rows or their order changed"
         if pa.__version__ == GOLDEN_PYARROW:
             assert now[0] == golden[0], f"{case}/{name}: the bytes changed"
+
+
+# ---------------------------------------------------------------------------------------
+# --filters-for: the quality filters act on the named sources only
+
+
+def loop_inputs(tmp_path: Path) -> dict[str, list[str]]:
+    """One round of the generate-and-retrain loop: `seed`, the user's data (2 solutions per problem, all correct,
+    an `answer` field on even problems only, its first 3 rows twice) and `self`, the model's samples (4 per
+    problem, every odd one wrong, all with an `answer`, its first 2 rows twice)."""
+    seed = rows_of("seed", range(12), 2)
+    for row in seed:
+        if row["id"] % 2 == 0:
+            row["answer"] = str(2 * row["id"])
+    samples = rows_of("self", range(6, 18), 4)
+    for row in samples:
+        right = 2 * row["id"]
+        row["answer"] = str(right)
+        if row["k"] % 2:
+            row["generated_solution"] = row["generated_solution"].replace(f"\\boxed{{{right}}}", f"\\boxed{{{right + 1}}}")
+    a = write_jsonl(tmp_path / "seed.jsonl", seed + seed[:3])
+    b = write_jsonl(tmp_path / "self.jsonl", samples + samples[:2])
+    return {"seed": [str(a)], "self": [str(b)]}
+
+
+def assert_untouched(manifest: dict, name: str, allowed: tuple[str, ...] = ()) -> None:
+    """A source --filters-for leaves out: no quality filter dropped any of its rows."""
+    info = manifest["sources"][name]
+    assert info["filtered_by_options"] is False and info["deduplicated"] == 0
+    assert set(info["filtered"]) <= set(allowed), info["filtered"]
+
+
+def test_filters_for_self_grades_the_samples_and_keeps_the_seed_as_given(tmp_path):
+    inputs = loop_inputs(tmp_path)
+    manifest = run(tmp_path, inputs, answer_key="answer", filters_for=["self"], val_split=0.0)
+    train, _ = written(tmp_path / "out")
+    s = manifest["sources"]
+    assert_untouched(manifest, "seed")
+    assert (s["seed"]["read"], s["seed"]["kept"], s["seed"]["train"]) == (27, 27, 27)  # rows without `answer` too
+    assert s["self"]["filtered_by_options"] is True and s["self"]["filtered"] == {"wrong_answer": 25}
+    assert {r["k"] % 2 for r in train if r["src"] == "self"} == {0} and s["self"]["train"] == 25
+    assert {r["sft_answer"] for r in train if r["src"] == "seed"} == {None}  # not graded
+    assert all(r["sft_answer"] == str(2 * r["id"]) for r in train if r["src"] == "self")
+    assert manifest["grading"]["outcomes"] == {"correct": 25, "wrong": 25}  # the graded rows: self's
+    drops = [json.loads(line) for line in (tmp_path / "out" / "answer_drops.jsonl").read_text().splitlines()]
+    assert len(drops) == 25 and {d["row"]["src"] for d in drops} == {"self"}
+    assert manifest["config"]["filters_for"] == ["self"]
+    assert_accounted(manifest)
+    # Without --filters-for the seed rows without `answer` are dropped, as before.
+    everything = run(tmp_path, inputs, "all", answer_key="answer", val_split=0.0)
+    assert everything["sources"]["seed"]["filtered"] == {"no_reference_answer": 13}
+    assert everything["sources"]["seed"]["filtered_by_options"] is True and everything["config"]["filters_for"] is None
+
+
+def test_filters_for_caps_and_dedups_only_the_named_sources(tmp_path):
+    inputs = loop_inputs(tmp_path)
+    manifest = run(tmp_path, inputs, max_per_problem=1, dedup=True, filters_for=["self"], val_split=0.0)
+    train, _ = written(tmp_path / "out")
+    per_problem = collections.Counter((r["src"], r["id"]) for r in train)
+    assert {n for (src, _), n in per_problem.items() if src == "self"} == {1} and len(per_problem) == 24
+    assert per_problem[("seed", 0)] == 4 and per_problem[("seed", 5)] == 2  # the seed's repeated rows stay
+    assert_untouched(manifest, "seed")
+    assert manifest["sources"]["seed"]["train"] == 27
+    assert manifest["sources"]["self"]["deduplicated"] == 2
+    assert manifest["sources"]["self"]["filtered"] == {"over_max_per_problem": 36}
+    assert_accounted(manifest)
+    # Each named source is deduplicated and capped on its own, as without --filters-for.
+    both = run(tmp_path, inputs, "both", max_per_problem=1, dedup=True, filters_for=["seed,self"], val_split=0.0)
+    assert (both["sources"]["seed"]["deduplicated"], both["sources"]["seed"]["filtered"]) == \
+        (3, {"over_max_per_problem": 12})
+    assert both["sources"]["self"] == manifest["sources"]["self"]
+    assert both["counts"]["train"] == 12 + 12
+    assert_accounted(both)
+
+
+def test_filters_for_leaves_answer_and_token_filters_off_but_keeps_what_training_needs(tmp_path, tiny_model_dir):
+    seed = rows_of("seed", range(6), 1)
+    seed[0]["generated_solution"] = "<think>all reasoning</think>"  # nothing left with --answers-only
+    seed[1]["generated_solution"] = "No boxed answer here."  # fails --require-final-answer
+    seed[2]["generated_solution"] = "Step. " * 300 + "\\boxed{4}"  # over --max-length
+    samples = rows_of("self", range(6), 2)
+    samples[0]["generated_solution"] = "No boxed answer here."
+    inputs = {"seed": [str(write_jsonl(tmp_path / "seed.jsonl", seed))],
+              "self": [str(write_jsonl(tmp_path / "self.jsonl", samples))]}
+    options = dict(require_final_answer=True, answers_only=True, max_length=400, min_tokens=60, val_split=0.0,
+                   filters_for=["self"])
+    manifest = run(tmp_path, inputs, tokenizer=str(tiny_model_dir), **options)
+    assert_untouched(manifest, "seed", ("no_answer_after_reasoning", "over_max_length"))
+    assert manifest["sources"]["seed"]["filtered"] == {"no_answer_after_reasoning": 1, "over_max_length": 1}
+    assert manifest["sources"]["seed"]["kept"] == 4  # the short answer-less solution too
+    assert manifest["sources"]["self"]["filtered"] == {"no_final_answer": 1, "too_few_tokens": 11}
+    assert manifest["tokens"]["before_length_filters"]["samples"] == 5 + 11
+    assert_accounted(manifest)
+    # Without a tokenizer --min-tokens reads a field: rows of the seed lacking it are not no_token_count.
+    plain = run(tmp_path, inputs, "plain", min_tokens=10, val_split=0.0, filters_for=["self"])
+    assert plain["sources"]["seed"]["kept"] == 6 and plain["sources"]["self"]["filtered"] == {"no_token_count": 12}
+    assert_accounted(plain)
+
+
+@pytest.mark.parametrize("options", [dict(dedup=True, max_per_problem=1),
+                                     dict(answer_key="answer", max_per_problem=2, task_mb=0.002)])
+def test_filters_for_output_is_the_same_with_1_and_2_workers(tmp_path, options):
+    inputs = loop_inputs(tmp_path)
+    settings = {**SMALL_TASKS, **options, "filters_for": ["self"]}
+    one = run(tmp_path, inputs, "one", {"self": 1.5}, workers=1, **settings)
+    two = run(tmp_path, inputs, "two", {"self": 1.5}, workers=2, **settings)
+    assert written(tmp_path / "one") == written(tmp_path / "two")
+    assert one["counts"] == two["counts"] and one["sources"] == two["sources"] and one["split"] == two["split"]
+    assert_untouched(one, "seed")
+    assert_accounted(one)
+
+
+LOOP_OPTIONS = dict(answer_key="answer", dedup=True, max_per_problem=1, val_split=0.25, seed=5)
+LOOP_GOLDEN = {
+    # file: (sha256 of the file, sha256 of its rows as JSON), first 16 hex digits, as written by
+    # sft/prepare_data.py before --filters-for existed (commit 3b9cbda), weights {"self": 1.5}
+    "train.parquet": ("aaf78b1cf303adef", "0f748b382055120c"),
+    "val.parquet": ("d1ae8b7b31a581fb", "e7ea7af36f477394"),
+}
+
+
+@pytest.mark.parametrize("filters_for", [None, ["self", "seed"]])
+def test_without_filters_for_or_naming_every_source_the_files_are_those_of_before(tmp_path, filters_for):
+    manifest = run(tmp_path, loop_inputs(tmp_path), weights={"self": 1.5}, filters_for=filters_for, **LOOP_OPTIONS)
+    for name, golden in LOOP_GOLDEN.items():
+        now = _digests(tmp_path / "out" / name)
+        assert now[1] == golden[1], f"{name}: the rows or their order changed"
+        if pa.__version__ == GOLDEN_PYARROW:
+            assert now[0] == golden[0], f"{name}: the bytes changed"
+    assert all(info["filtered_by_options"] for info in manifest["sources"].values())
+
+
+def test_command_line_filters_for_shows_a_filters_column_and_records_it(tmp_path, capsys):
+    inputs = loop_inputs(tmp_path)
+    out = tmp_path / "cli"
+    assert main(["--source", f"seed={inputs['seed'][0]}", "--source", f"self={inputs['self'][0]}", "-o", str(out),
+                 "--answer-key", "answer", "--filters-for", "self", "--no-progress"]) == 0
+    report = capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    table = {line.split()[0]: line.split()[1:] for line in report.splitlines()
+             if line.split()[:1] in (["source"], ["seed"], ["self"])}
+    assert table["source"] == ["weight", "filters", "read", "dropped", "kept", "repeats", "removed", "train", "val"]
+    assert table["seed"][:5] == ["1", "no", "27", "0", "27"] and table["self"][:5] == ["1", "yes", "50", "25", "25"]
+    assert manifest["config"]["filters_for"] == ["self"]
+    assert [manifest["sources"][n]["filtered_by_options"] for n in ("seed", "self")] == [False, True]
+    # Repeated and comma-separated names; a run without quality filters warns that the option does nothing.
+    assert main([inputs["seed"][0], "--source", f"self={inputs['self'][0]}", "-o", str(tmp_path / "twice"),
+                 "--filters-for", "self", "--filters-for", "main,self", "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "twice" / "manifest.json").read_text())
+    assert manifest["config"]["filters_for"] == ["self", "main"]
+    assert any(w.startswith("--filters-for self,main has no effect") for w in manifest["warnings"])
+    header = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("source ")]
+    assert header == [["source", "weight", "read", "dropped", "kept", "repeats", "removed", "train", "val"]]
+
+
+@pytest.mark.parametrize("names, message", [
+    ("selff", "--filters-for selff names no source (sources: main, self)"),
+    ("self,", "--filters-for 'self,' has an empty source name"),
+])
+def test_filters_for_mistakes_are_one_line_errors(tmp_path, capsys, monkeypatch, names, message):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "a.jsonl", rows_of("a", range(3), 1))
+    write_jsonl(tmp_path / "b.jsonl", rows_of("b", range(3), 1))
+    assert main(["a.jsonl", "--source", "self=b.jsonl", "--filters-for", names, "-o", "out", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("error: "), err
+    assert not (tmp_path / "out").exists()

@@ -32,11 +32,12 @@ RUN = "errors and progress"
 
 
 def option(default, group: str, help: str, *, metavar: str | None = None, choices: list[str] | None = None,
-           negated_flag: str | None = None):
+           negated_flag: str | None = None, repeatable: bool = False):
     """A PrepareConfig field with its command-line form. `negated_flag`: a bool that defaults to True is
-    turned off by this flag (--no-progress)."""
+    turned off by this flag (--no-progress); `repeatable`: the flag may be given several times, the field
+    gets the list of values."""
     return field(default=default, metadata={"group": group, "help": help, "metavar": metavar, "choices": choices,
-                                            "negated_flag": negated_flag})
+                                            "negated_flag": negated_flag, "repeatable": repeatable})
 
 
 @dataclass
@@ -90,6 +91,14 @@ class PrepareConfig:
     max_tokens: int | None = option(None, FILTERS, "drop samples with more tokens (same count as --min-tokens)")
     num_tokens_key: str = option("num_tokens", FILTERS, "field with a token count, used by --min/--max-tokens when there "
                                  "is no --tokenizer")
+    filters_for: list[str] | None = option(None, FILTERS, "apply the filters above (--dedup, --require-final-answer, "
+                                           "--answer-key/--answers, --max-per-problem, --min/--max-tokens) only to "
+                                           "the rows of these sources (--source NAME; repeatable or comma-separated); "
+                                           "rows of the others are used as given: still validated, and still dropped "
+                                           "by --max-length and by --answers-only when no answer is left. Unset: "
+                                           "every source", metavar="NAME[,NAME...]", repeatable=True)
+    """Source names, normalised by __post_init__ (commas split, each name once, in order); None: every source.
+    The names are checked against the run's sources by sft.dataprep.sources.resolve_sources."""
     # -- token budget
     tokenizer: str | None = option(None, TOKENS, "the model's tokenizer (local directory or Hugging Face id): encode every "
                                    "sample through its chat template exactly as training will, count its tokens, refuse "
@@ -157,6 +166,16 @@ class PrepareConfig:
                              "rendered with it on (the inference prompt), the conversation with it off")
         if self.messages_key in (self.prompt_key, self.response_key):
             raise InputError(f"--messages-key {self.messages_key!r} is also --prompt-key or --response-key")
+        if self.filters_for is not None:
+            self.filters_for = _source_names(self.filters_for)
+
+    @property
+    def quality_filters(self) -> list[str]:
+        """The quality filters that are on, as flags (what --filters-for restricts)."""
+        on = {"--dedup": self.dedup, "--require-final-answer": self.require_final_answer,
+              "--answer-key": self.answer_key, "--answers": self.answers, "--max-per-problem": self.max_per_problem,
+              "--min-tokens": self.min_tokens, "--max-tokens": self.max_tokens}
+        return [flag for flag, value in on.items() if value]
 
     @property
     def check_answers(self) -> bool:
@@ -182,6 +201,16 @@ class PrepareConfig:
         return int(self.chunk_mb * (1 << 20))
 
 
+def _source_names(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    """--filters-for's names: each value split at commas, each name once, in order."""
+    values = [value] if isinstance(value, str) else list(value)
+    names = [name.strip() for text in values for name in str(text).split(",")]
+    if not names or not all(names):
+        raise InputError(f"--filters-for {','.join(map(str, values))!r} has an empty source name: write e.g. "
+                         "--filters-for self or --filters-for self,other")
+    return list(dict.fromkeys(names))
+
+
 _TYPES = {"int": int, "float": float}
 """Command-line value types by the field's annotation (the part before `| None`); others are text."""
 
@@ -203,6 +232,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, action="store_true", help=meta["help"])
             continue
         extra = {key: meta[key] for key in ("metavar", "choices") if meta[key] is not None}
+        if meta["repeatable"]:
+            extra["action"] = "append"
         value_type = _TYPES.get(spec.type.split("|")[0].strip())
         if value_type is not None:
             extra["type"] = value_type

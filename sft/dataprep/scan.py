@@ -14,7 +14,10 @@ row-local filters (final answer, correctness, token limits) and written to the s
 buckets on disk, tagged with an order key (task index << 32 | line in task) and the seeded
 hash of their problem. What needs every row in input order (dedup, the first K per problem,
 the split) is decided afterwards by prepare_data from the compact per-row arrays in the
-TaskResult, so any number of workers gives the same output.
+TaskResult, so any number of workers gives the same output. A task of a source that
+--filters-for leaves out (`ScanTask.filtered` false) skips the quality filters: its rows are
+validated, encoded and spilled, and dropped only when no answer is left after --answers-only or
+when they are over --max-length (training could not use them).
 
 A chunk takes one of two paths with identical results. The vectorised path
 (`_spill_vectorised`: Arrow validates, hashes and builds the whole chunk's table) is taken
@@ -89,6 +92,8 @@ class ScanTask:
     path: str
     start: int
     end: int
+    filtered: bool = True
+    """the quality filters act on its rows (its source is one of --filters-for)"""
 
 
 @dataclass
@@ -129,12 +134,15 @@ class TaskResult:
     """how the chat template placed those rows' replies (sft.text.chat_format outcomes and flags), rows per flag"""
 
 
-def plan_tasks(files: list[str], task_bytes: int = TASK_BYTES) -> list[ScanTask]:
+def plan_tasks(files: list[str], task_bytes: int = TASK_BYTES, filtered: list[bool] | None = None) -> list[ScanTask]:
+    """Line-aligned byte ranges of about `task_bytes` of each file; `filtered`: per file, whether the quality
+    filters act on its rows (default: all)."""
     tasks = []
     for file_index, path in enumerate(files):
         bounds = line_boundaries(path, task_bytes)
         for start, end in zip(bounds[:-1], bounds[1:]):  # an empty file gets one empty task
-            tasks.append(ScanTask(len(tasks), file_index, path, start, end))
+            tasks.append(ScanTask(len(tasks), file_index, path, start, end,
+                                  True if filtered is None else filtered[file_index]))
     return tasks
 
 
@@ -533,9 +541,11 @@ class Scanner:
     def _filter_rows(self, task: ScanTask, items: list[_Item], result: TaskResult,
                      arrays: dict[str, list]) -> tuple[list[int], dict[int, int] | None]:
         """The row-local filters, in ROW_FILTERS' order: the indices of the items they keep, and the items'
-        token counts (None without --tokenizer and token limits); drops are counted in `result`."""
+        token counts (None without --tokenizer and token limits); drops are counted in `result`. In a task
+        --filters-for leaves out, only over_max_length applies (no_answer_after_reasoning came before)."""
         s = self.cfg
         keep = list(range(len(items)))
+        quality = task.filtered
 
         def drop(indices: list[int], reason: str) -> None:
             nonlocal keep
@@ -544,11 +554,11 @@ class Scanner:
                 gone = set(indices)
                 keep = [i for i in keep if i not in gone]
 
-        if s.require_final_answer:
+        if quality and s.require_final_answer:
             from sft.text.math_answers import extract_final_answer
 
             drop([i for i in keep if extract_final_answer(items[i].answer) is None], "no_final_answer")
-        if s.check_answers:
+        if quality and s.check_answers:
             self._grade(task, items, keep, result, drop)
 
         tokens: dict[int, int] | None = None
@@ -558,7 +568,7 @@ class Scanner:
             tokens = dict(zip(keep, counted.tolist()))
             for i in keep:
                 result.template_flags.update(items[i].flags)
-        elif (s.min_tokens or s.max_tokens) and keep:
+        elif quality and (s.min_tokens or s.max_tokens) and keep:
             tokens, missing = {}, []
             for i in keep:
                 value = items[i].row.get(s.num_tokens_key)
@@ -573,7 +583,7 @@ class Scanner:
                 ("too_many_tokens", s.max_tokens, lambda n, lim: n > lim),
                 ("over_max_length", s.max_length, lambda n, lim: n > lim),
             ):
-                if limit is not None:
+                if limit is not None and (quality or reason == "over_max_length"):
                     drop([i for i in keep if too_far(tokens[i], limit)], reason)
         return keep, tokens
 
@@ -605,8 +615,9 @@ class Scanner:
             arrays["tokens"].append(token_array)
             added[TOKENS_COLUMN] = token_array
         if s.check_answers:
-            added[ANSWER_COLUMN] = pa.array([item.graded[0] for item in kept], type=pa.string())
-            added[RULE_COLUMN] = pa.array([item.graded[1] for item in kept], type=pa.string())
+            graded = [item.graded or (None, None) for item in kept]  # None: a source --filters-for leaves out
+            added[ANSWER_COLUMN] = pa.array([answer for answer, _ in graded], type=pa.string())
+            added[RULE_COLUMN] = pa.array([rule for _, rule in graded], type=pa.string())
         if any(conversations):
             added[CONVERSATION_COLUMN] = pa.array(
                 [orjson.dumps(item.messages).decode() if item.messages is not None else None for item in kept],

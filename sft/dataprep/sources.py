@@ -2,7 +2,7 @@
 
 Usage (internal; prepare_data drives it):
     specs, weights = parse_source_flags(*source_flags(args))   # the command line
-    sources = resolve_sources(specs, weights)     # files per source, checked; `sources.files` is what is scanned
+    sources = resolve_sources(specs, weights, cfg.filters_for)  # files per source, checked; `sources.files` is scanned
     rows = RowSources.of(sources, tasks, results) # after the scan: which source and line each order key is
     copies = rows.copies(order, seed)             # how many times each kept row is written
 
@@ -13,6 +13,11 @@ once more with probability frac(W). That last draw is a seeded hash of the row's
 source's name, the file's place among the source's files, the line in the file), so it depends
 on neither --workers nor --task-mb, and the same row gets the same decision in every run with
 the same seed.
+
+--filters-for NAME[,NAME...] (PrepareConfig.filters_for) names the sources the quality filters act on
+(`Source.filtered`; default every source): the scan skips the row-local ones for the tasks of the other
+sources' files (`ScanTask.filtered`), and prepare_data's --dedup and --max-per-problem skip their rows
+(`RowSources.filtered`).
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ class Source:
     globs: list[str]
     weight: float
     files: list[str]
+    filtered: bool = True
+    """the quality filters act on its rows (it is one of --filters-for, or that option is unset)"""
 
 
 @dataclass
@@ -111,15 +118,24 @@ class Sources:
         """The source index of each of `files`."""
         return np.array([i for i, source in enumerate(self.sources) for _ in source.files], dtype=np.int64)
 
+    def filtered_files(self) -> list[bool]:
+        """Whether the quality filters act on each of `files`."""
+        return [source.filtered for source in self.sources for _ in source.files]
+
 
 def resolve_sources(inputs: Sequence[str] | Mapping[str, Sequence[str]],
-                    weights: Mapping[str, float] | None = None) -> Sources:
-    """Each source's files (globs expanded as for INPUT), with its weight; raises InputError for a name,
-    weight or glob that cannot be used, and for a file that two sources match."""
+                    weights: Mapping[str, float] | None = None, filters_for: Sequence[str] | None = None) -> Sources:
+    """Each source's files (globs expanded as for INPUT), with its weight and whether the quality filters act
+    on it (`filters_for`: source names, None for all); raises InputError for a name, weight or glob that cannot
+    be used, and for a file that two sources match."""
     specs = {MAIN: list(inputs)} if not isinstance(inputs, Mapping) else {k: list(v) for k, v in inputs.items()}
     weights = dict(weights or {})
     if not specs or not any(specs.values()):
         raise InputError("no input: give INPUT files or globs, or --source NAME=GLOB")
+    unknown = [name for name in filters_for or () if name not in specs]
+    if unknown:
+        raise InputError(f"--filters-for {','.join(unknown)} names no source (sources: {', '.join(specs)}); name "
+                         f"the sources the quality filters act on (the INPUT files are the source {MAIN!r})")
     for name, value in weights.items():
         if name not in specs:
             known = ", ".join(specs)
@@ -144,7 +160,8 @@ def resolve_sources(inputs: Sequence[str] | Mapping[str, Sequence[str]],
                 raise InputError(f"{path} is in two sources, {owner[key]!r} and {name!r} (INPUT files are the source "
                                  f"{MAIN!r}); a file belongs to one source: narrow one of the globs (--source NAME=GLOB)")
             owner[key] = name
-        sources.append(Source(name, list(globs), float(weights.get(name, 1.0)), files))
+        sources.append(Source(name, list(globs), float(weights.get(name, 1.0)), files,
+                              filters_for is None or name in filters_for))
     return Sources(sources)
 
 
@@ -179,6 +196,10 @@ class RowSources:
         """The source index of each row (by its order key)."""
         return self.task_source[(np.asarray(order, dtype=np.uint64) >> np.uint64(32)).astype(np.int64)]
 
+    def filtered(self, order: np.ndarray) -> np.ndarray:
+        """Whether the quality filters act on each row (by its order key): its source's `filtered`."""
+        return np.array([s.filtered for s in self.sources.sources], dtype=bool)[self.source(order)]
+
     def copies(self, order: np.ndarray, seed: int) -> np.ndarray:
         """How many times each row (by order key) is written: floor(W) of its source's weight, plus one with
         probability frac(W), drawn from the seed and the row's source, file and line."""
@@ -199,12 +220,15 @@ class RowSources:
 
 
 def source_table(manifest_sources: Mapping[str, dict]) -> str:
-    """The per-source lines of the end-of-run summary."""
-    header = f"{'source':<12} {'weight':>6} {'read':>9} {'dropped':>9} {'kept':>9} {'repeats':>9} {'removed':>9} " \
-             f"{'train':>9} {'val':>9}"
+    """The per-source lines of the end-of-run summary; a `filters` column (yes/no) when --filters-for leaves
+    some source unfiltered."""
+    show_filters = not all(info["filtered_by_options"] for info in manifest_sources.values())
+    header = f"{'source':<12} {'weight':>6} " + (f"{'filters':>7} " if show_filters else "") + \
+             f"{'read':>9} {'dropped':>9} {'kept':>9} {'repeats':>9} {'removed':>9} {'train':>9} {'val':>9}"
     lines = [header]
     for name, info in manifest_sources.items():
         dropped = sum(info["rejected"].values()) + sum(info["filtered"].values()) + info["deduplicated"]
-        lines.append(f"{name:<12} {info['weight']:>6g} {info['read']:>9,} {dropped:>9,} {info['kept']:>9,} "
+        filters = f"{'yes' if info['filtered_by_options'] else 'no':>7} " if show_filters else ""
+        lines.append(f"{name:<12} {info['weight']:>6g} {filters}{info['read']:>9,} {dropped:>9,} {info['kept']:>9,} "
                      f"{info['repeats']:>9,} {info['removed_by_weight']:>9,} {info['train']:>9,} {info['val']:>9,}")
     return "\n".join(lines)
