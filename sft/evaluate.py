@@ -486,10 +486,12 @@ def _transformers_batches(model, tokenizer, prompts: list[list[int]], *, stop_id
     import torch
     from transformers import GenerationConfig
 
+    # transformers fills every setting left unset here from the model's generation_config.json (Qwen's
+    # instruct models set top_k 20 and repetition_penalty 1.05) and then its own defaults (top_k 50).
+    # Sampling pins them to "off", as vLLM samples with SamplingParams: the distribution asked for.
     sampled = {} if sampling.greedy else {
-        # top_k=0: no top-k cut (transformers' default is 50; vLLM's is none), so both backends sample alike.
-        "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
-        "num_return_sequences": sampling.num_samples,
+        "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0, "min_p": 0.0,
+        "typical_p": 1.0, "repetition_penalty": 1.0, "num_return_sequences": sampling.num_samples,
     }
     generation_config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=not sampling.greedy, eos_token_id=sorted(stop_ids),

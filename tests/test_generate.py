@@ -222,6 +222,20 @@ def test_same_seed_same_samples_other_seed_other_samples(generated, tiny_model_d
     assert gen.derive_seed(0, 0) != gen.derive_seed(0, 1) and gen.derive_seed(0, 1) == gen.derive_seed(0, 1)
 
 
+def test_the_models_generation_config_does_not_change_the_sampling(generated, tiny_model_dir, problems_jsonl,
+                                                                    tmp_path):
+    """A generation_config.json with top_k 1 (as Qwen's sets top_k 20) would make every sample greedy, were it
+    to fill the settings left unset: sampling is the distribution asked for, as vLLM samples it."""
+    out, _ = generated
+    model = tmp_path / "model with top_k 1"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**config, "top_k": 1, "repetition_penalty": 1.5,
+                                                              "do_sample": True, "temperature": 0.1}))
+    generate(str(model), problems_jsonl, tmp_path / "out", num_samples=3, shard_size=2, **FAST)
+    assert [r["generated_solution"] for r in _rows(tmp_path / "out")] == [r["generated_solution"] for r in _rows(out)]
+
+
 def test_greedy_single_sample_is_evaluates_greedy_output(tiny_model_dir, problems_jsonl, tmp_path):
     from sft.evaluate import evaluate
 
