@@ -4,6 +4,8 @@ Usage:
     .venv/bin/python scripts/benchmark_export.py --shape qwen2.5-0.5b --mode full      # about 10 minutes on 2 cores
     .venv/bin/python scripts/benchmark_export.py --shape qwen2.5-1.5b --mode lora --no-eval
     .venv/bin/python scripts/benchmark_export.py --shape tiny --tokenizer tiny         # seconds: what the test runs
+    .venv/bin/python scripts/benchmark_export.py --shape qwen2.5-1.5b --mode lora --no-eval \
+        --checkpoint outputs/benchmark_export/runs/export-lora --same-weights-as outputs/old-export   # no training
 
 It builds the shape with random weights and Qwen2.5's real 151k vocabulary (the same model and
 synthetic data as scripts/benchmark_training.py, in the same --work-dir layout), trains one step
@@ -11,7 +13,10 @@ through the launcher with a checkpoint (scripts/run_sft_training.sh, or run_sft_
 --mode lora), then runs `python -m sft.export` on that checkpoint and, unless --no-eval,
 `python -m sft.evaluate` on the exported model with batched greedy generation of
 --max-new-tokens tokens per held-out problem (random weights: the answers are wrong, the speed
-is what is measured). Each command runs in its own process; its peak resident memory is sampled
+is what is measured). --checkpoint exports an existing training output directory instead of
+training (--shape and --mode then only label the results); --same-weights-as DIR then checks,
+one tensor at a time, that the export's weights are bit-for-bit those of an earlier export DIR
+(say, one made before a change to sft/export.py). Each command runs in its own process; its peak resident memory is sampled
 every 0.2 s over the whole process tree (sft/bench/memory.py).
 
 Printed: the model's size in bytes in its exported dtype, the export's peak memory and its ratio
@@ -117,6 +122,11 @@ def export_and_evaluate(args: argparse.Namespace, checkpoints: Path, work: Path)
               "export_peak_bytes": export_peak, "export_peak_ratio": export_peak / size, "export_seconds": export_seconds}
     print(f"[benchmark] export: {size / 2**30:.2f} GiB of {dtype} weights, peak {export_peak / 2**30:.2f} GiB "
           f"({export_peak / size:.2f}x), {export_seconds:.0f} s", flush=True)
+    if args.same_weights_as:
+        differ = same_weights(exported, Path(args.same_weights_as))
+        result["same_weights_as"] = {"reference": args.same_weights_as, "differing_tensors": differ}
+        print(f"[benchmark] weights bit-for-bit identical to {args.same_weights_as}: "
+              + ("yes" if not differ else f"NO, {len(differ)} differ: {', '.join(differ[:5])}"), flush=True)
     if args.no_eval:
         return result
     evaluation = work / f"eval-{args.mode}"
@@ -133,6 +143,33 @@ def export_and_evaluate(args: argparse.Namespace, checkpoints: Path, work: Path)
     print(f"[benchmark] evaluation: {summary.get('output_tokens_per_second')} output tokens/s "
           f"({summary.get('num_graded')} problems, batch {args.batch_size}), peak {eval_peak / 2**30:.2f} GiB", flush=True)
     return result
+
+
+def _tensor_files(model_dir: Path) -> dict[str, Path]:
+    from safetensors import safe_open
+
+    files = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            files.update((name, path) for name in handle.keys())
+    return files
+
+
+def same_weights(exported: Path, reference: Path) -> list[str]:
+    """Names of the weights that differ (in dtype, shape or any bit) between two exports, or are in only one."""
+    import torch
+    from safetensors import safe_open
+
+    ours, theirs = _tensor_files(exported), _tensor_files(reference)
+    differ = sorted(set(ours) ^ set(theirs))
+    for name in sorted(set(ours) & set(theirs)):
+        # A handle per tensor, so the mapped pages of a whole model never stay resident.
+        with safe_open(str(ours[name]), "pt") as a, safe_open(str(theirs[name]), "pt") as b:
+            mine, other = a.get_tensor(name), b.get_tensor(name)
+        if mine.dtype != other.dtype or mine.shape != other.shape or not torch.equal(
+                mine.view(torch.uint8), other.view(torch.uint8)):
+            differ.append(name)
+    return differ
 
 
 def format_row(r: dict) -> str:
@@ -157,6 +194,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="evaluation's prompts per generate() call")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per problem")
     parser.add_argument("--no-eval", action="store_true", help="export only")
+    parser.add_argument("--checkpoint", default=None,
+                        help="export this training output directory (or global_step_N) instead of training one step")
+    parser.add_argument("--same-weights-as", default=None, metavar="DIR",
+                        help="check that the exported weights are bit-for-bit those of the exported model in DIR")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per step before giving up")
     parser.add_argument("--work-dir", default=str(REPO_ROOT / "outputs" / "benchmark_export"), help="where everything goes")
     return parser.parse_args(argv)
@@ -168,9 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     inputs = argparse.Namespace(shape=args.shape, tokenizer=args.tokenizer, rows=args.rows, median_words=60,
                                 max_words=args.max_length // 3, max_length=args.max_length, seed=0)
-    print(f"[benchmark] preparing the {args.shape} model and {args.rows} rows in {work}", flush=True)
-    model_dir, train_file, _ = training.prepare_inputs(inputs, work)
-    checkpoints = train_one_step(args, model_dir, train_file, work)
+    if args.checkpoint:
+        checkpoints = Path(args.checkpoint)
+        print(f"[benchmark] exporting the existing checkpoint {checkpoints} (no training)", flush=True)
+    else:
+        print(f"[benchmark] preparing the {args.shape} model and {args.rows} rows in {work}", flush=True)
+        model_dir, train_file, _ = training.prepare_inputs(inputs, work)
+        checkpoints = train_one_step(args, model_dir, train_file, work)
     result = export_and_evaluate(args, checkpoints, work)
     header = ("| shape | mode | model GiB (dtype) | export peak GiB | peak / model | export s | eval output tokens/s "
               "| eval peak GiB |\n|---|---|---:|---:|---:|---:|---:|---:|")

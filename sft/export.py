@@ -27,7 +27,11 @@ splits off the LoRA adapter. Two of its behaviours are corrected here, both chec
     model's config declares), so a float32 model exports bit-exact.
   * for LoRA runs (`lora_train_meta.json` in the step directory) it writes the adapter but
     leaves the LoRA deltas out of the full weights (upstream verl issue 4553). This export
-    applies them with PEFT (`merge_and_unload`) and keeps the adapter beside the merged model.
+    applies them and keeps the adapter beside the merged model. The values are those of PEFT's
+    `merge_and_unload` on a float32 model, cast once to `--dtype`; computed one weight at a time
+    (W + scaling * B @ A in float32, rounded once), so the model is never held in float32: peak
+    memory stays near 2x the exported model's bytes (figures: scripts/benchmark_export.py).
+    Adapters other than plain LoRA on linear layers are still merged by PEFT itself.
 
 The export is built in a temporary sibling directory and renamed into place at the end
 (sft/common/files.py's publish_directory), so an interrupted export never leaves a
@@ -46,6 +50,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -236,16 +241,19 @@ def _make_merger(info: CheckpointInfo, target_dir: Path):
         each joined tensor against the global shape the DTensor records.
         """
 
+        _rank_zero = None  # loaded once: verl reads rank 0 for the mesh, then again to merge
+
         def _load_rank_zero_state_dict(self, world_size):
-            return _load_shard(info.shard_files[0])
+            self._rank_zero = _load_shard(info.shard_files[0])
+            return self._rank_zero
 
         def _load_and_merge_state_dicts(self, world_size, total_shards, mesh_shape, mesh_dim_names):
             if len(mesh_shape) != 1:
                 raise NotImplementedError("FSDP + tensor parallel checkpoints are not supported (nor by verl)")
-            shards = [
-                _load_shard(path)
-                for path in tqdm(info.shard_files[:total_shards], desc=f"Loading {total_shards} FSDP shards")
-            ]
+            paths = info.shard_files[:total_shards]
+            shards = [self._rank_zero if rank == 0 and self._rank_zero is not None else _load_shard(path)
+                      for rank, path in enumerate(tqdm(paths, desc=f"Loading {total_shards} FSDP shards"))]
+            self._rank_zero = None
             merged = {}
             for key in list(shards[0].keys()):
                 pieces = [shard.pop(key) for shard in shards]
@@ -322,15 +330,120 @@ def _join_shards(info: CheckpointInfo, staging: Path) -> None:
     merger.cleanup()
 
 
+_LORA_KEY_RE = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
+# adapter_config.json fields under which PEFT's merge is more than W + scaling * B @ A.
+_LORA_MERGE_CHANGERS = ("use_dora", "fan_in_fan_out", "lora_bias", "modules_to_save", "rank_pattern",
+                        "alpha_pattern", "layer_replication", "trainable_token_indices", "target_parameters",
+                        "use_qalora", "use_bdlora", "arrow_config", "kasa_config", "monteclora_config")
+
+
+def _staging_weight_files(staging: Path) -> dict[str, Path]:
+    """{weight name: the staging safetensors file holding it}."""
+    from safetensors import safe_open
+
+    index = staging / "model.safetensors.index.json"
+    if index.is_file():
+        return {name: staging / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+    single = staging / "model.safetensors"
+    if not single.is_file():
+        return {}
+    with safe_open(str(single), "pt") as handle:
+        return {name: single for name in handle.keys()}
+
+
+def _read_weight(path: Path, name: str):
+    """One tensor of a safetensors file, in its saved dtype."""
+    from safetensors import safe_open
+
+    # A handle per tensor: the pages a handle has mapped stay resident until it closes, so one
+    # handle over the whole loop would hold the whole staging model in memory.
+    with safe_open(str(path), "pt") as handle:
+        return handle.get_tensor(name)
+
+
+def _lora_merge_plan(model, adapter_dir: Path, adapter: dict, weight_files: dict) -> tuple[dict, float] | None:
+    """({weight name: (lora_A key, lora_B key)}, scaling) for a plain LoRA adapter on linear layers, as verl
+    writes them; None for anything else (DoRA, LoRA biases, embeddings, ...), which PEFT then merges."""
+    import torch
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if config.get("peft_type", "LORA") != "LORA" or any(config.get(key) for key in _LORA_MERGE_CHANGERS):
+        return None
+    rank, alpha = config.get("r"), config.get("lora_alpha")
+    if not isinstance(rank, int) or rank <= 0 or not isinstance(alpha, (int, float)):
+        return None
+    parts: dict[str, dict[str, str]] = {}
+    for key in adapter:
+        match = _LORA_KEY_RE.match(key)
+        if match is None:
+            return None
+        parts.setdefault(match["module"], {})[match["part"]] = key
+    plan = {}
+    for module_name, keys in parts.items():
+        if set(keys) != {"A", "B"}:
+            return None
+        lora_a, lora_b = adapter[keys["A"]], adapter[keys["B"]]
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            return None
+        weight_name = f"{module_name}.weight"
+        if (
+            type(module) is not torch.nn.Linear
+            or weight_name not in weight_files
+            or lora_a.dim() != 2 or lora_b.dim() != 2 or lora_a.shape[0] != rank or lora_b.shape[1] != rank
+            or tuple(module.weight.shape) != (lora_b.shape[0], lora_a.shape[1])
+        ):
+            return None
+        plan[weight_name] = (module, keys["A"], keys["B"])
+    scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    return plan, scaling
+
+
+def _merge_lora_by_tensor(model, staging: Path) -> bool:
+    """Merge the adapter in `staging` into `model` one weight at a time; False where PEFT must do it.
+
+    Each merged weight is computed as PEFT's merge_and_unload computes it on a float32 model,
+    W + (B @ A) * scaling in float32 from the weight as saved, and rounded once into the model's
+    dtype, so the whole model never exists in float32.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    adapter_dir = staging / ADAPTER_SUBDIR
+    adapter_file = adapter_dir / "adapter_model.safetensors"
+    if not adapter_file.is_file() or not (adapter_dir / "adapter_config.json").is_file():
+        return False  # PEFT's path names what is missing
+    adapter = load_file(str(adapter_file))
+    weight_files = _staging_weight_files(staging)
+    found = _lora_merge_plan(model, adapter_dir, adapter, weight_files)
+    if found is None:
+        return False
+    plan, scaling = found
+    with torch.no_grad():
+        for weight_name, (module, key_a, key_b) in tqdm(plan.items(), desc="Merging LoRA weights"):
+            weight = _read_weight(weight_files[weight_name], weight_name).to(torch.float32)
+            weight += (adapter[key_b].to(torch.float32) @ adapter[key_a].to(torch.float32)) * scaling
+            module.weight.copy_(weight)
+    return True
+
+
 def _load_merged_model(info: CheckpointInfo, staging: Path, target_dtype):
-    """The joined weights as a transformers model (LoRA merged in), cast to `target_dtype`."""
+    """The joined weights as a transformers model (LoRA merged in), cast to `target_dtype`.
+
+    The same values as loading in float32, merging with PEFT and casting once, without the
+    float32 copy of the model: weights are loaded straight into `target_dtype` (one rounding),
+    and each LoRA-adapted weight is recomputed in float32 from the staging file and rounded once.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    # Load in float32 (what FSDP keeps as master weights) so the LoRA merge and the final
-    # cast each round only once.
-    model = AutoModelForCausalLM.from_pretrained(str(staging), dtype=torch.float32)
-    if info.is_lora:
+    model = AutoModelForCausalLM.from_pretrained(str(staging), dtype=target_dtype)
+    if info.is_lora and not _merge_lora_by_tensor(model, staging):
+        # Not plain LoRA on linear layers: PEFT merges it, on a float32 copy of the model.
+        del model
+        model = AutoModelForCausalLM.from_pretrained(str(staging), dtype=torch.float32)
         model = _apply_lora(model, staging / ADAPTER_SUBDIR)
     model = model.to(target_dtype)
     model.config.dtype = target_dtype
@@ -400,7 +513,7 @@ def export_checkpoint(
         staging, final = tmp_dir / "verl_merge", tmp_dir / "model"
         log("[1/3] joining FSDP shards with verl.model_merger")
         _join_shards(info, staging)
-        log("[2/3] " + ("merging the LoRA adapter into the weights with PEFT" if info.is_lora else "loading merged weights"))
+        log("[2/3] " + ("merging the LoRA adapter into the weights" if info.is_lora else "loading merged weights"))
         model = _load_merged_model(info, staging, target_dtype)
         log(f"[3/3] writing the Hugging Face model ({str(target_dtype)[6:]} safetensors, tokenizer, generation config)")
         _write_model(model, info, staging, final, target_dtype, log)

@@ -1,21 +1,44 @@
-"""scripts/benchmark_export.py on the tiny shape: one training step, export and evaluation, each measured.
+"""scripts/benchmark_export.py on the tiny shape: one training step, export and evaluation, each measured;
+and its bit-for-bit comparison of two exports (fast).
+
+Run: .venv/bin/python -m pytest -q tests/test_benchmark_export.py
 
 The real shapes' figures (SFT_FRAMEWORK_OVERVIEW.md) come from the same script with --shape.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO_ROOT
 
-pytestmark = pytest.mark.slow
+_spec = importlib.util.spec_from_file_location("benchmark_export", REPO_ROOT / "scripts" / "benchmark_export.py")
+benchmark_export = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmark_export)
 
 
+def test_same_weights_names_every_tensor_that_differs_in_any_bit(tmp_path):
+    from safetensors.torch import save_file
+
+    weights = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4, dtype=torch.bfloat16)}
+    for name, changes in (("old", {}), ("same", {}), ("other", {"b": torch.ones(4, dtype=torch.bfloat16)})):
+        (tmp_path / name).mkdir()
+        save_file({**weights, **changes}, tmp_path / name / "model.safetensors")
+    assert benchmark_export.same_weights(tmp_path / "same", tmp_path / "old") == []
+    other = {**weights, "b": torch.tensor([1.0, 1.0, 1.0, 1.0078125], dtype=torch.bfloat16)}  # one bit of one value
+    save_file(other, tmp_path / "other" / "model.safetensors")
+    assert benchmark_export.same_weights(tmp_path / "other", tmp_path / "old") == ["b"]
+    save_file({"a": weights["a"].double()}, tmp_path / "other" / "model.safetensors")  # dtype differs, "b" missing
+    assert benchmark_export.same_weights(tmp_path / "other", tmp_path / "old") == ["b", "a"]
+
+
+@pytest.mark.slow
 def test_the_export_benchmark_measures_export_and_evaluation(tmp_path):
     work = tmp_path / "bench"
     result = subprocess.run(

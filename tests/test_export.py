@@ -9,6 +9,12 @@ with reference logits that tests/fsdp_reference_logits.py computes from the raw 
 (DTensor.full_tensor over gloo; LoRA adapters unmerged), i.e. without verl's merger or PEFT's
 merge. They also check that training moved the logits far more than the tolerance, so an
 export of the untouched base model cannot pass.
+
+The fast merge tests check, without training, that the export's LoRA merge (one weight at a
+time, sft/export.py) gives bit-for-bit the weights of loading in float32, PEFT's
+merge_and_unload and one cast (the export before issue 15), for float32 and bfloat16 bases and
+targets, tied and untied embeddings; and that a full model loaded straight into the target
+dtype has the values of the float32 load and cast.
 """
 
 from __future__ import annotations
@@ -345,3 +351,93 @@ def test_cli_runs_as_script_and_reports_errors(tmp_path):
         capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable},
     )
     assert wrapper.returncode == 1 and "checkpoint not found" in wrapper.stderr
+
+
+# ----------------------------------------------------------------------------- fast: the merge's arithmetic
+
+
+def _staging_dir(root: Path, base_dtype, tied: bool, lora: dict | None) -> Path:
+    """What _join_shards leaves: the tiny model in `base_dtype` and, for `lora` (a LoraConfig's
+    arguments), a trained-looking adapter in lora_adapter/ with verl's key names."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from sft.demo.tiny_model import TinyModelSpec
+
+    base = build_tiny_model(root / f"base_tied{tied}", TinyModelSpec(tie_word_embeddings=tied))
+    staging = root / f"staging_{str(base_dtype)[6:]}_tied{tied}_{'lora' if lora else 'full'}"
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random weights at full float32 precision, not bf16 values
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 1e-3)
+    model.to(base_dtype).save_pretrained(staging)
+    if lora:
+        peft_model = get_peft_model(model, LoraConfig(**lora))
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_" in name:  # lora_B starts at zero: make the delta non-zero and not exactly representable
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+        peft_model.save_pretrained(staging / export.ADAPTER_SUBDIR)
+    return staging
+
+
+def _merged_with_peft_as_before(staging: Path, target_dtype, lora: bool):
+    """The export before issue 15: float32 model, PEFT's merge_and_unload, one cast to the target dtype."""
+    model = _load(staging, dtype=torch.float32)
+    if lora:
+        model = export._apply_lora(model, staging / export.ADAPTER_SUBDIR)
+    return model.to(target_dtype)
+
+
+def _assert_same_bits(model, reference) -> None:
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    for name, tensor in ours.items():
+        assert tensor.dtype == theirs[name].dtype, name
+        assert torch.equal(tensor, theirs[name]), f"{name}: differs from PEFT's merge"
+
+
+def _info(staging: Path, lora: dict | None) -> export.CheckpointInfo:
+    meta = {"r": lora["r"], "lora_alpha": lora["lora_alpha"]} if lora else None
+    return export.CheckpointInfo(step_dir=staging, global_step=1, world_size=1, shard_files=[], lora=meta)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied-embeddings", "untied-embeddings"])
+@pytest.mark.parametrize("base_dtype", [torch.float32, torch.bfloat16], ids=["fp32-base", "bf16-base"])
+def test_lora_merge_by_tensor_is_bit_identical_to_peft_merge_and_unload(tmp_path, base_dtype, tied):
+    lora = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
+    staging = _staging_dir(tmp_path, base_dtype, tied, lora)
+    for target_dtype in (torch.float32, torch.bfloat16):
+        model = export._load_merged_model(_info(staging, lora), staging, target_dtype)
+        reference = _merged_with_peft_as_before(staging, target_dtype, lora=True)
+        assert next(model.parameters()).dtype == target_dtype and model.config.dtype == target_dtype
+        _assert_same_bits(model, reference)
+        assert "lora" not in " ".join(model.state_dict())
+    base = _load(staging, dtype=torch.float32).state_dict()
+    merged = model.state_dict()  # the merge changed the adapted weights and nothing else
+    assert not torch.equal(merged["model.layers.0.mlp.down_proj.weight"].float(),
+                           base["model.layers.0.mlp.down_proj.weight"].to(torch.bfloat16).float())
+    assert torch.equal(merged["model.norm.weight"], base["model.norm.weight"].to(torch.bfloat16))
+
+
+def test_adapters_other_than_plain_lora_still_merge_with_peft(tmp_path, monkeypatch):
+    # rsLoRA scales by alpha / sqrt(r) (merged here); per-module alphas are left to PEFT.
+    for extra, by_tensor in (({"use_rslora": True}, True), ({"alpha_pattern": {"down_proj": 2}}, False)):
+        lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "down_proj"], **extra}
+        staging = _staging_dir(tmp_path / next(iter(extra)), torch.float32, True, lora)
+        calls = []
+        monkeypatch.setattr(export, "_apply_lora", lambda model, path, real=export._apply_lora: calls.append(path)
+                            or real(model, path))
+        model = export._load_merged_model(_info(staging, lora), staging, torch.bfloat16)
+        monkeypatch.undo()
+        assert (not calls) == by_tensor, extra
+        _assert_same_bits(model, _merged_with_peft_as_before(staging, torch.bfloat16, lora=True))
+
+
+def test_full_model_loads_straight_into_the_target_dtype_with_the_same_values(tmp_path):
+    for base_dtype, target_dtype in ((torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                     (torch.bfloat16, torch.float16), (torch.float32, torch.float32)):
+        staging = _staging_dir(tmp_path / f"{base_dtype}_{target_dtype}", base_dtype, False, None)
+        model = export._load_merged_model(_info(staging, None), staging, target_dtype)
+        _assert_same_bits(model, _merged_with_peft_as_before(staging, target_dtype, lora=False))
