@@ -110,7 +110,28 @@ def load_problems(problems: Path, *, prompt_key: str, id_key: str, answer_key: s
     for sample in samples:
         if answer_key is None or sample.skip_reason is not None:  # graded only against a given answer
             sample.reference = sample.reference_answer = None
-    return samples, answer_key
+    return _distinct_problems(samples, problems), answer_key
+
+
+def _distinct_problems(samples: list[EvalSample], problems: Path) -> list[EvalSample]:
+    """One sample per problem id: seed-format data repeats a problem's row for each of its solutions.
+
+    A repeated id with another prompt is an error: the samples of two problems would share an id,
+    and prepare_data's split and --max-per-problem would take them for one.
+    """
+    first: dict[Any, EvalSample] = {}
+    for sample in samples:
+        key = json.dumps(sample.id, sort_keys=True, default=str)
+        seen = first.setdefault(key, sample)
+        if seen is not sample and seen.messages != sample.messages:
+            raise GenerateError(
+                f"{problems}: rows {seen.index + 1} and {sample.index + 1} have the same id {sample.id!r} but different "
+                "prompts; give each problem its own id (--id-key names the id column)")
+    distinct = list(first.values())
+    if len(distinct) < len(samples):
+        print(f"{problems}: {len(samples):,} rows are {len(distinct):,} problems (rows repeating a problem's id and "
+              "prompt, e.g. one per solution, are sampled once)", file=sys.stderr)
+    return distinct
 
 
 def _sha256(path: Path) -> str:

@@ -1,11 +1,13 @@
-"""The end-to-end demo, sft/example_train.sh, in its shortened mode (QUICK=1).
+"""The end-to-end demo, sft/example_train.sh, in its shortened mode (QUICK=1), with two rounds of the loop.
 
-Run: .venv/bin/python -m pytest -q tests/test_demo.py      (about a minute on 2 cores)
+Run: .venv/bin/python -m pytest -q tests/test_demo.py      (about two minutes on 2 cores)
 
 QUICK=1 runs every step of the real demo (synthetic data and tiny model, prepare_data, the full
 fine-tuning launcher, export, evaluation of both models, the loss plot) on 150 problems for one
 epoch: it checks the plumbing and that the loss falls, not the learned accuracy, which the full
-demo reports (sft/README.md, "The demo").
+demo reports (sft/README.md, "The demo"). ROUNDS=2 then runs one round of the loop on the same
+files (sampling with the round-1 model, mixing its correct samples with the seed data, training
+round 1's model further, evaluating): round 1 is the demo itself, so one run tests both.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     demo_dir = tmp_path_factory.mktemp("demo") / "demo out"
-    env = launcher_env(QUICK="1", DEMO_DIR=str(demo_dir))
+    env = launcher_env(QUICK="1", ROUNDS="2", DEMO_DIR=str(demo_dir))
     env.pop("TRAIN_BATCH_SIZE")  # the demo's recipe sets it
     result = subprocess.run(
         [str(REPO_ROOT / "sft" / "example_train.sh")],
@@ -98,3 +100,61 @@ def test_quick_demo_model_says_how_it_was_made(quick_demo):
     assert (model / "data_manifest.json").read_bytes() == (demo_dir / "data" / "manifest.json").read_bytes()
     provenance = json.loads((model / "export_info.json").read_text())["provenance"]
     assert provenance["manifest_unchanged"] is True
+
+
+def test_quick_loop_samples_every_training_problem_with_the_round_one_model(quick_demo):
+    demo_dir, _ = quick_demo
+    record = json.loads((demo_dir / "round-2" / "samples" / "generation.json").read_text())
+    assert record["status"] == "complete"
+    assert record["settings"]["model"] == str(demo_dir / "fine-tuned-model")
+    assert record["summary"]["problems"] == 150 and record["summary"]["samples"] == 150 * 4
+    rows = [json.loads(line) for shard in sorted((demo_dir / "round-2" / "samples").glob("samples-*.jsonl"))
+            for line in shard.read_text().splitlines()]
+    assert len(rows) == 600 and {r["sample_index"] for r in rows} == {0, 1, 2, 3}
+    check_disjoint(demo_dir / "round-2" / "samples" / "samples-00000.jsonl", demo_dir / "heldout.jsonl")
+
+
+def test_quick_loop_round_two_trains_on_the_seed_data_and_only_correct_capped_samples(quick_demo):
+    demo_dir, _ = quick_demo
+    rows = [json.loads(line) for shard in sorted((demo_dir / "round-2" / "samples").glob("samples-*.jsonl"))
+            for line in shard.read_text().splitlines()]
+    manifest = json.loads((demo_dir / "round-2" / "data" / "manifest.json").read_text())
+    seed, own = manifest["sources"]["seed"], manifest["sources"]["self"]
+    assert seed["read"] == seed["kept"] == 300 and not seed["filtered_by_options"]  # the seed data as given
+    assert own["read"] == 600 and own["filtered_by_options"]
+    correct_per_problem: dict = {}
+    for row in rows:
+        correct_per_problem[row["id"]] = correct_per_problem.get(row["id"], 0) + bool(row["correct"])
+    assert own["kept"] <= sum(min(c, 2) for c in correct_per_problem.values())  # correct, at most 2 a problem
+    # prepare_data grades with the grader generate used: it drops exactly the samples marked wrong
+    # (an empty sample is set aside as a bad row, --on-error skip, before grading)
+    wrong = own["filtered"].get("wrong_answer", 0) + own["filtered"].get("no_answer_found", 0)
+    assert wrong + sum(own["rejected"].values()) == sum(not r["correct"] for r in rows)
+    assert set(own["rejected"]) <= {"empty_string"}
+    assert own["train"] + own["val"] == own["kept"]
+    assert manifest["counts"]["train"] == seed["train"] + own["train"]
+
+
+def test_quick_loop_never_trains_on_a_heldout_problem_in_any_round(quick_demo):
+    demo_dir, _ = quick_demo
+    import pandas as pd
+
+    heldout = {json.loads(line)["prompt"] for line in (demo_dir / "heldout.jsonl").read_text().splitlines()}
+    for data in (demo_dir / "data", demo_dir / "round-2" / "data"):
+        trained = set(pd.read_parquet(data / "train.parquet")["messages"].map(lambda m: m[0]["content"]))
+        assert trained and not trained & heldout, data
+
+
+def test_quick_loop_trains_round_one_model_further_and_tabulates_both_rounds(quick_demo):
+    demo_dir, output = quick_demo
+    record = json.loads((demo_dir / "round-2" / "fine-tuned-model" / "run_record.json").read_text())
+    assert record["launches"][-1]["settings"]["MODEL_NAME"] == str(demo_dir / "fine-tuned-model")
+    summary = json.loads((demo_dir / "round-2" / "eval" / "summary.json").read_text())
+    assert summary["num_graded"] == 16
+    table = (demo_dir / "rounds.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert lines[1].startswith("| 1 | base | 270 (0) |") and lines[2].startswith("| 2 | round 1 |")
+    rounds = json.loads((demo_dir / "rounds.json").read_text())["rounds"]
+    assert [r["accuracy"] for r in rounds] == [
+        json.loads((demo_dir / "eval/fine-tuned/summary.json").read_text())["accuracy"], summary["accuracy"]]
+    assert table.strip() in output  # printed at the end

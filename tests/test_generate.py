@@ -130,6 +130,20 @@ def test_messages_input_row_index_ids_and_no_answer_column(tiny_model_dir, tmp_p
     assert record["settings"]["answer_key"] is None and record["summary"]["correct_sample_rate"] is None
 
 
+def test_seed_format_rows_of_one_problem_are_sampled_once(tiny_model_dir, tmp_path, capsys):
+    """Seed data has a row per solution; sampling each row would give 2K samples with repeated indices."""
+    rows = [{"id": i, "prompt": f"What is {i} + 1?", "generated_solution": f"... \\boxed{{{i + 1}}}", "answer": str(i + 1)}
+            for i in range(3) for _ in range(2)]
+    record = generate(str(tiny_model_dir), _write_jsonl(tmp_path / "seed.jsonl", rows), tmp_path / "out",
+                      num_samples=2, **FAST)
+    assert [(r["id"], r["sample_index"]) for r in _rows(tmp_path / "out")] == [
+        (0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert record["summary"]["problems"] == 3 and "6 rows are 3 problems" in capsys.readouterr().err
+    rows[1]["prompt"] = "Another question?"
+    with pytest.raises(UserError, match="rows 1 and 2 have the same id 0 but different prompts"):
+        generate(str(tiny_model_dir), _write_jsonl(tmp_path / "bad.jsonl", rows), tmp_path / "out2", **FAST)
+
+
 def test_correct_field_is_graded_as_evaluate_grades():
     problem = EvalSample(index=0, id="x", messages=[{"role": "user", "content": "Half of one?"}], reference="0.5",
                          reference_answer="0.5")
