@@ -52,6 +52,9 @@ Configurations (--configs, comma separated; first is the baseline of the ratios)
     ours-fsdp1                 our defaults with engine.strategy=fsdp (GPU only)
     ours-lora                  scripts/run_sft_peft.sh with its LoRA defaults (frozen base in bf16)
     ours-lora-fp32base         ours-lora with LORA_BASE_DTYPE=fp32 (frozen base held in fp32)
+    ours-lora-gc               ours-lora with GRADIENT_CHECKPOINTING=1
+    ours-lora-gc-verlgather    ours-lora-gc as verl 0.9.1 gathers a CPU LoRA run (SFT_FROZEN_UPCAST=0: the
+                               frozen base in fp32; SFT_LORA_INPUT_GRADS=1: verl's input-grads hook)
 
 Tokens/s count real tokens only. verl's sampler is seeded, so every configuration sees the same
 samples at each step; the benchmark replays the sampler to count each step's real tokens (and
@@ -118,6 +121,11 @@ CONFIGS: dict[str, dict] = {
     "ours-fsdp1": {"env": {}, "overrides": ["engine.strategy=fsdp"]},
     "ours-lora": {"env": {}, "overrides": [], "launcher": "scripts/run_sft_peft.sh"},
     "ours-lora-fp32base": {"env": {"LORA_BASE_DTYPE": "fp32"}, "overrides": [], "launcher": "scripts/run_sft_peft.sh"},
+    "ours-lora-gc": {"env": {"GRADIENT_CHECKPOINTING": "1"}, "overrides": [], "launcher": "scripts/run_sft_peft.sh"},
+    # verl's LoRA on CPU: frozen base gathered in fp32, embedding re-gathered by the input-grads hook
+    "ours-lora-gc-verlgather": {"env": {"GRADIENT_CHECKPOINTING": "1", "SFT_FROZEN_UPCAST": "0",
+                                        "SFT_LORA_INPUT_GRADS": "1"}, "overrides": [],
+                                "launcher": "scripts/run_sft_peft.sh"},
 }
 DEFAULT_LAUNCHER = "scripts/run_sft_training.sh"  # a configuration's "launcher" key, when it has none
 

@@ -127,6 +127,8 @@ def child_environment(s: Settings, env: dict[str, str] | None = None) -> dict[st
         modules.append("sft.verl_plugins.lora_precision")
     if s["DEVICE"] == "cpu":
         modules.append("sft.verl_plugins.cpu_runtime")
+        if s.mode == "lora":
+            modules.append("sft.verl_plugins.frozen_upcast")
     env["VERL_USE_EXTERNAL_MODULES"] = ",".join(dict.fromkeys(modules))
     if s["DEVICE"] == "cpu":
         # torchrun gives each process one thread when it starts several; share the cores instead.

@@ -337,3 +337,30 @@ def test_a_model_without_a_local_config_gets_a_note_not_a_plan(tmp_path, chat_da
     returncode, output = launch_in_process(env)
     assert returncode == 0 and "Memory plan per" not in output
     assert "no memory plan: nobody/no-such-model's config.json is not on this machine" in output
+
+
+def test_cpu_lora_gathers_the_frozen_base_in_bf16_with_one_fp32_block():
+    """sft/verl_plugins/frozen_upcast.py (loaded for LoRA on CPU): the gathered units of Qwen2.5-7B, by hand."""
+    kwargs = dict(mode="lora", world_size=2, max_tokens_per_gpu=128, gradient_checkpointing=True, param_dtype="bf16",
+                  compute_dtype="fp32", frozen_dtype="bf16", device="cpu")
+    upcast, verl = plan_memory(QWEN25_7B, **kwargs), plan_memory(QWEN25_7B, **kwargs, frozen_upcast=False)
+    assert upcast.inputs["frozen_upcast"] is True and plan_memory(QWEN25_7B, **{**kwargs, "device": "cuda"}).inputs[
+        "frozen_upcast"] is False
+    # One decoder layer: q 3584*3584+3584, k and v 3584*512+512 each, o 3584*3584, gate/up/down 3584*18944 each,
+    # two norms of 3584. Its adapters (r=32): 32 * (in + out) over the seven linears = 32 * 90,112.
+    layer = 3584 * 3584 + 3584 + 2 * (3584 * 512 + 512) + 3584 * 3584 + 3 * 3584 * 18944 + 2 * 3584
+    adapters = 32 * 90_112
+    embedding = 152064 * 3584  # untied: its own unit, the largest besides a layer
+    root = 3584  # the final norm
+    frozen = root + embedding + layer  # root + the largest unit + the prefetched layer
+    expected = frozen * 2 + adapters * 4 + (256 << 20)  # + one fp32 block of the LM head / embedding
+    item = {i.name: i.bytes for i in upcast.items}["gathered params (bf16 base, root + 2 units) + one fp32 block"]
+    assert item == expected
+    assert {i.name: i.bytes for i in verl.items}["gathered fp32 params (root + 2 units)"] == (
+        root + embedding + layer + adapters) * 4
+    # FSDP2's all-gather buffer of the largest unit (the embedding), measured by sft/bench/fsdp_gather.py:
+    # 1x the unit gathered as stored (bf16), 1.5x the fp32 unit when the gather casts.
+    buffer = "all-gather buffer of the largest unit (measured)"
+    assert {i.name: i.bytes for i in upcast.items}[buffer] == embedding * 2
+    assert {i.name: i.bytes for i in verl.items}[buffer] == embedding * 4 * 3 // 2
+    assert buffer not in {i.name for i in plan_memory(QWEN25_7B, **{**kwargs, "device": "cuda"}).items}

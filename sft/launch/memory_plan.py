@@ -57,6 +57,8 @@ process itself (measured here: 0.49 GiB resident after importing verl.trainer.sf
 
 ADAMW_MOMENTS = 2  # exp_avg and exp_avg_sq (torch.optim.AdamW)
 REDUCE_BYTES = 4  # FSDP2 reduce_dtype fp32 (verl's default and this project's)
+GATHER_TRANSIENT, GATHER_TRANSIENT_CAST = 1.0, 1.5  # x the unit, beside the gathered unit (sft/bench/fsdp_gather.py)
+FROZEN_UPCAST_BLOCK_BYTES = 256 << 20  # sft/verl_plugins/frozen_upcast.py BLOCK_BYTES (a test keeps them equal)
 
 # Logits-sized tensors live at the loss's backward pass without a fused cross entropy: the
 # logits, the gather's gradient and the logsumexp's gradient. Measured on CPU (torch 2.13): peak
@@ -446,6 +448,25 @@ def _compute_items(arch: Architecture, inputs: dict[str, Any]) -> list[Item]:
     block = arch.layer_parameters + adapters_per_layer
     root, largest = _fsdp_units(arch, block)
     in_flight = (root + largest + block) * b
+    gathered = f"gathered {inputs['compute_dtype']} params (root + 2 units)"
+    stored = inputs["param_dtype"] if not lora else inputs["frozen_dtype"]
+    biggest_gathered, cast = max(root, largest) * b, stored != inputs["compute_dtype"]
+    if lora and inputs["frozen_upcast"]:
+        # sft/verl_plugins/frozen_upcast.py: frozen weights gathered in their own dtype, adapters in
+        # theirs; one block (at most FROZEN_UPCAST_BLOCK_BYTES) of a frozen weight in fp32 at a time.
+        fb, tb = _bytes_of(inputs["frozen_dtype"], "frozen_dtype"), _bytes_of(inputs["adapter_dtype"], "adapter_dtype")
+        adapters_gathered = adapters_per_layer * (2 if largest == block else 1)
+        frozen_params = root + largest + block - adapters_gathered
+        widest = max((t.inputs * t.outputs for t in arch.linears), default=0)
+        if not arch.tied:
+            widest = max(widest, arch.embedding_parameters)
+        in_flight = frozen_params * fb + adapters_gathered * tb + min(widest * b, FROZEN_UPCAST_BLOCK_BYTES)
+        gathered = f"gathered params ({inputs['frozen_dtype']} base, root + 2 units) + one fp32 block"
+        biggest_gathered, cast = max(root, largest) * fb, False
+    # FSDP2 gathers a unit into a buffer and copies it out into the parameters: measured on CPU
+    # (python -m sft.bench.fsdp_gather), a gather peaks at 2x the unit, 2.5x when it casts.
+    transient = int(biggest_gathered * (GATHER_TRANSIENT_CAST if cast else GATHER_TRANSIENT)) \
+        if inputs["device"] == "cpu" else 0
     if lora:
         unsharded_grads = adapters_per_layer * (b + REDUCE_BYTES)
     else:
@@ -457,7 +478,8 @@ def _compute_items(arch: Architecture, inputs: dict[str, Any]) -> list[Item]:
     per_element = logits_bytes_per_element(b, inputs["flash_attn_installed"], inputs["device"])
     dtype = inputs["compute_dtype"]
     return [
-        Item(f"gathered {dtype} params (root + 2 units)", in_flight, COMPUTE),
+        Item(gathered, in_flight, COMPUTE),
+        *([Item("all-gather buffer of the largest unit (measured)", transient, COMPUTE)] if transient else []),
         Item(f"unsharded grads ({dtype} + fp32 reduce)", unsharded_grads, COMPUTE),
         Item(f"saved activations ({tokens} tokens, checkpointing {'on' if gc else 'off'})", activations, COMPUTE),
         Item(f"logits + loss copies ({tokens} x {arch.vocab} x {per_element} B)", tokens * arch.vocab * per_element,
@@ -472,7 +494,7 @@ def plan_memory(model_config: Optional[dict[str, Any]], *, mode: str = "full", w
                 compute_dtype: str = "bf16", lora_rank: int = 32, target_modules="all-linear",
                 frozen_dtype: str = "fp32", adapter_dtype: str = "fp32", parameter_count: Optional[int] = None,
                 device: str = "cuda", flash_attn_installed: Optional[bool] = None, offload: bool = False,
-                overhead_bytes: Optional[int] = None) -> MemoryPlan:
+                overhead_bytes: Optional[int] = None, frozen_upcast: Optional[bool] = None) -> MemoryPlan:
     """The memory one FSDP2 rank of verl's SFT trainer needs, item by item (never raises on a config).
 
     mode: "full" or "lora". world_size: FSDP ranks sharing the shards. max_tokens_per_gpu:
@@ -483,19 +505,24 @@ def plan_memory(model_config: Optional[dict[str, Any]], *, mode: str = "full", w
     for an architecture not counted here. device: "cuda" or "cpu". flash_attn_installed: verl then
     uses flash-attn's cross entropy (default: on cuda). offload: engine.offload_policy=true
     (FSDP2 keeps parameters, gradients and optimizer state on the host). overhead_bytes: the
-    runtime's own memory (default RUNTIME_OVERHEAD_BYTES[device]).
+    runtime's own memory (default RUNTIME_OVERHEAD_BYTES[device]). frozen_upcast: LoRA's frozen
+    base gathered in its own dtype and computed in fp32 block by block (sft/verl_plugins/
+    frozen_upcast.py; default: where the launchers load it, LoRA on CPU with fp32 compute on a
+    lower-precision base).
     """
     if mode not in ("full", "lora"):
         raise ValueError(f"mode={mode!r}: use 'full' or 'lora'.")
     if world_size < 1 or max_tokens_per_gpu < 1 or (mode == "lora" and lora_rank < 1):
         raise ValueError("world_size, max_tokens_per_gpu and (for LoRA) lora_rank must be at least 1.")
     device = "cuda" if str(device).startswith(("cuda", "gpu")) else "cpu"
+    if frozen_upcast is None:
+        frozen_upcast = mode == "lora" and device == "cpu" and compute_dtype == "fp32" and frozen_dtype != "fp32"
     inputs = dict(model_config=model_config, mode=mode, world_size=world_size, max_tokens_per_gpu=max_tokens_per_gpu,
                   gradient_checkpointing=gradient_checkpointing, param_dtype=param_dtype, compute_dtype=compute_dtype,
                   lora_rank=lora_rank, target_modules=target_modules, frozen_dtype=frozen_dtype,
                   adapter_dtype=adapter_dtype, parameter_count=parameter_count, device=device,
                   flash_attn_installed=(device == "cuda") if flash_attn_installed is None else flash_attn_installed,
-                  offload=offload, overhead_bytes=RUNTIME_OVERHEAD_BYTES[device] if overhead_bytes is None
+                  offload=offload, frozen_upcast=frozen_upcast, overhead_bytes=RUNTIME_OVERHEAD_BYTES[device] if overhead_bytes is None
                   else overhead_bytes)
     arch, params, notes = _resolve(model_config, parameter_count)
     adapters = lora_parameters(arch, lora_rank, target_modules) if arch and mode == "lora" else 0
@@ -549,6 +576,9 @@ def _assumptions(inputs: dict[str, Any]) -> tuple[str, ...]:
         "step runs after it; a layer's activation gradients taken as large as its activations; host items "
         "are not on the device",
         f"runtime overhead {inputs['overhead_bytes'] / GIB:.2f} GiB per process, assumed",
+        "FSDP2's all-gather buffer of the largest unit: 1x the gathered unit beside it, 1.5x when the gather casts "
+        "(measured on CPU, python -m sft.bench.fsdp_gather)" if inputs["device"] == "cpu" else
+        "FSDP2's all-gather buffer: not counted on a GPU (measured on CPU only: 1x-1.5x the largest unit)",
         "not counted: allocator fragmentation, padded micro batches' sdpa mask and k/v repeat, kernel "
         "workspaces, checkpoint saving",
     ]
@@ -556,6 +586,9 @@ def _assumptions(inputs: dict[str, Any]) -> tuple[str, ...]:
         lines.append(f"LoRA: adapters {inputs['adapter_dtype']}; verl 0.9.1 alone casts them to the base dtype "
                      "(engine.model_dtype=bf16 makes them bf16) unless a plugin casts them back; adapter "
                      "intermediates counted; untargeted frozen linears' inputs counted as saved (an upper bound)")
+        if inputs["frozen_upcast"]:
+            lines.append("LoRA on CPU: the frozen base gathered in its own dtype, each frozen linear computed in fp32 "
+                         "one block of rows at a time (sft/verl_plugins/frozen_upcast.py)")
     if inputs["device"] == "cpu":
         lines.append("CPU: every local rank shares the host's memory; compare processes x total")
     return tuple(lines)

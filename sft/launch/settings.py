@@ -559,6 +559,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SFT_SHARDED_LOADING", None, "0: load the model as verl does (rank 0 reads it whole, then broadcasts);\n"
             "default: each rank reads only its shard from the safetensors files", BEHAVIOUR, None,
             listed_default="(unset)", read_by="sft/verl_plugins/sharded_loading.py"),
+    Setting("SFT_FROZEN_UPCAST", None, "0: a CPU LoRA run gathers its frozen bf16 base in fp32 as verl does;\n"
+            "default: gathered in bf16, computed in fp32 block by block", BEHAVIOUR, None,
+            listed_default="(unset)", read_by="sft/verl_plugins/frozen_upcast.py"),
+    Setting("SFT_LORA_INPUT_GRADS", None, "1: keep verl's enable_input_require_grads hook (LoRA); default: removed\n"
+            "(only reentrant checkpointing needs it; FSDP2 re-gathers the embedding for it)", BEHAVIOUR, None,
+            listed_default="(unset)", read_by="sft/verl_plugins/lora_precision.py"),
     Setting("LORA_RANK", {"lora": "32"}, "rank of the LoRA matrices", "", integer(1), verl=("model.lora_rank",),
             modes=("lora",)),
     Setting("LORA_ALPHA", {"lora": "64"}, "LoRA scaling numerator (scale = LORA_ALPHA / LORA_RANK)", "", integer(1),

@@ -1,0 +1,143 @@
+"""CPU LoRA: gather the frozen bf16 base in bf16 and compute in fp32 inside each frozen layer.
+
+Usage (the launchers load it for LoRA runs on CPU; nothing of it is loaded on a GPU):
+    VERL_USE_EXTERNAL_MODULES=sft.verl_plugins.lora_precision,sft.verl_plugins.frozen_upcast,... \\
+        torchrun ... -m verl.trainer.sft_trainer model.lora_rank=32 engine.model_dtype=bf16 \\
+        engine.mixed_precision.param_dtype=fp32 trainer.device=cpu ...
+    SFT_FROZEN_UPCAST=0 keeps verl's behaviour (FSDP2 gathers every unit in fp32).
+
+On a CPU without bf16 matrix units, bf16 matmuls run about 200x slower than fp32 ones (0.2 against
+48 GFLOP/s on one core of the development machine), so LoRA there computes in fp32
+(engine.mixed_precision.param_dtype=fp32) on a frozen base stored in bf16 (LORA_BASE_DTYPE).
+FSDP2 then all-gathers every unit in the compute dtype: each gathered frozen weight is an fp32
+copy, twice its stored size, and the root unit (the LM head of an untied model) stays gathered
+from the start of the forward to the end of the backward: 2.2 GiB in fp32 for Qwen2.5-7B's
+152k x 3,584 head, per process.
+
+This module makes FSDP2 gather in each parameter's own dtype (MixedPrecisionPolicy with no
+param_dtype: the frozen base in bf16, the fp32 adapters in fp32) and computes each frozen
+nn.Linear in fp32 from its bf16 weight one block of output rows at a time (`upcast_linear`):
+the fp32 copy of a block lives only while it is multiplied, and backward casts it again instead
+of keeping it. A frozen nn.Embedding looks its rows up in bf16 and returns them in fp32. The
+arithmetic is the same as verl's (a bf16 value converts to fp32 exactly, and each output
+element is the same dot product), so results match verl's path; tests/test_frozen_upcast.py
+checks it. Norm weights stay bf16 and multiply fp32 activations by type promotion (Qwen2's and
+Llama's RMSNorm); an architecture whose frozen norm calls F.layer_norm with a bf16 weight on fp32
+input would stop with torch's dtype error: set SFT_FROZEN_UPCAST=0 for it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from verl.workers.engine.fsdp import transformer_impl
+
+BLOCK_BYTES = 256 << 20
+"""At most this many bytes of a frozen weight are held in fp32 at once (whole layer weights of
+7B models are 50-270 MiB; an LM head is cut into blocks of rows)."""
+
+_original_apply_fsdp2 = transformer_impl.apply_fsdp2
+
+
+def _block_rows(weight: torch.Tensor, dtype: torch.dtype) -> int:
+    row_bytes = weight.shape[1] * torch.empty((), dtype=dtype).element_size()
+    return max(1, min(weight.shape[0], BLOCK_BYTES // max(1, row_bytes)))
+
+
+class _UpcastLinear(torch.autograd.Function):
+    """y = x W^T + b with W, b stored in a lower precision, computed in x's dtype; no weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight)
+        rows = _block_rows(weight, x.dtype)
+        if rows >= weight.shape[0]:
+            out = F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        else:
+            blocks = [F.linear(x, weight[start : start + rows].to(x.dtype)) for start in range(0, weight.shape[0], rows)]
+            out = torch.cat(blocks, dim=-1)
+            del blocks
+            if bias is not None:
+                out += bias.to(x.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (weight,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        rows = _block_rows(weight, grad_out.dtype)
+        if rows >= weight.shape[0]:
+            return grad_out.matmul(weight.to(grad_out.dtype)), None, None
+        grad_in = None
+        for start in range(0, weight.shape[0], rows):
+            part = grad_out[..., start : start + rows].matmul(weight[start : start + rows].to(grad_out.dtype))
+            grad_in = part if grad_in is None else grad_in.add_(part)
+        return grad_in, None, None
+
+
+def upcast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A frozen linear layer in x's dtype from a lower-precision weight (see the module doc)."""
+    return _UpcastLinear.apply(x, weight, bias)
+
+
+def _linear_forward(self, x):
+    if self.weight.dtype == x.dtype:
+        return F.linear(x, self.weight, self.bias)
+    return upcast_linear(x, self.weight, self.bias)
+
+
+def _embedding_forward(self, ids, compute_dtype=torch.float32):
+    rows = F.embedding(ids, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
+                       self.sparse)
+    return rows.to(compute_dtype)
+
+
+def upcast_frozen_modules(model: torch.nn.Module, compute_dtype: torch.dtype) -> dict[str, int]:
+    """Give every frozen Linear/Embedding whose weight is not `compute_dtype` the upcasting forward."""
+    counts = {"linear": 0, "embedding": 0}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.nn.Parameter) or weight.requires_grad or weight.dtype == compute_dtype:
+            continue
+        if not weight.dtype.is_floating_point:
+            continue
+        if type(module) is torch.nn.Linear:
+            module.forward = _linear_forward.__get__(module)
+            counts["linear"] += 1
+        elif type(module) is torch.nn.Embedding:
+            module.forward = lambda ids, _m=module: _embedding_forward(_m, ids, compute_dtype)
+            counts["embedding"] += 1
+    return counts
+
+
+def _applies(model: torch.nn.Module, mp_policy) -> bool:
+    if os.environ.get("SFT_FROZEN_UPCAST", "1") == "0" or mp_policy is None:
+        return False
+    compute = mp_policy.param_dtype
+    if compute is None or compute != torch.float32:
+        return False
+    params = list(model.parameters())
+    frozen_low = any(not p.requires_grad and p.dtype != compute and p.dtype.is_floating_point for p in params)
+    trainable_fp32 = all(p.dtype == compute for p in params if p.requires_grad)
+    return frozen_low and trainable_fp32  # loaded only on CPU (the parameters may still be on meta here)
+
+
+def apply_fsdp2(model, fsdp_kwargs, config):
+    mp_policy = fsdp_kwargs.get("mp_policy")
+    if _applies(model, mp_policy):
+        counts = upcast_frozen_modules(model, mp_policy.param_dtype)
+        fsdp_kwargs = dict(fsdp_kwargs, mp_policy=type(mp_policy)(
+            param_dtype=None, reduce_dtype=mp_policy.reduce_dtype, output_dtype=mp_policy.output_dtype,
+            cast_forward_inputs=mp_policy.cast_forward_inputs))
+        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+            print(f"[verl-sft] frozen base gathered in its own dtype, computed in fp32 block by block "
+                  f"({counts['linear']} linear, {counts['embedding']} embedding layers; "
+                  "sft/verl_plugins/frozen_upcast.py; SFT_FROZEN_UPCAST=0 turns it off)", flush=True)
+    return _original_apply_fsdp2(model, fsdp_kwargs, config)
+
+
+transformer_impl.apply_fsdp2 = apply_fsdp2
