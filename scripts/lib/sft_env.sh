@@ -57,6 +57,10 @@
 #                              the current step and exits 0 (sft/verl_plugins/verl_fixes.py; slurm/ batch files set it)
 #   SFT_SHARDED_LOADING (unset)  0: load the model as verl does (rank 0 reads it whole, then broadcasts);
 #                              default: each rank reads only its shard from the safetensors files
+#   SFT_FROZEN_UPCAST (unset)  0: a CPU LoRA run gathers its frozen bf16 base in fp32 as verl does;
+#                              default: gathered in bf16, computed in fp32 block by block
+#   SFT_LORA_INPUT_GRADS (unset)  1: keep verl's enable_input_require_grads hook (LoRA); default: removed
+#                              (only reentrant checkpointing needs it; FSDP2 re-gathers the embedding for it)
 
 # shellcheck source=python.sh
 source "$(dirname "${BASH_SOURCE[0]}")/python.sh"
