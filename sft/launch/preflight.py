@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -275,7 +276,8 @@ def memory_plan_for(settings: Settings, config):
         lora_rank=int(value("model.lora_rank", 0)) or 32,
         target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
         frozen_dtype=model_dtype, device=settings["DEVICE"], offload=bool(value("engine.offload_policy", False)),
-        flash_attn_installed=settings["DEVICE"] == "cuda" and importlib.util.find_spec("flash_attn") is not None)
+        flash_attn_installed=settings["DEVICE"] == "cuda" and importlib.util.find_spec("flash_attn") is not None,
+        frozen_upcast=False if os.environ.get("SFT_FROZEN_UPCAST") == "0" else None)  # None: where it is loaded
     if settings["DEVICE"] == "cuda" and settings.sources.get("DEVICE", "").startswith("no GPU visible"):
         return plan, ["memory plan not compared with free memory: no GPU here (GPUs assumed)."]
     processes = settings["NPROC_PER_NODE"] if settings["DEVICE"] == "cpu" else 1

@@ -56,10 +56,10 @@ class _UpcastLinear(torch.autograd.Function):
         rows = _block_rows(weight, x.dtype)
         if rows >= weight.shape[0]:
             out = F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
-        else:
-            blocks = [F.linear(x, weight[start : start + rows].to(x.dtype)) for start in range(0, weight.shape[0], rows)]
-            out = torch.cat(blocks, dim=-1)
-            del blocks
+        else:  # into one output: at most one block's result besides it (a list + cat would hold the output twice)
+            out = x.new_empty(*x.shape[:-1], weight.shape[0])
+            for start in range(0, weight.shape[0], rows):
+                out[..., start : start + rows] = F.linear(x, weight[start : start + rows].to(x.dtype))
             if bias is not None:
                 out += bias.to(x.dtype)
         return out
