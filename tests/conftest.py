@@ -203,6 +203,26 @@ def model_shards(checkpoint: Path) -> dict[tuple[str, int], "object"]:
     return shards
 
 
+LORA_RUN_SETTINGS = dict(TRAIN_BATCH_SIZE=16, EPOCHS=2, LEARNING_RATE=1e-2, LORA_RANK=8, LORA_ALPHA=16,
+                         NPROC_PER_NODE=2, VAL_FILE="")
+"""The LoRA run of the tests (tests/test_launchers.py checks it; tests/test_frozen_upcast.py compares
+verl's own CPU path with it): 8 steps on the 64-row chat data, no validation."""
+
+
+def run_lora(cwd: Path, output_dir: Path, tiny_model_dir: Path, chat_data_dir: Path, **switches: str):
+    env = launcher_env(MODEL_NAME=tiny_model_dir, TRAIN_FILE=chat_data_dir / "train.parquet", OUTPUT_DIR=output_dir,
+                       **LORA_RUN_SETTINGS, **switches)
+    return run_launcher("run_sft_peft.sh", env, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def lora_run(tmp_path_factory, tiny_model_dir, chat_data_dir):
+    """(working directory, output directory, completed process) of the launcher's LoRA run, made once."""
+    cwd = tmp_path_factory.mktemp("lora")
+    output_dir = cwd / "lora run"
+    return cwd, output_dir, run_lora(cwd, output_dir, tiny_model_dir, chat_data_dir)
+
+
 def max_weight_difference(first: Path, second: Path) -> float:
     """Largest absolute difference between the model weights of two checkpoints of one world size."""
     a, b = model_shards(first), model_shards(second)

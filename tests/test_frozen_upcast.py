@@ -1,6 +1,6 @@
 """sft/verl_plugins/frozen_upcast.py: a CPU LoRA run's frozen bf16 base gathered in bf16, computed in fp32.
 
-Run: .venv/bin/python -m pytest -q tests/test_frozen_upcast.py      (the slow test trains twice, about a minute)
+Run: .venv/bin/python -m pytest -q tests/test_frozen_upcast.py      (the slow test trains once besides the shared LoRA run, about 40 s)
 
 The plugin must not change what is computed: a bf16 value converts to fp32 exactly, so an
 upcasting layer gives verl's fp32-gathered result. Checked on the arithmetic (one block: bit
@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import launcher_env, max_weight_difference, model_shards, run_launcher, train_losses
+from conftest import max_weight_difference, model_shards, run_lora, train_losses
 from sft.verl_plugins import frozen_upcast
 from sft.verl_plugins.frozen_upcast import upcast_frozen_modules, upcast_linear
 
@@ -73,25 +73,20 @@ def test_only_frozen_low_precision_linear_and_embedding_layers_are_changed():
 
 
 @pytest.mark.slow
-def test_lora_training_matches_verls_fp32_gathering_exactly(tmp_path, tiny_model_dir, chat_data_dir):
-    runs = {}
-    for name, switches in (("ours", {}), ("verl", {"SFT_FROZEN_UPCAST": "0", "SFT_LORA_INPUT_GRADS": "1"})):
-        output_dir = tmp_path / name
-        env = launcher_env(MODEL_NAME=tiny_model_dir, TRAIN_FILE=chat_data_dir / "train.parquet", VAL_FILE="",
-                           OUTPUT_DIR=output_dir, TRAIN_BATCH_SIZE=16, EPOCHS=1, LEARNING_RATE=1e-2, LORA_RANK=8,
-                           NPROC_PER_NODE=2, **switches)
-        result = run_launcher("run_sft_peft.sh", env, cwd=tmp_path)
-        assert result.returncode == 0, result.stdout[-4000:]
-        runs[name] = (output_dir, result.stdout)
-    ours, verl = runs["ours"], runs["verl"]
-    assert "frozen base gathered in its own dtype" in ours[1] and "frozen base gathered" not in verl[1]
-    assert train_losses(ours[1]) == train_losses(verl[1]) and len(train_losses(ours[1])) == 4
-    step = sorted(p.name for p in ours[0].glob("global_step_*"))[-1]
-    assert max_weight_difference(ours[0] / step, verl[0] / step) == 0.0
-    dtypes = {str(v.dtype) for (n, _), v in model_shards(ours[0] / step).items() if "lora_" not in n}
+def test_lora_training_matches_verls_fp32_gathering_exactly(lora_run, tmp_path, tiny_model_dir, chat_data_dir):
+    """conftest's LoRA run (this plugin, no input-grads hook) against the same run as verl does it."""
+    _, ours_dir, ours = lora_run
+    assert ours.returncode == 0, ours.stdout[-4000:]
+    verl = run_lora(tmp_path, tmp_path / "verl", tiny_model_dir, chat_data_dir, SFT_FROZEN_UPCAST="0",
+                    SFT_LORA_INPUT_GRADS="1")
+    assert verl.returncode == 0, verl.stdout[-4000:]
+    assert "frozen base gathered in its own dtype" in ours.stdout and "frozen base gathered" not in verl.stdout
+    assert train_losses(ours.stdout) == train_losses(verl.stdout) and len(train_losses(ours.stdout)) == 8
+    step = sorted(p.name for p in ours_dir.glob("global_step_*"))[-1]
+    assert max_weight_difference(ours_dir / step, tmp_path / "verl" / step) == 0.0
+    dtypes = {str(v.dtype) for (n, _), v in model_shards(ours_dir / step).items() if "lora_" not in n}
     assert dtypes == {"torch.bfloat16"}
-    assert json.loads((ours[0] / step / "lora_train_meta.json").read_text())["r"] == 8
-
+    assert json.loads((ours_dir / step / "lora_train_meta.json").read_text())["r"] == 8
 
 def test_the_memory_plan_counts_the_plugins_block_size():
     from sft.launch import memory_plan

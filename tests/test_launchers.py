@@ -59,21 +59,8 @@ def test_full_finetune_trains_checkpoints_and_resumes(tmp_path, tiny_model_dir, 
 
 
 @pytest.mark.slow
-def test_lora_trains_and_writes_lora_metadata(tmp_path, tiny_model_dir, chat_data_dir):
-    output_dir = tmp_path / "lora run"
-    env = launcher_env(
-        MODEL_NAME=tiny_model_dir,
-        TRAIN_FILE=chat_data_dir / "train.parquet",
-        VAL_FILE="",  # empty: no validation
-        OUTPUT_DIR=output_dir,
-        TRAIN_BATCH_SIZE=16,
-        EPOCHS=2,
-        LEARNING_RATE=1e-2,
-        LORA_RANK=8,
-        LORA_ALPHA=16,
-        NPROC_PER_NODE=2,
-    )
-    result = run_launcher("run_sft_peft.sh", env, cwd=tmp_path)
+def test_lora_trains_and_writes_lora_metadata(lora_run):
+    tmp_path, output_dir, result = lora_run  # conftest.LORA_RUN_SETTINGS: rank 8, alpha 16, 2 epochs of 4 steps
     assert result.returncode == 0, result.stdout[-4000:]
     assert _checkpoint_steps(output_dir) == [8]
     meta = json.loads((output_dir / "global_step_8" / "lora_train_meta.json").read_text())
