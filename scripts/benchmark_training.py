@@ -55,6 +55,8 @@ Configurations (--configs, comma separated; first is the baseline of the ratios)
     ours-lora-gc               ours-lora with GRADIENT_CHECKPOINTING=1
     ours-lora-gc-verlgather    ours-lora-gc as verl 0.9.1 gathers a CPU LoRA run (SFT_FROZEN_UPCAST=0: the
                                frozen base in fp32; SFT_LORA_INPUT_GRADS=1: verl's input-grads hook)
+    ours-lora-gc-gathered      ours-lora-gc with FSDP2 gathering the frozen embedding and LM head
+                               (SFT_VOCAB_PARALLEL=0; the default computes them vocabulary-parallel)
 
 Tokens/s count real tokens only. verl's sampler is seeded, so every configuration sees the same
 samples at each step; the benchmark replays the sampler to count each step's real tokens (and
@@ -126,6 +128,8 @@ CONFIGS: dict[str, dict] = {
     "ours-lora-gc-verlgather": {"env": {"GRADIENT_CHECKPOINTING": "1", "SFT_FROZEN_UPCAST": "0",
                                         "SFT_LORA_INPUT_GRADS": "1"}, "overrides": [],
                                 "launcher": "scripts/run_sft_peft.sh"},
+    "ours-lora-gc-gathered": {"env": {"GRADIENT_CHECKPOINTING": "1", "SFT_VOCAB_PARALLEL": "0"}, "overrides": [],
+                              "launcher": "scripts/run_sft_peft.sh"},
 }
 DEFAULT_LAUNCHER = "scripts/run_sft_training.sh"  # a configuration's "launcher" key, when it has none
 

@@ -204,9 +204,10 @@ def model_shards(checkpoint: Path) -> dict[tuple[str, int], "object"]:
 
 
 LORA_RUN_SETTINGS = dict(TRAIN_BATCH_SIZE=16, EPOCHS=2, LEARNING_RATE=1e-2, LORA_RANK=8, LORA_ALPHA=16,
-                         NPROC_PER_NODE=2, VAL_FILE="")
+                         NPROC_PER_NODE=2, VAL_FILE="", SAVE_FREQ=4)
 """The LoRA run of the tests (tests/test_launchers.py checks it; tests/test_frozen_upcast.py compares
-verl's own CPU path with it): 8 steps on the 64-row chat data, no validation."""
+verl's own CPU path with it; tests/test_vocab_parallel.py resumes it from step 4): 8 steps on the
+64-row chat data, checkpoints at steps 4 and 8, no validation."""
 
 
 def run_lora(cwd: Path, output_dir: Path, tiny_model_dir: Path, chat_data_dir: Path, **switches: str):
@@ -221,6 +222,15 @@ def lora_run(tmp_path_factory, tiny_model_dir, chat_data_dir):
     cwd = tmp_path_factory.mktemp("lora")
     output_dir = cwd / "lora run"
     return cwd, output_dir, run_lora(cwd, output_dir, tiny_model_dir, chat_data_dir)
+
+
+@pytest.fixture(scope="session")
+def lora_run_gathered(tmp_path_factory, tiny_model_dir, chat_data_dir):
+    """The same LoRA run with the embedding and LM head gathered by FSDP2 (SFT_VOCAB_PARALLEL=0):
+    tests/test_vocab_parallel.py compares lora_run with it, tests/test_frozen_upcast.py verl's path."""
+    cwd = tmp_path_factory.mktemp("lora-gathered")
+    output_dir = cwd / "lora run"
+    return cwd, output_dir, run_lora(cwd, output_dir, tiny_model_dir, chat_data_dir, SFT_VOCAB_PARALLEL="0")
 
 
 def max_weight_difference(first: Path, second: Path) -> float:

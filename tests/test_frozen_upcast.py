@@ -73,9 +73,11 @@ def test_only_frozen_low_precision_linear_and_embedding_layers_are_changed():
 
 
 @pytest.mark.slow
-def test_lora_training_matches_verls_fp32_gathering_exactly(lora_run, tmp_path, tiny_model_dir, chat_data_dir):
-    """conftest's LoRA run (this plugin, no input-grads hook) against the same run as verl does it."""
-    _, ours_dir, ours = lora_run
+def test_lora_training_matches_verls_fp32_gathering_exactly(lora_run_gathered, tmp_path, tiny_model_dir,
+                                                            chat_data_dir):
+    """conftest's LoRA run (this plugin, no input-grads hook; the embedding and LM head gathered as
+    FSDP2 does, SFT_VOCAB_PARALLEL=0) against the same run as verl does it."""
+    _, ours_dir, ours = lora_run_gathered
     assert ours.returncode == 0, ours.stdout[-4000:]
     verl = run_lora(tmp_path, tmp_path / "verl", tiny_model_dir, chat_data_dir, SFT_FROZEN_UPCAST="0",
                     SFT_LORA_INPUT_GRADS="1")

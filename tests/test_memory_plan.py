@@ -343,7 +343,8 @@ def test_cpu_lora_gathers_the_frozen_base_in_bf16_with_one_fp32_block():
     """sft/verl_plugins/frozen_upcast.py (loaded for LoRA on CPU): the gathered units of Qwen2.5-7B, by hand."""
     kwargs = dict(mode="lora", world_size=2, max_tokens_per_gpu=128, gradient_checkpointing=True, param_dtype="bf16",
                   compute_dtype="fp32", frozen_dtype="bf16", device="cpu")
-    upcast, verl = plan_memory(QWEN25_7B, **kwargs), plan_memory(QWEN25_7B, **kwargs, frozen_upcast=False)
+    upcast, verl = plan_memory(QWEN25_7B, **kwargs, vocab_parallel=False), plan_memory(QWEN25_7B, **kwargs,
+                                                                                         frozen_upcast=False)
     assert upcast.inputs["frozen_upcast"] is True and plan_memory(QWEN25_7B, **{**kwargs, "device": "cuda"}).inputs[
         "frozen_upcast"] is False
     # One decoder layer: q 3584*3584+3584, k and v 3584*512+512 each, o 3584*3584, gate/up/down 3584*18944 each,
@@ -364,3 +365,29 @@ def test_cpu_lora_gathers_the_frozen_base_in_bf16_with_one_fp32_block():
     assert {i.name: i.bytes for i in upcast.items}[buffer] == embedding * 2
     assert {i.name: i.bytes for i in verl.items}[buffer] == embedding * 4 * 3 // 2
     assert buffer not in {i.name for i in plan_memory(QWEN25_7B, **{**kwargs, "device": "cuda"}).items}
+
+
+def test_cpu_lora_on_two_processes_never_gathers_the_embedding_or_lm_head():
+    """sft/verl_plugins/vocab_parallel.py (with frozen_upcast, world size > 1): Qwen2.5-7B by hand."""
+    kwargs = dict(mode="lora", world_size=2, max_tokens_per_gpu=128, gradient_checkpointing=True, param_dtype="bf16",
+                  compute_dtype="fp32", frozen_dtype="bf16", device="cpu")
+    parallel, gathered = plan_memory(QWEN25_7B, **kwargs), plan_memory(QWEN25_7B, **kwargs, vocab_parallel=False)
+    assert parallel.inputs["vocab_parallel"] is True and gathered.inputs["vocab_parallel"] is False
+    assert plan_memory(QWEN25_7B, **{**kwargs, "world_size": 1}).inputs["vocab_parallel"] is False
+    assert plan_memory(QWEN25_7B, **kwargs, frozen_upcast=False).inputs["vocab_parallel"] is False
+    layer = 3584 * 3584 + 3584 + 2 * (3584 * 512 + 512) + 3584 * 3584 + 3 * 3584 * 18944 + 2 * 3584
+    adapters = 32 * 90_112
+    root = 3584  # the final norm; the embedding and LM head are no FSDP2 unit now
+    # root + the largest unit (a layer now) + the prefetched layer, adapters in fp32, + one fp32 block of
+    # this process's 76,032 rows of the LM head (1.0 GiB in fp32: capped at the 256 MiB block).
+    expected = (root + 2 * layer) * 2 + 2 * adapters * 4 + (256 << 20)
+    item = {i.name: i.bytes for i in parallel.items}["gathered params (bf16 base, root + 2 units) + one fp32 block"]
+    assert item == expected
+    buffer = "all-gather buffer of the largest unit (measured)"
+    assert {i.name: i.bytes for i in parallel.items}[buffer] == (layer + adapters) * 2
+    embedding = 152064 * 3584
+    # Gathered: the embedding unit (bf16) instead of a second layer, one layer's adapters fewer, and the
+    # all-gather buffer of the embedding instead of a layer's: 4 bytes x (embedding - layer) - 6 x adapters.
+    assert gathered.total - parallel.total == 4 * (embedding - layer) - 6 * adapters
+    # The shards themselves are the same: 1/2 of every frozen weight, embedding and LM head included.
+    assert [i for i in parallel.items if i.phase == "state"] == [i for i in gathered.items if i.phase == "state"]

@@ -59,6 +59,8 @@
 #                              default: each rank reads only its shard from the safetensors files
 #   SFT_FROZEN_UPCAST (unset)  0: a CPU LoRA run gathers its frozen bf16 base in fp32 as verl does;
 #                              default: gathered in bf16, computed in fp32 block by block
+#   SFT_VOCAB_PARALLEL (unset) 0: a CPU LoRA run on several processes all-gathers its frozen embedding
+#                              and LM head (FSDP2); default: each process keeps its rows, computed vocabulary-parallel
 #   SFT_LORA_INPUT_GRADS (unset)  1: keep verl's enable_input_require_grads hook (LoRA); default: removed
 #                              (only reentrant checkpointing needs it; FSDP2 re-gathers the embedding for it)
 

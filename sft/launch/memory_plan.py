@@ -432,10 +432,12 @@ def _state_items(params: int, adapters: int, inputs: dict[str, Any]) -> list[Ite
     return items
 
 
-def _fsdp_units(arch: Architecture, block: int) -> tuple[int, int]:
-    """(root unit, largest other unit) in parameters, as verl's apply_fsdp2 wraps them."""
-    root = arch.hidden + (arch.embedding_parameters if arch.tied else 0)
-    largest = max(block, 0 if arch.tied else arch.embedding_parameters)
+def _fsdp_units(arch: Architecture, block: int, vocab_parallel: bool = False) -> tuple[int, int]:
+    """(root unit, largest other unit) in parameters, as verl's apply_fsdp2 wraps them (vocab_parallel:
+    the embedding and LM head are no unit at all, sft/verl_plugins/vocab_parallel.py)."""
+    embedding = 0 if vocab_parallel else arch.embedding_parameters
+    root = arch.hidden + (embedding if arch.tied else 0)
+    largest = max(block, 0 if arch.tied else embedding)
     return root, largest
 
 
@@ -446,7 +448,8 @@ def _compute_items(arch: Architecture, inputs: dict[str, Any]) -> list[Item]:
     targets = lora_targets(arch, inputs["target_modules"]) if lora else ()
     adapters_per_layer = sum(inputs["lora_rank"] * (t.inputs + t.outputs) for t in targets)
     block = arch.layer_parameters + adapters_per_layer
-    root, largest = _fsdp_units(arch, block)
+    vocab_parallel = lora and inputs["vocab_parallel"]
+    root, largest = _fsdp_units(arch, block, vocab_parallel)
     in_flight = (root + largest + block) * b
     gathered = f"gathered {inputs['compute_dtype']} params (root + 2 units)"
     stored = inputs["param_dtype"] if not lora else inputs["frozen_dtype"]
@@ -458,7 +461,9 @@ def _compute_items(arch: Architecture, inputs: dict[str, Any]) -> list[Item]:
         adapters_gathered = adapters_per_layer * (2 if largest == block else 1)
         frozen_params = root + largest + block - adapters_gathered
         widest = max((t.inputs * t.outputs for t in arch.linears), default=0)
-        if not arch.tied:
+        if vocab_parallel:  # the LM head's rows of this process, fp32 block by block
+            widest = max(widest, -(-arch.vocab // inputs["world_size"]) * arch.hidden)
+        elif not arch.tied:
             widest = max(widest, arch.embedding_parameters)
         in_flight = frozen_params * fb + adapters_gathered * tb + min(widest * b, FROZEN_UPCAST_BLOCK_BYTES)
         gathered = f"gathered params ({inputs['frozen_dtype']} base, root + 2 units) + one fp32 block"
@@ -494,7 +499,8 @@ def plan_memory(model_config: Optional[dict[str, Any]], *, mode: str = "full", w
                 compute_dtype: str = "bf16", lora_rank: int = 32, target_modules="all-linear",
                 frozen_dtype: str = "fp32", adapter_dtype: str = "fp32", parameter_count: Optional[int] = None,
                 device: str = "cuda", flash_attn_installed: Optional[bool] = None, offload: bool = False,
-                overhead_bytes: Optional[int] = None, frozen_upcast: Optional[bool] = None) -> MemoryPlan:
+                overhead_bytes: Optional[int] = None, frozen_upcast: Optional[bool] = None,
+                vocab_parallel: Optional[bool] = None) -> MemoryPlan:
     """The memory one FSDP2 rank of verl's SFT trainer needs, item by item (never raises on a config).
 
     mode: "full" or "lora". world_size: FSDP ranks sharing the shards. max_tokens_per_gpu:
@@ -508,7 +514,9 @@ def plan_memory(model_config: Optional[dict[str, Any]], *, mode: str = "full", w
     runtime's own memory (default RUNTIME_OVERHEAD_BYTES[device]). frozen_upcast: LoRA's frozen
     base gathered in its own dtype and computed in fp32 block by block (sft/verl_plugins/
     frozen_upcast.py; default: where the launchers load it, LoRA on CPU with fp32 compute on a
-    lower-precision base).
+    lower-precision base). vocab_parallel: with frozen_upcast on several processes, the frozen
+    embedding and LM head kept as each process's rows and computed vocabulary-parallel, never
+    gathered (sft/verl_plugins/vocab_parallel.py; default: wherever frozen_upcast is, world_size > 1).
     """
     if mode not in ("full", "lora"):
         raise ValueError(f"mode={mode!r}: use 'full' or 'lora'.")
@@ -517,12 +525,15 @@ def plan_memory(model_config: Optional[dict[str, Any]], *, mode: str = "full", w
     device = "cuda" if str(device).startswith(("cuda", "gpu")) else "cpu"
     if frozen_upcast is None:
         frozen_upcast = mode == "lora" and device == "cpu" and compute_dtype == "fp32" and frozen_dtype != "fp32"
+    if vocab_parallel is None:
+        vocab_parallel = bool(frozen_upcast) and world_size > 1
+    vocab_parallel = bool(vocab_parallel and frozen_upcast and mode == "lora" and world_size > 1)
     inputs = dict(model_config=model_config, mode=mode, world_size=world_size, max_tokens_per_gpu=max_tokens_per_gpu,
                   gradient_checkpointing=gradient_checkpointing, param_dtype=param_dtype, compute_dtype=compute_dtype,
                   lora_rank=lora_rank, target_modules=target_modules, frozen_dtype=frozen_dtype,
                   adapter_dtype=adapter_dtype, parameter_count=parameter_count, device=device,
                   flash_attn_installed=(device == "cuda") if flash_attn_installed is None else flash_attn_installed,
-                  offload=offload, frozen_upcast=frozen_upcast, overhead_bytes=RUNTIME_OVERHEAD_BYTES[device] if overhead_bytes is None
+                  offload=offload, frozen_upcast=frozen_upcast, vocab_parallel=vocab_parallel, overhead_bytes=RUNTIME_OVERHEAD_BYTES[device] if overhead_bytes is None
                   else overhead_bytes)
     arch, params, notes = _resolve(model_config, parameter_count)
     adapters = lora_parameters(arch, lora_rank, target_modules) if arch and mode == "lora" else 0
@@ -589,6 +600,10 @@ def _assumptions(inputs: dict[str, Any]) -> tuple[str, ...]:
         if inputs["frozen_upcast"]:
             lines.append("LoRA on CPU: the frozen base gathered in its own dtype, each frozen linear computed in fp32 "
                          "one block of rows at a time (sft/verl_plugins/frozen_upcast.py)")
+        if inputs["vocab_parallel"]:
+            lines.append("LoRA on CPU, several processes: the frozen embedding and LM head are each process's rows, "
+                         "never gathered; logits computed vocabulary-parallel (their all-to-all copies are counted "
+                         "within the loss's logits-sized copies; sft/verl_plugins/vocab_parallel.py)")
     if inputs["device"] == "cpu":
         lines.append("CPU: every local rank shares the host's memory; compare processes x total")
     return tuple(lines)

@@ -277,7 +277,8 @@ def memory_plan_for(settings: Settings, config):
         target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
         frozen_dtype=model_dtype, device=settings["DEVICE"], offload=bool(value("engine.offload_policy", False)),
         flash_attn_installed=settings["DEVICE"] == "cuda" and importlib.util.find_spec("flash_attn") is not None,
-        frozen_upcast=False if os.environ.get("SFT_FROZEN_UPCAST") == "0" else None)  # None: where it is loaded
+        frozen_upcast=False if os.environ.get("SFT_FROZEN_UPCAST") == "0" else None,  # None: where it is loaded
+        vocab_parallel=False if os.environ.get("SFT_VOCAB_PARALLEL") == "0" else None)
     if settings["DEVICE"] == "cuda" and settings.sources.get("DEVICE", "").startswith("no GPU visible"):
         return plan, ["memory plan not compared with free memory: no GPU here (GPUs assumed)."]
     processes = settings["NPROC_PER_NODE"] if settings["DEVICE"] == "cpu" else 1

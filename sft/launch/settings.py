@@ -562,6 +562,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SFT_FROZEN_UPCAST", None, "0: a CPU LoRA run gathers its frozen bf16 base in fp32 as verl does;\n"
             "default: gathered in bf16, computed in fp32 block by block", BEHAVIOUR, None,
             listed_default="(unset)", read_by="sft/verl_plugins/frozen_upcast.py"),
+    Setting("SFT_VOCAB_PARALLEL", None, "0: a CPU LoRA run on several processes all-gathers its frozen embedding\n"
+            "and LM head (FSDP2); default: each process keeps its rows, computed vocabulary-parallel", BEHAVIOUR, None,
+            listed_default="(unset)", read_by="sft/verl_plugins/vocab_parallel.py"),
     Setting("SFT_LORA_INPUT_GRADS", None, "1: keep verl's enable_input_require_grads hook (LoRA); default: removed\n"
             "(only reentrant checkpointing needs it; FSDP2 re-gathers the embedding for it)", BEHAVIOUR, None,
             listed_default="(unset)", read_by="sft/verl_plugins/lora_precision.py"),

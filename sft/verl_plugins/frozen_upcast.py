@@ -47,36 +47,45 @@ def _block_rows(weight: torch.Tensor, dtype: torch.dtype) -> int:
     return max(1, min(weight.shape[0], BLOCK_BYTES // max(1, row_bytes)))
 
 
+def matmul_transposed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T (+ b) in x's dtype from a lower-precision W, one block of W's rows in x's dtype at a time."""
+    rows = _block_rows(weight, x.dtype)
+    if rows >= weight.shape[0]:
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    out = x.new_empty(*x.shape[:-1], weight.shape[0])  # one output: a list + cat would hold it twice
+    for start in range(0, weight.shape[0], rows):
+        out[..., start : start + rows] = F.linear(x, weight[start : start + rows].to(x.dtype))
+    if bias is not None:
+        out += bias.to(x.dtype)
+    return out
+
+
+def matmul(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """grad W in grad's dtype from a lower-precision W, one block of W's rows at a time."""
+    rows = _block_rows(weight, grad.dtype)
+    if rows >= weight.shape[0]:
+        return grad.matmul(weight.to(grad.dtype))
+    out = None
+    for start in range(0, weight.shape[0], rows):
+        part = grad[..., start : start + rows].matmul(weight[start : start + rows].to(grad.dtype))
+        out = part if out is None else out.add_(part)
+    return out
+
+
 class _UpcastLinear(torch.autograd.Function):
     """y = x W^T + b with W, b stored in a lower precision, computed in x's dtype; no weight gradient."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(weight)
-        rows = _block_rows(weight, x.dtype)
-        if rows >= weight.shape[0]:
-            out = F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
-        else:  # into one output: at most one block's result besides it (a list + cat would hold the output twice)
-            out = x.new_empty(*x.shape[:-1], weight.shape[0])
-            for start in range(0, weight.shape[0], rows):
-                out[..., start : start + rows] = F.linear(x, weight[start : start + rows].to(x.dtype))
-            if bias is not None:
-                out += bias.to(x.dtype)
-        return out
+        return matmul_transposed(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
         (weight,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        rows = _block_rows(weight, grad_out.dtype)
-        if rows >= weight.shape[0]:
-            return grad_out.matmul(weight.to(grad_out.dtype)), None, None
-        grad_in = None
-        for start in range(0, weight.shape[0], rows):
-            part = grad_out[..., start : start + rows].matmul(weight[start : start + rows].to(grad_out.dtype))
-            grad_in = part if grad_in is None else grad_in.add_(part)
-        return grad_in, None, None
+        return matmul(grad_out, weight), None, None
 
 
 def upcast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -126,18 +135,55 @@ def _applies(model: torch.nn.Module, mp_policy) -> bool:
     return frozen_low and trainable_fp32  # loaded only on CPU (the parameters may still be on meta here)
 
 
+def _vocabulary_modules(model: torch.nn.Module, mesh) -> list[torch.nn.Module]:
+    """The frozen embedding and LM head to compute vocabulary-parallel (vocab_parallel.py), or []."""
+    from sft.verl_plugins import vocab_parallel
+
+    if not vocab_parallel.enabled() or mesh is None or mesh.ndim != 1 or mesh.size() < 2:
+        return []
+    modules, why_not = vocab_parallel.frozen_vocabulary_modules(model)
+    if why_not and torch.distributed.get_rank() == 0:
+        print(f"[verl-sft] embedding and LM head gathered by FSDP2 as usual ({why_not}; "
+              "sft/verl_plugins/vocab_parallel.py)", flush=True)
+    return modules
+
+
 def apply_fsdp2(model, fsdp_kwargs, config):
     mp_policy = fsdp_kwargs.get("mp_policy")
-    if _applies(model, mp_policy):
-        counts = upcast_frozen_modules(model, mp_policy.param_dtype)
-        fsdp_kwargs = dict(fsdp_kwargs, mp_policy=type(mp_policy)(
-            param_dtype=None, reduce_dtype=mp_policy.reduce_dtype, output_dtype=mp_policy.output_dtype,
-            cast_forward_inputs=mp_policy.cast_forward_inputs))
-        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-            print(f"[verl-sft] frozen base gathered in its own dtype, computed in fp32 block by block "
-                  f"({counts['linear']} linear, {counts['embedding']} embedding layers; "
-                  "sft/verl_plugins/frozen_upcast.py; SFT_FROZEN_UPCAST=0 turns it off)", flush=True)
-    return _original_apply_fsdp2(model, fsdp_kwargs, config)
+    if not _applies(model, mp_policy):
+        return _original_apply_fsdp2(model, fsdp_kwargs, config)
+    counts = upcast_frozen_modules(model, mp_policy.param_dtype)
+    fsdp_kwargs = dict(fsdp_kwargs, mp_policy=type(mp_policy)(
+        param_dtype=None, reduce_dtype=mp_policy.reduce_dtype, output_dtype=mp_policy.output_dtype,
+        cast_forward_inputs=mp_policy.cast_forward_inputs))
+    vocabulary = _vocabulary_modules(model, fsdp_kwargs.get("mesh"))
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    if rank0:
+        print(f"[verl-sft] frozen base gathered in its own dtype, computed in fp32 block by block "
+              f"({counts['linear']} linear, {counts['embedding']} embedding layers; "
+              "sft/verl_plugins/frozen_upcast.py; SFT_FROZEN_UPCAST=0 turns it off)", flush=True)
+    if not vocabulary:
+        return _original_apply_fsdp2(model, fsdp_kwargs, config)
+    from verl.utils import fsdp_utils
+
+    from sft.verl_plugins import vocab_parallel
+
+    # FSDP2 leaves these weights alone (not wrapped, not in the root unit); they become the same
+    # Shard(0) DTensors FSDP2 would have made, computed without gathering.
+    fsdp_kwargs["ignored_params"] = {module.weight for module in vocabulary} | set(fsdp_kwargs.get("ignored_params") or ())
+    select = fsdp_utils._select_fsdp2_wrap_targets
+    fsdp_utils._select_fsdp2_wrap_targets = lambda *args: [m for m in select(*args) if all(m is not v for v in vocabulary)]
+    try:
+        result = _original_apply_fsdp2(model, fsdp_kwargs, config)
+    finally:
+        fsdp_utils._select_fsdp2_wrap_targets = select
+    vocab_parallel.shard_and_install(vocabulary, fsdp_kwargs["mesh"], mp_policy.param_dtype,
+                                     matmul_transposed=matmul_transposed, matmul=matmul)
+    if rank0:
+        print(f"[verl-sft] frozen embedding and LM head kept as each process's rows and computed "
+              f"vocabulary-parallel over {fsdp_kwargs['mesh'].size()} processes, never all-gathered "
+              "(sft/verl_plugins/vocab_parallel.py; SFT_VOCAB_PARALLEL=0 turns it off)", flush=True)
+    return result
 
 
 transformer_impl.apply_fsdp2 = apply_fsdp2
