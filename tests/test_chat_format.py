@@ -27,6 +27,7 @@ from sft.text.chat_format import ChatFormat, TemplateError, split_reasoning
 from sft.prepare_data import DataError, PrepareConfig, prepare_data
 from sft.dataprep.jsonl_io import InputError
 from sft.verl_plugins.sft_dataset import ChatTemplateSFTDataset
+from sft.text.chat_format import load_tokenizer as _LOAD_TOKENIZER
 
 # The end-of-turn token each family's model emits to stop (from its template and generation config).
 END_OF_TURN = {
@@ -45,6 +46,20 @@ EMPTY_REASONING = {"qwen3": "<think>\n\n</think>\n\n"}
 QWEN_VOCABULARY = {"qwen2.5-instruct", "qwen3", "qwq-32b", "deepseek-r1-distill-qwen-2501",
                    "deepseek-r1-distill-qwen-think"}
 
+
+
+@pytest.fixture(autouse=True)
+def _tokenizers_loaded_once(monkeypatch):
+    """prepare_data loads the tokenizer as training would (4 s for Qwen's vocabulary); here each
+    directory's once per module: nothing changes a loaded tokenizer (load errors are not cached)."""
+    import sft.text.chat_format as chat_format
+
+    monkeypatch.setattr(chat_format, "load_tokenizer", _cached_load_tokenizer)
+
+
+@functools.cache
+def _cached_load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    return _LOAD_TOKENIZER(name_or_path, trust_remote_code)
 
 
 def _by_vocabulary_speed(families):

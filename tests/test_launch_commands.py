@@ -322,3 +322,17 @@ def test_a_bad_data_file_row_count_still_reports_before_composing(tmp_path, tiny
     write_chat_parquet(data / "train.parquet", 8)
     returncode, output = launch_in_process(_env(tiny_model_dir, data / "train.parquet", tmp_path), "optim.nope=1")
     assert returncode == 2 and "fewer than TRAIN_BATCH_SIZE" in output and "nope" not in output
+
+
+def test_cpu_training_processes_get_a_fixed_malloc_mmap_threshold(tmp_path, tiny_model_dir, prepared_question_answer,
+                                                                   monkeypatch, capsys):
+    """glibc keeps freed blocks below its growing mmap threshold (sft/launcher.py): 1 MiB on CPU, the user's wins."""
+    recorded = []
+    monkeypatch.setattr(launcher.os, "execve", lambda path, argv, child_env: recorded.append(child_env))
+    env = _env(tiny_model_dir, prepared_question_answer / "train.parquet", tmp_path, TRAIN_BATCH_SIZE=16, DRY_RUN=0,
+               SFT_MODE="full", DEVICE="cpu")
+    assert launcher.main([], env=env) == 0
+    assert recorded[-1]["MALLOC_MMAP_THRESHOLD_"] == str(1 << 20) == str(launcher.CPU_MALLOC_MMAP_THRESHOLD)
+    assert "MALLOC_MMAP_THRESHOLD_=1048576 " in capsys.readouterr().out  # in the printed command
+    assert launcher.main([], env={**env, "MALLOC_MMAP_THRESHOLD_": "65536"}) == 0
+    assert recorded[-1]["MALLOC_MMAP_THRESHOLD_"] == "65536"
