@@ -24,6 +24,10 @@ element is the same dot product), so results match verl's path; tests/test_froze
 checks it. Norm weights stay bf16 and multiply fp32 activations by type promotion (Qwen2's and
 Llama's RMSNorm); an architecture whose frozen norm calls F.layer_norm with a bf16 weight on fp32
 input would stop with torch's dtype error: set SFT_FROZEN_UPCAST=0 for it.
+
+With two or more processes the frozen input embedding and LM head are not FSDP2 units at all:
+sft/verl_plugins/vocab_parallel.py keeps each process's rows and computes them vocabulary-parallel
+(SFT_VOCAB_PARALLEL=0 leaves them to FSDP2's gathering).
 """
 
 from __future__ import annotations
