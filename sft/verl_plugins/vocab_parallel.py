@@ -37,6 +37,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
+def _row_range(vocab: int, world: int, rank: int) -> tuple[int, int, int]:
+    """(rows per process, first row, end row) of `rank`: torch.chunk's and FSDP2's Shard(0) split."""
+    size = math.ceil(vocab / world)
+    start = min(rank * size, vocab)
+    return size, start, min(start + size, vocab)
+
 
 def _matmul_transposed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight.to(x.dtype))
@@ -57,9 +63,8 @@ class _Shard:
                  matmul_transposed=_matmul_transposed, matmul=_matmul):
         self.weight, self.group, self.world, self.rank, self.vocab = weight, group, world, rank, vocab
         self.matmul_transposed, self.matmul = matmul_transposed, matmul  # x W^T and g W in x's (g's) dtype
-        self.size = math.ceil(vocab / world)  # rows per process (torch.chunk's and FSDP2's split)
-        self.start = min(rank * self.size, vocab)
-        self.rows = min(self.start + self.size, vocab) - self.start
+        self.size, self.start, end = _row_range(vocab, world, rank)
+        self.rows = end - self.start
 
     @classmethod
     def of(cls, parameter, **matmuls) -> "_Shard":
@@ -101,13 +106,12 @@ class _VocabParallelHead(torch.autograd.Function):
         every, own, longest = _gather_padded(x.reshape(-1, x.shape[-1]), shard)
         world, size = shard.world, shard.size
         if shard.rows == size:
-            local = shard.matmul_transposed(every.view(world * longest, -1), shard.weight).view(world, longest,
-                                                                                                        size)
+            local = shard.matmul_transposed(every.view(world * longest, -1), shard.weight).view(world, longest, size)
         else:  # the last process's shorter shard (or none), padded to the others' width
             local = every.new_zeros(world, longest, size)
             if shard.rows:
                 local[..., : shard.rows] = shard.matmul_transposed(every.view(world * longest, -1),
-                                                                            shard.weight).view(world, longest, -1)
+                                                                   shard.weight).view(world, longest, -1)
         del every
         received = torch.empty_like(local)
         dist.all_to_all_single(received, local, group=shard.group)  # received[s]: my tokens x rows of process s
@@ -134,8 +138,7 @@ class _VocabParallelHead(torch.autograd.Function):
         del outgoing
         hidden = ctx.shape[-1]
         if shard.rows:
-            grad_every = shard.matmul(incoming[..., : shard.rows].reshape(world * longest, shard.rows),
-                                              shard.weight)
+            grad_every = shard.matmul(incoming[..., : shard.rows].reshape(world * longest, shard.rows), shard.weight)
         else:
             grad_every = incoming.new_zeros(world * longest, hidden)
         del incoming
@@ -180,9 +183,7 @@ def shard_and_install(modules: list[torch.nn.Module], mesh, compute_dtype: torch
     for module in modules:
         weight = module.weight
         if id(weight) not in done:
-            vocab = weight.shape[0]
-            size = math.ceil(vocab / world)
-            start, end = min(rank * size, vocab), min((rank + 1) * size, vocab)
+            _, start, end = _row_range(weight.shape[0], world, rank)
             local = weight.detach()[start:end].clone()
             sharded = DTensor.from_local(local, mesh, [Shard(0)], run_check=False, shape=weight.shape,
                                          stride=weight.stride())
