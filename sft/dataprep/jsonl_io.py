@@ -15,8 +15,11 @@ What counts as what, identically in every tool:
 - a UTF-8 byte order mark at the start of a line is ignored; CRLF line ends are accepted;
 - a row that is not valid UTF-8, not valid JSON (NaN/Infinity and raw control characters are
   accepted, as Python's json module writes and reads them), holds an unpaired UTF-16
-  surrogate escape, or is not a JSON object becomes a BadLine, never silently dropped;
-  a malformed last line with no newline after it is reported as `truncated_last_line`.
+  surrogate escape, is nested deeper than MAX_DEPTH, or is not a JSON object becomes a
+  BadLine, never silently dropped; a malformed last line with no newline after it is
+  reported as `truncated_last_line`;
+- numbers keep their exact value: an integer beyond 64 bits (which orjson reads as a float)
+  is read again by Python's json module, so ids such as 2**70 and 2**70 + 1 stay distinct ints.
 
 Memory stays bounded by the chunk size whatever the file size (a single line longer than a
 chunk is held whole). The file is read and hashed (sha256) on a background thread, so
@@ -25,7 +28,6 @@ hashing overlaps parsing.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -49,8 +51,14 @@ REASON_MALFORMED_JSON = "malformed_json"
 REASON_TRUNCATED_LAST_LINE = "truncated_last_line"
 REASON_INVALID_UNICODE = "invalid_unicode_escape"
 REASON_NOT_AN_OBJECT = "not_an_object"
+REASON_TOO_DEEP = "too_deeply_nested"
 
+MAX_DEPTH = 200
+"""Deepest nesting of objects and lists a row may have: beyond it (orjson writes at most 254 levels,
+Python's json module recurses) a row is a BadLine, never a RecursionError."""
 _BOM = "\ufeff"
+_EXACT_FLOAT = 2.0**63
+"""orjson reads an integer beyond 64 bits as a float; a float this large is read again exactly."""
 
 
 @dataclass
@@ -65,12 +73,22 @@ class BadLine:
     """The line's text (undecodable bytes shown as \\xNN) when it could not be parsed."""
     row: dict | None = None
     """The parsed object, when it parsed but failed a later check."""
+    unit: str = "line"
+    """What `line` counts: "line" (1-based, JSON Lines) or "row" (0-based, Parquet rows and JSON array items)."""
+    element: int | None = None
+    """The index of the sample in a row whose response is a list (sft.dataprep.layouts), else None."""
+
+    def where(self) -> str:
+        place = f"{self.path}:{self.line}" if self.unit == "line" else f"{self.path} row {self.line}"
+        return place if self.element is None else f"{place} sample {self.element}"
 
     def message(self) -> str:
-        return f"{self.path}:{self.line}: {self.detail}"
+        return f"{self.where()}: {self.detail}"
 
     def to_json(self) -> bytes:
-        record: dict[str, Any] = {"file": self.path, "line": self.line, "reason": self.reason, "detail": self.detail}
+        record: dict[str, Any] = {"file": self.path, self.unit: self.line, "reason": self.reason, "detail": self.detail}
+        if self.element is not None:
+            record["sample"] = self.element
         if self.raw is not None:
             record["raw"] = self.raw
         if self.row is not None:
@@ -92,7 +110,8 @@ class DataError(UserError):
 
 @dataclass
 class JsonlChunk:
-    """The rows parsed from one piece of a file, in file order."""
+    """The rows parsed from one piece of a file, in file order (every reader of sft.dataprep.readers
+    yields these: `lines` are line numbers for JSON Lines, row indices for Parquet and JSON arrays)."""
 
     path: str
     rows: list[dict] = field(default_factory=list)
@@ -143,17 +162,56 @@ def line_boundaries(path: str | os.PathLike, every: int) -> list[int]:
 
 def _has_surrogate(value: Any) -> bool:
     """True when a parsed JSON value holds a lone UTF-16 surrogate (not encodable as UTF-8)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_surrogate(v) for v in value)
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return False
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when objects and lists nest more than `limit` levels deep (walked without recursion)."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 >= limit:
+                    return True
+                pending.append((child, depth + 1))
+    return False
+
+
+def needs_second_look(value: dict | list, depth: int = 0) -> bool:
+    """True when a row orjson parsed may not be what the text says: a float of magnitude 2**63 or more
+    (orjson's reading of an integer beyond 64 bits) or nesting deeper than MAX_DEPTH. Such rows are
+    read again by parse_line_slow; a NaN (only that path reads one) also answers True."""
+    for item in value.values() if type(value) is dict else value:
+        kind = type(item)
+        if kind is float:
+            if not -_EXACT_FLOAT < item < _EXACT_FLOAT:
+                return True
+        elif kind is dict or kind is list:
+            if depth + 1 >= MAX_DEPTH or needs_second_look(item, depth + 1):
+                return True
+    return False
+
+
+def deep_line(path: str, lineno: int, raw: bytes | str, unit: str = "line") -> BadLine:
+    shown = _show(raw, 10_000) if isinstance(raw, bytes) else raw[:10_000]
+    return BadLine(path, lineno, REASON_TOO_DEEP,
+                   f"objects and lists nest more than {MAX_DEPTH} levels deep, which no training row needs; "
+                   "flatten or drop that field (or the row)", raw=shown, unit=unit)
 
 
 def _show(raw: bytes, limit: int | None = None) -> str:
@@ -164,11 +222,13 @@ def _show(raw: bytes, limit: int | None = None) -> str:
 
 
 def parse_line_slow(raw: bytes, path: str, lineno: int, unterminated: bool) -> dict | BadLine | None:
-    """Parse a line that orjson refused; returns the object, a BadLine, or None for a blank line.
+    """Parse a line that orjson refused (or read inexactly); returns the object, a BadLine, or None for
+    a blank line.
 
     orjson is strict: it refuses NaN, raw control characters and byte order marks, which
     Python's json module (and many writers built on it) produce, so those get a second chance
-    here; everything that still fails becomes a BadLine with the reason and the fix.
+    here; everything that still fails becomes a BadLine with the reason and the fix. Python's
+    json module also reads integers beyond 64 bits exactly.
     """
     try:
         text = raw.decode("utf-8")
@@ -184,6 +244,8 @@ def parse_line_slow(raw: bytes, path: str, lineno: int, unterminated: bool) -> d
         return None
     try:
         value = json.loads(text, strict=False)
+    except RecursionError:
+        return deep_line(path, lineno, raw)
     except json.JSONDecodeError as exc:
         if unterminated:
             return BadLine(
@@ -197,6 +259,8 @@ def parse_line_slow(raw: bytes, path: str, lineno: int, unterminated: bool) -> d
             f"not valid JSON ({exc.msg}: column {exc.colno}); fix or delete the line",
             raw=_show(raw),
         )
+    if too_deep(value):
+        return deep_line(path, lineno, raw)
     if _has_surrogate(value):
         return BadLine(
             path, lineno, REASON_INVALID_UNICODE,
@@ -230,63 +294,79 @@ class JsonlReader:
         self.blank_lines = 0
         self.lines = 0
 
-    def _blocks(self) -> Iterator[bytes]:
-        """Raw blocks of the file, read and hashed on a background thread."""
+    def _open(self) -> tuple[Any, Any]:
+        """(the stream of JSON Lines text, the file it reads) positioned at `start`; a reader of compressed
+        files (sft.dataprep.readers) returns the decompressing stream and reads it to its end."""
+        handle = open(self.path, "rb")  # noqa: SIM115 - closed by the reader thread
+        handle.seek(self.start)
+        return handle, handle
+
+    def _consumed(self, raw: Any, block: bytes) -> int:
+        """Bytes of the file a block stands for (the progress bar counts file bytes)."""
+        return len(block)
+
+    def _blocks(self) -> Iterator[tuple[bytes, int]]:
+        """(block, file bytes it stands for) of the text, read and hashed on a background thread."""
         try:
-            handle = open(self.path, "rb")  # noqa: SIM115 - closed by the reader thread
+            stream, raw = self._open()
         except OSError as exc:
-            raise InputError(f"cannot read input file {self.path}: {exc.strerror}") from exc
+            raise InputError(f"cannot read input file {self.path}: {exc.strerror or exc}") from exc
+        bounded = stream is raw
         blocks: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
 
         def produce() -> None:
             try:
-                with handle:
-                    handle.seek(self.start)
+                with stream, raw:
                     left = self.end - self.start
                     while not stop.is_set():
-                        block = handle.read(min(self.chunk_bytes, left)) if left > 0 else b""
-                        left -= len(block)
+                        if bounded:
+                            block = stream.read(min(self.chunk_bytes, left)) if left > 0 else b""
+                            left -= len(block)
+                        else:
+                            block = stream.read(self.chunk_bytes)
                         if block and self._digest is not None:
                             self._digest.update(block)  # hashlib releases the GIL on large blocks
+                        item = (block, self._consumed(raw, block))
                         while not stop.is_set():
                             try:
-                                blocks.put(block, timeout=0.1)
+                                blocks.put(item, timeout=0.1)
                                 break
                             except queue.Full:
                                 continue
                         if not block:
                             return
-            except OSError as exc:
-                blocks.put(InputError(f"cannot read input file {self.path}: {exc.strerror}"))
+            except (OSError, EOFError, ValueError) as exc:  # ValueError: zstandard's damaged-frame error
+                blocks.put(self._read_error(exc))
 
         thread = threading.Thread(target=produce, name="jsonl-reader", daemon=True)
         thread.start()
         try:
             while True:
-                block = blocks.get()
-                if isinstance(block, Exception):
-                    raise block
-                if not block:
+                item = blocks.get()
+                if isinstance(item, Exception):
+                    raise item
+                if not item[0]:
                     if self._digest is not None:
                         self.sha256 = self._digest.hexdigest()
                     return
-                yield block
+                yield item
         finally:
             stop.set()
             thread.join()
 
+    def _read_error(self, exc: BaseException) -> InputError:
+        return InputError(f"cannot read input file {self.path}: {getattr(exc, 'strerror', None) or exc}")
+
     def __iter__(self) -> Iterator[JsonlChunk]:
-        loads = orjson.loads
-        decode_error = orjson.JSONDecodeError
-        path = self.path
         carry = b""
         next_line = 1
+        pending = 0  # file bytes of blocks that ended inside a line
         blocks = self._blocks()
         at_end = False
         while not at_end:
-            block = next(blocks, None)
-            if block is None:
+            item = next(blocks, None)
+            if item is None:
                 at_end = True
                 data = carry
                 carry = b""
@@ -294,66 +374,75 @@ class JsonlReader:
                     break
                 pieces = data.split(b"\n")
                 unterminated_last = not data.endswith(b"\n")
+                nbytes = 0
+                if pieces and pieces[-1] == b"":
+                    pieces.pop()  # the piece after the final newline is not a line
             else:
                 # Split the block itself (no copy of it joined to the carry or cut at its last
                 # newline): the carry joins the first piece, the piece after the last newline
                 # becomes the next carry.
+                block, nbytes = item
                 pieces = block.split(b"\n")
                 if carry:
                     pieces[0] = carry + pieces[0]
-                nbytes = len(carry) + len(block)
                 carry = pieces.pop()
-                if not pieces:
-                    continue  # a line longer than a block: keep reading
-                nbytes -= len(carry)
                 unterminated_last = False
-            if at_end:
-                nbytes = len(data)
-                if pieces and pieces[-1] == b"":
-                    pieces.pop()  # the piece after the final newline is not a line
-            chunk = JsonlChunk(path=path, nbytes=nbytes)
-            count = len(pieces)
-            try:  # the usual chunk: every line a JSON object orjson takes as it is
-                values = [loads(raw) for raw in pieces]
-            except decode_error:
-                values = None
-            if values is not None and set(map(type, values)) <= {dict}:
-                chunk.rows = values
-                chunk.lines = list(range(next_line, next_line + len(values)))
-                pieces = ()  # nothing left for the line-by-line loop
-            rows, lines, bad = chunk.rows, chunk.lines, chunk.bad
-            last_index = len(pieces) - 1
-            for index, raw in enumerate(pieces):
-                lineno = next_line + index
-                if not raw or raw.isspace():
-                    chunk.blank_lines += 1
-                    continue
-                try:
-                    value = loads(raw)
-                except decode_error:
-                    value = parse_line_slow(raw, path, lineno, unterminated_last and index == last_index)
-                    if value is None:
-                        chunk.blank_lines += 1
-                        continue
-                    if isinstance(value, BadLine):
-                        bad.append(value)
-                        continue
-                if type(value) is not dict:
-                    bad.append(
-                        BadLine(
-                            path, lineno, REASON_NOT_AN_OBJECT,
-                            f"expected a JSON object per line, found a JSON {type(value).__name__}",
-                            raw=_show(raw, 10_000),
-                        )
-                    )
-                    continue
-                rows.append(value)
-                lines.append(lineno)
-            next_line += count
-            self.lines += count
+                if not pieces:
+                    pending += nbytes
+                    continue  # a line longer than a block: keep reading
+            nbytes, pending = nbytes + pending, 0
+            chunk = self._parse(pieces, next_line, unterminated_last, nbytes)
+            next_line += len(pieces)
+            self.lines += len(pieces)
             self.rows_read += chunk.rows_read
             self.blank_lines += chunk.blank_lines
             yield chunk
+
+    def _parse(self, pieces: list[bytes], next_line: int, unterminated_last: bool, nbytes: int) -> JsonlChunk:
+        """The rows of one chunk's lines (`pieces`, the first numbered `next_line`)."""
+        loads = orjson.loads
+        decode_error = orjson.JSONDecodeError
+        path = self.path
+        chunk = JsonlChunk(path=path, nbytes=nbytes)
+        try:  # the usual chunk: every line a JSON object orjson takes exactly as it is
+            values = [loads(raw) for raw in pieces]
+        except decode_error:
+            values = None
+        if values is not None and set(map(type, values)) <= {dict} and not any(map(needs_second_look, values)):
+            chunk.rows = values
+            chunk.lines = list(range(next_line, next_line + len(values)))
+            return chunk
+        rows, lines, bad = chunk.rows, chunk.lines, chunk.bad
+        last_index = len(pieces) - 1
+        for index, raw in enumerate(pieces):
+            lineno = next_line + index
+            if not raw or raw.isspace():
+                chunk.blank_lines += 1
+                continue
+            try:
+                value = loads(raw)
+                if type(value) in (dict, list) and needs_second_look(value):
+                    raise decode_error("read again", "", 0)
+            except decode_error:
+                value = parse_line_slow(raw, path, lineno, unterminated_last and index == last_index)
+                if value is None:
+                    chunk.blank_lines += 1
+                    continue
+                if isinstance(value, BadLine):
+                    bad.append(value)
+                    continue
+            if type(value) is not dict:
+                bad.append(
+                    BadLine(
+                        path, lineno, REASON_NOT_AN_OBJECT,
+                        f"expected a JSON object per line, found a JSON {type(value).__name__}",
+                        raw=_show(raw, 10_000),
+                    )
+                )
+                continue
+            rows.append(value)
+            lines.append(lineno)
+        return chunk
 
 
 # ---------------------------------------------------------------------------------------
@@ -478,34 +567,6 @@ class SchemaTracker:
 
 # ---------------------------------------------------------------------------------------
 # Files in and out.
-
-
-def expand_inputs(patterns: list[str]) -> list[str]:
-    """Files named by globs or paths, in order, each once; an error names a pattern that matches nothing."""
-    files: list[str] = []
-    for pattern in patterns:
-        if glob.has_magic(pattern):
-            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-            if not matches:
-                raise InputError(
-                    f"the pattern {pattern!r} matches no file (working directory {os.getcwd()}); "
-                    "check the path, and quote the pattern so the shell does not expand it"
-                )
-            files.extend(matches)
-        else:
-            if not os.path.exists(pattern):
-                raise InputError(f"input file {pattern} does not exist (working directory {os.getcwd()})")
-            if os.path.isdir(pattern):
-                raise InputError(f"input {pattern} is a directory; pass files or a glob such as '{pattern}/*.jsonl'")
-            files.append(pattern)
-    seen: set[str] = set()
-    unique = []
-    for path in files:
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
-    return unique
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:

@@ -71,10 +71,8 @@ class SpillWriter:
         for name in table.column_names:
             if name not in self.first_seen:
                 self.first_seen[name] = first_order
-        ours = [name for name in (TOKENS_COLUMN, *GRADING_COLUMNS) if name in table.column_names and name in added]
-        if TOKENS_COLUMN in table.column_names and TOKENS_COLUMN not in ours:
-            ours.append(TOKENS_COLUMN)
-        if ours:  # an input field of the same name is replaced by this run's value
+        ours = [name for name in added if name in table.column_names]
+        if ours:  # an input field of the same name is replaced by this run's value (the scan counts them)
             table = table.drop_columns(ours)
         for name, values in added.items():
             if not isinstance(values, pa.Array):

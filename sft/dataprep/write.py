@@ -14,6 +14,7 @@ response (or the stored conversation). Each Parquet file is written on its own t
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 from dataclasses import dataclass
@@ -62,11 +63,12 @@ class RowsOut:
         return np.where(hit, self.repeat_copies[at], 1)
 
 
-def encoding_record(cfg: PrepareConfig, chat) -> dict:
+def encoding_record(cfg: PrepareConfig, chat, run_id: str) -> dict:
     """How the messages are to be encoded; written into each Parquet file's schema metadata
-    (chat_format.PARQUET_METADATA_KEY) so that training encodes them as this run counted them."""
-    record = {"version": 1, "template_kwargs": cfg.chat_template_kwargs or {}, "reasoning_tags": list(cfg.tags),
-              "answers_only": cfg.answers_only}
+    (chat_format.PARQUET_METADATA_KEY) so that training encodes them as this run counted them. `run_id`
+    (also manifest.json's) names the run that wrote the file: files of one run share it."""
+    record = {"version": 1, "run_id": run_id, "template_kwargs": cfg.chat_template_kwargs or {},
+              "reasoning_tags": list(cfg.tags), "answers_only": cfg.answers_only}
     if chat is not None:
         described = chat.describe()
         record.update(tokenizer=described["tokenizer"], chat_template_sha256=described["chat_template_sha256"],
@@ -105,8 +107,8 @@ def to_output(table: pa.Table, schema: pa.Schema, cfg: PrepareConfig) -> pa.Tabl
     if conversations is not None and conversations.null_count < table.num_rows:
         messages = _mixed_messages(table, conversations, cfg)
     else:
-        prompts = table.column(cfg.prompt_key).combine_chunks()
-        responses = table.column(cfg.response_key).combine_chunks()
+        prompts = table.column(cfg.prompt_field).combine_chunks()
+        responses = table.column(cfg.response_field).combine_chunks()
         messages = build_messages(prompts, responses, cfg.system_prompt)
     columns = [messages] + [table.column(name) for name in schema.names[1:]]
     return pa.Table.from_arrays(columns, schema=schema)
@@ -116,8 +118,8 @@ def _mixed_messages(table: pa.Table, conversations: pa.ChunkedArray, cfg: Prepar
     """Messages of a slice holding conversation rows (stored as JSON) and maybe prompt/response rows."""
     names = table.column_names
     n = table.num_rows
-    prompts = table.column(cfg.prompt_key).to_pylist() if cfg.prompt_key in names else [None] * n
-    responses = table.column(cfg.response_key).to_pylist() if cfg.response_key in names else [None] * n
+    prompts = table.column(cfg.prompt_field).to_pylist() if cfg.prompt_field in names else [None] * n
+    responses = table.column(cfg.response_field).to_pylist() if cfg.response_field in names else [None] * n
     system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt is not None else []
     rows = [
         orjson.loads(text) if text is not None else
@@ -128,14 +130,15 @@ def _mixed_messages(table: pa.Table, conversations: pa.ChunkedArray, cfg: Prepar
 
 
 def write_outputs(spills: list[SpillInfo], spill_schema: pa.Schema, schema: pa.Schema, rows_out: RowsOut,
-                  cfg: PrepareConfig, tmp_dir: Path, buckets: int, progress_factory) -> tuple[dict[str, Path], dict[str, int]]:
+                  cfg: PrepareConfig, tmp_dir: Path, buckets: int, progress_factory
+                  ) -> tuple[dict[str, Path], dict[str, int], dict[str, str]]:
     """Write train (and val) Parquet files into `tmp_dir`, bucket by bucket, deleting each bucket's
-    spill files once written; returns the files and their row counts by name."""
+    spill files once written; returns the files, their row counts and their sha256 by name."""
     outputs = {"train": tmp_dir / "train.parquet"}
     if rows_out.threshold is not None:
         outputs["val"] = tmp_dir / "val.parquet"
     compression = None if cfg.compression == "none" else cfg.compression
-    text = {f"{MESSAGES_COLUMN}.list.element.content", cfg.prompt_key, cfg.response_key}
+    text = {f"{MESSAGES_COLUMN}.list.element.content", cfg.prompt_field, cfg.response_field}
     # Dictionary encoding and min/max statistics help small repeated values (ids, roles),
     # not long unique texts: there they only cost time (about 6% of the write).
     indexed = [path for path in _leaf_paths(schema) if path not in text]
@@ -156,7 +159,7 @@ def write_outputs(spills: list[SpillInfo], spill_schema: pa.Schema, schema: pa.S
         errors = [error for error in (writer.close() for writer in writers.values()) if error is not None]
     if errors:
         raise errors[0]
-    return outputs, rows
+    return outputs, rows, {name: writer.sha256 for name, writer in writers.items()}
 
 
 def _write_bucket(bucket: int, table: pa.Table, schema: pa.Schema, rows_out: RowsOut, cfg: PrepareConfig,
@@ -197,12 +200,40 @@ def _leaf_paths(schema: pa.Schema) -> list[str]:
     return [p for f in schema for p in walk(f.name, f.type)]
 
 
+class _HashingFile:
+    """A binary file that keeps the sha256 of what is written to it (the manifest records each output's)."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self.digest = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.digest.update(data)  # hashlib releases the GIL on large buffers
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.file.close()
+
+
 class _WriterThread:
     """A Parquet file written on its own thread, so compressing one slice overlaps preparing the
     next (and train overlaps val): Arrow's C++ code releases the GIL."""
 
     def __init__(self, path: Path, schema: pa.Schema, compression: str | None, indexed: list[str]):
-        self.writer = pq.ParquetWriter(str(path), schema, compression=compression, use_dictionary=indexed,
+        self.sink = _HashingFile(path)
+        self.writer = pq.ParquetWriter(self.sink, schema, compression=compression, use_dictionary=indexed,
                                        write_statistics=indexed)
         self.pending: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
@@ -225,5 +256,14 @@ class _WriterThread:
     def close(self) -> BaseException | None:
         self.pending.put(None)
         self.thread.join()
-        self.writer.close()
+        try:
+            self.writer.close()
+        except OSError as exc:  # a full disk shows here too
+            self.error = self.error or exc
+        finally:
+            self.sink.close()
         return self.error
+
+    @property
+    def sha256(self) -> str:
+        return self.sink.digest.hexdigest()
