@@ -34,12 +34,14 @@ import os
 import queue
 import tempfile
 import threading
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sft.common.errors import UserError
 
@@ -53,6 +55,8 @@ REASON_INVALID_UNICODE = "invalid_unicode_escape"
 REASON_NOT_AN_OBJECT = "not_an_object"
 REASON_TOO_DEEP = "too_deeply_nested"
 
+PLACE_KEYS = {"line": "line", "row": "index"}
+"""The key of a record (rejects.jsonl, answer_drops.jsonl) that says where its row is, by unit."""
 MAX_DEPTH = 200
 """Deepest nesting of objects and lists a row may have: beyond it (orjson writes at most 254 levels,
 Python's json module recurses) a row is a BadLine, never a RecursionError."""
@@ -74,7 +78,8 @@ class BadLine:
     row: dict | None = None
     """The parsed object, when it parsed but failed a later check."""
     unit: str = "line"
-    """What `line` counts: "line" (1-based, JSON Lines) or "row" (0-based, Parquet rows and JSON array items)."""
+    """What `line` counts: "line" (1-based, JSON Lines) or "row" (0-based, Parquet rows and JSON array items;
+    `index` in the records)."""
     element: int | None = None
     """The index of the sample in a row whose response is a list (sft.dataprep.layouts), else None."""
 
@@ -86,14 +91,32 @@ class BadLine:
         return f"{self.where()}: {self.detail}"
 
     def to_json(self) -> bytes:
-        record: dict[str, Any] = {"file": self.path, self.unit: self.line, "reason": self.reason, "detail": self.detail}
+        record: dict[str, Any] = {"file": self.path, PLACE_KEYS[self.unit]: self.line, "reason": self.reason,
+                                  "detail": self.detail}
         if self.element is not None:
             record["sample"] = self.element
         if self.raw is not None:
             record["raw"] = self.raw
         if self.row is not None:
             record["row"] = self.row
-        return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY, default=str) + b"\n"
+        return dumps_exact(record) + b"\n"
+
+
+def dumps_exact(value: Any) -> bytes:
+    """JSON of a row or record, integers beyond 64 bits written exactly (orjson refuses them; Python's json
+    module writes them), values JSON has no type for as text."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY, default=str)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+def loads_exact(data: bytes | str) -> Any:
+    """JSON text as Python values, integers beyond 64 bits exact (orjson reads them as floats)."""
+    value = orjson.loads(data)
+    if isinstance(value, (dict, list)) and needs_second_look(value):
+        value = json.loads(data)
+    return value
 
 
 class InputError(UserError):
@@ -119,11 +142,25 @@ class JsonlChunk:
     bad: list[BadLine] = field(default_factory=list)
     blank_lines: int = 0
     nbytes: int = 0
+    unsettled: Any = None
+    """A lazy reader's chunk whose rows orjson parsed without a second look (sft.dataprep.jsonl_io.JsonlReader's
+    `lazy`): (its lines, the first line's number) until settle() runs."""
 
     @property
     def rows_read(self) -> int:
         """Non-blank lines in this chunk: parsed rows plus bad lines."""
         return len(self.rows) + len(self.bad)
+
+    def settle(self) -> None:
+        """Give the rows their exact values (needs_second_look): a lazy reader's caller that reads values one
+        by one calls this first; a caller that checks the values itself (the scan's Arrow path) need not."""
+        if self.unsettled is None:
+            return
+        pieces, next_line = self.unsettled
+        self.unsettled = None
+        if _second_look_any(self.rows):
+            settled = _parse_lines(self.path, pieces, next_line, False, self.nbytes)
+            self.rows, self.lines, self.bad = settled.rows, settled.lines, settled.bad
 
 
 def file_sha256(path: str | os.PathLike, block_bytes: int = 8 << 20) -> str:
@@ -207,6 +244,16 @@ def needs_second_look(value: dict | list, depth: int = 0) -> bool:
     return False
 
 
+def _second_look_any(rows: list[dict]) -> bool:
+    """needs_second_look for any of `rows`; rows whose values are all strings, ints, bools and nulls (the
+    common flat row) are told apart by the types in one pass at C speed, without a walk."""
+    kinds = set(map(type, chain.from_iterable(map(dict.values, rows))))
+    return bool(kinds & _WALKED) and any(map(needs_second_look, rows))
+
+
+_WALKED = {float, dict, list}
+
+
 def deep_line(path: str, lineno: int, raw: bytes | str, unit: str = "line") -> BadLine:
     shown = _show(raw, 10_000) if isinstance(raw, bytes) else raw[:10_000]
     return BadLine(path, lineno, REASON_TOO_DEEP,
@@ -275,10 +322,13 @@ class JsonlReader:
     """Iterate over a JSONL file in chunks of parsed rows; see the module docstring."""
 
     def __init__(self, path: str | os.PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 start: int = 0, end: int | None = None):
+                 start: int = 0, end: int | None = None, lazy: bool = False):
         """Read the whole file, or only bytes [start, end) when both fall on line starts (then
-        line numbers count from the start of that range and no sha256 is computed)."""
+        line numbers count from the start of that range and no sha256 is computed). `lazy`: a chunk
+        orjson parsed whole is yielded before the second look for inexact numbers and deep nesting
+        (JsonlChunk.settle)."""
         self.path = str(path)
+        self.lazy = lazy
         self.chunk_bytes = max(1, int(chunk_bytes))
         if os.path.isdir(self.path):
             raise InputError(f"input {self.path} is a directory; pass JSONL files or a glob such as '{self.path}/*.jsonl'")
@@ -400,49 +450,56 @@ class JsonlReader:
 
     def _parse(self, pieces: list[bytes], next_line: int, unterminated_last: bool, nbytes: int) -> JsonlChunk:
         """The rows of one chunk's lines (`pieces`, the first numbered `next_line`)."""
-        loads = orjson.loads
-        decode_error = orjson.JSONDecodeError
-        path = self.path
-        chunk = JsonlChunk(path=path, nbytes=nbytes)
         try:  # the usual chunk: every line a JSON object orjson takes exactly as it is
-            values = [loads(raw) for raw in pieces]
-        except decode_error:
+            values = [orjson.loads(raw) for raw in pieces]
+        except orjson.JSONDecodeError:
             values = None
-        if values is not None and set(map(type, values)) <= {dict} and not any(map(needs_second_look, values)):
-            chunk.rows = values
-            chunk.lines = list(range(next_line, next_line + len(values)))
+        if values is not None and set(map(type, values)) <= {dict}:
+            chunk = JsonlChunk(self.path, rows=values, lines=list(range(next_line, next_line + len(values))),
+                               nbytes=nbytes, unsettled=(pieces, next_line))
+            if not self.lazy:
+                chunk.settle()
             return chunk
-        rows, lines, bad = chunk.rows, chunk.lines, chunk.bad
-        last_index = len(pieces) - 1
-        for index, raw in enumerate(pieces):
-            lineno = next_line + index
-            if not raw or raw.isspace():
+        return _parse_lines(self.path, pieces, next_line, unterminated_last, nbytes)
+
+
+def _parse_lines(path: str, pieces: list[bytes], next_line: int, unterminated_last: bool, nbytes: int) -> JsonlChunk:
+    """The rows of a chunk's lines one by one: blank lines counted, bad ones named, inexact or deep ones read
+    again (parse_line_slow)."""
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+    chunk = JsonlChunk(path=path, nbytes=nbytes)
+    rows, lines, bad = chunk.rows, chunk.lines, chunk.bad
+    last_index = len(pieces) - 1
+    for index, raw in enumerate(pieces):
+        lineno = next_line + index
+        if not raw or raw.isspace():
+            chunk.blank_lines += 1
+            continue
+        try:
+            value = loads(raw)
+            if type(value) in (dict, list) and needs_second_look(value):
+                raise decode_error("read again", "", 0)
+        except decode_error:
+            value = parse_line_slow(raw, path, lineno, unterminated_last and index == last_index)
+            if value is None:
                 chunk.blank_lines += 1
                 continue
-            try:
-                value = loads(raw)
-                if type(value) in (dict, list) and needs_second_look(value):
-                    raise decode_error("read again", "", 0)
-            except decode_error:
-                value = parse_line_slow(raw, path, lineno, unterminated_last and index == last_index)
-                if value is None:
-                    chunk.blank_lines += 1
-                    continue
-                if isinstance(value, BadLine):
-                    bad.append(value)
-                    continue
-            if type(value) is not dict:
-                bad.append(
-                    BadLine(
-                        path, lineno, REASON_NOT_AN_OBJECT,
-                        f"expected a JSON object per line, found a JSON {type(value).__name__}",
-                        raw=_show(raw, 10_000),
-                    )
-                )
+            if isinstance(value, BadLine):
+                bad.append(value)
                 continue
-            rows.append(value)
-            lines.append(lineno)
-        return chunk
+        if type(value) is not dict:
+            bad.append(
+                BadLine(
+                    path, lineno, REASON_NOT_AN_OBJECT,
+                    f"expected a JSON object per line, found a JSON {type(value).__name__}",
+                    raw=_show(raw, 10_000),
+                )
+            )
+            continue
+        rows.append(value)
+        lines.append(lineno)
+    return chunk
 
 
 # ---------------------------------------------------------------------------------------
@@ -450,7 +507,7 @@ class JsonlReader:
 
 
 def _json_text(value: Any) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    return value if isinstance(value, str) else dumps_exact(value).decode()
 
 
 def _parquet_writable(data_type: pa.DataType) -> bool:
@@ -462,23 +519,53 @@ def _parquet_writable(data_type: pa.DataType) -> bool:
     return True
 
 
-def values_to_array(values: list) -> pa.Array:
-    """Arrow array of Python values with the type Arrow infers (int64, double, string, struct,
-    list...); values of mixed, unrepresentable or out-of-range types become JSON text."""
+def inferred_array(values: list) -> pa.Array | None:
+    """Arrow array of Python values with the type Arrow infers (int64, double, string, struct, list...), or
+    None when they have none (mixed, unrepresentable or out-of-range types)."""
     try:
         array = pa.array(values, from_pandas=False)
         if _parquet_writable(array.type):
             return array
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError):
         pass
+    return None
+
+
+def values_to_array(values: list) -> pa.Array:
+    """Arrow array of Python values with the type Arrow infers (int64, double, string, struct,
+    list...); values of mixed, unrepresentable or out-of-range types become JSON text."""
+    array = inferred_array(values)
+    if array is not None:
+        return array
     return pa.array([None if v is None else _json_text(v) for v in values], type=pa.string())
+
+
+def exact_array(array: pa.Array, depth: int = 0) -> bool:
+    """No value of `array` (nested ones included) can be orjson's float reading of an integer beyond 64 bits
+    (a float of magnitude 2**63 or more), and it nests at most MAX_DEPTH deep: what a lazily read chunk
+    (JsonlChunk.settle) must show before its values are used without a second look."""
+    kind = array.type
+    if depth > MAX_DEPTH:
+        return False
+    if pa.types.is_floating(kind):
+        if len(array) == array.null_count:
+            return True
+        low, high = pc.min_max(array).values()
+        return -_EXACT_FLOAT < low.as_py() and high.as_py() < _EXACT_FLOAT
+    if pa.types.is_struct(kind):
+        return all(exact_array(array.field(i), depth + 1) for i in range(kind.num_fields))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return exact_array(array.flatten(), depth + 1)
+    return True
 
 
 def rows_to_table(rows: list[dict], keys: list[str] | None = None) -> pa.Table:
     """A table with one column per key (first-seen order; missing keys are null)."""
     if keys is None:
         keys = list(dict.fromkeys(k for row in rows for k in row))
-    return pa.table({k: values_to_array([row.get(k) for row in rows]) for k in keys}) if keys else pa.table({})
+    if not keys:  # rows without fields (a conversation row's other fields): no columns, but every row
+        return pa.table({"_": pa.nulls(len(rows))}).drop_columns(["_"])
+    return pa.table({k: values_to_array([row.get(k) for row in rows]) for k in keys})
 
 
 def stringify_array(array: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from sft.dataprep.jsonl_io import BadLine
+from sft.dataprep.jsonl_io import BadLine, loads_exact
 
 TRUNCATED = frozenset({"length", "max_tokens"})
 """finish_reason / stop_reason values that say the length limit cut the reply (vLLM, OpenAI, sft/generate.py:
@@ -417,9 +417,9 @@ def _tool_call(call: Any) -> dict | None:
     arguments = function.get("arguments", function.get("parameters", {}))
     if isinstance(arguments, str):
         try:
-            parsed = orjson.loads(arguments)
+            parsed = loads_exact(arguments)
             arguments = parsed if isinstance(parsed, dict) else arguments
-        except orjson.JSONDecodeError:
+        except (orjson.JSONDecodeError, ValueError, RecursionError):
             pass
     return {"type": "function", "function": {"name": name, "arguments": arguments}}
 
@@ -433,8 +433,8 @@ def _sharegpt_message(message: dict, index: int) -> dict | str:
     value = _text_parts(message.get("value"))
     if message.get("from") == "function_call":
         try:
-            calls = orjson.loads(value) if isinstance(value, str) else value
-        except orjson.JSONDecodeError:
+            calls = loads_exact(value) if isinstance(value, str) else value
+        except (orjson.JSONDecodeError, ValueError, RecursionError):
             return f"ShareGPT has message {index} (function_call) whose value is not JSON {{name, arguments}}"
         calls = [_tool_call(c) for c in (calls if isinstance(calls, list) else [calls])]
         if not calls or None in calls:

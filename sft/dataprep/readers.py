@@ -52,6 +52,7 @@ from sft.dataprep.jsonl_io import (
     JsonlReader,
     _has_surrogate,
     deep_line,
+    dumps_exact,
     line_boundaries,
     too_deep,
 )
@@ -208,7 +209,8 @@ def _text_encoding_problem(head: bytes) -> tuple[str, str] | None:
     return (f"{found} text", f"re-encode it as UTF-8: iconv -f {found} -t UTF-8 FILE > FILE.utf8.jsonl")
 
 
-def _binary_problem(head: bytes) -> tuple[str, str] | None:
+def _binary_problem(head: bytes, strict: bool = False) -> tuple[str, str] | None:
+    """(what, fix) for a binary file: by its magic bytes (`strict`), else any file with NUL bytes."""
     for magic, what, fix in _BINARY_KINDS:
         if head.startswith(magic):
             return what, fix
@@ -216,7 +218,7 @@ def _binary_problem(head: bytes) -> tuple[str, str] | None:
         return "a tar archive", "extract it (`tar xf FILE`) and pass the files inside"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "a Python pickle", "write the rows as JSON Lines or Parquet (prepare_data never unpickles data)"
-    if b"\x00" in head[:4096]:
+    if not strict and b"\x00" in head[:4096]:
         return "a binary file", f"pass JSON Lines, a JSON array or Parquet (its first bytes: {head[:16]!r})"
     return None
 
@@ -293,11 +295,11 @@ def detect_format(path: str) -> FileFormat:
             raise InputError(f"input file {path} is zstd-compressed and the zstandard package is missing: "
                              "pip install -r requirements.txt (or decompress it: zstd -d FILE)") from None
         except (OSError, EOFError, ValueError) as exc:
-            raise InputError(f"input file {path} is {compression}-compressed but cannot be decompressed ({exc}); "
-                             "download or write it again") from None
+            raise InputError(f"input file {path} is {compression}-compressed but its data is damaged or cut off "
+                             f"({exc}); download or write it again") from None
         kind = _inner_kind(path, compression, inner)
         return FileFormat(kind, compression)
-    problem = _text_encoding_problem(head) or _binary_problem(head)
+    problem = _binary_problem(head, strict=True) or _text_encoding_problem(head) or _binary_problem(head)
     if problem is not None:
         raise _refuse(path, *problem)
     return FileFormat(_text_kind(path, head))
@@ -307,7 +309,7 @@ def _inner_kind(path: str, compression: str, inner: bytes) -> str:
     if inner.startswith(b"PAR1") or any(inner.startswith(m) for m in COMPRESSIONS.values()):
         raise _refuse(path, f"{compression}-compressed binary data (Parquet or compressed again)",
                       "decompress it first and pass the file inside")
-    problem = _text_encoding_problem(inner) or _binary_problem(inner)
+    problem = _binary_problem(inner, strict=True) or _text_encoding_problem(inner) or _binary_problem(inner)
     if problem is not None:
         raise _refuse(path, f"{compression}-compressed {problem[0]}", problem[1])
     return _text_kind(path, inner)
@@ -338,16 +340,17 @@ def plan_file(path: str, kind: FileFormat, task_bytes: int) -> list[tuple[int, i
     return [(0, os.path.getsize(path))]
 
 
-def open_piece(path: str, kind: FileFormat, start: int, end: int, chunk_bytes: int):
+def open_piece(path: str, kind: FileFormat, start: int, end: int, chunk_bytes: int, lazy: bool = False):
     """The reader of one piece (plan_file): iterate it for JsonlChunk batches; afterwards its `lines`
-    (places counted: lines, or rows), `rows_read` and `blank_lines`."""
+    (places counted: lines, or rows), `rows_read` and `blank_lines`. `lazy`: JSON Lines chunks come before
+    their second look (JsonlChunk.settle; the other readers read exactly at once)."""
     if kind.kind == PARQUET:
         return ParquetReader(path, chunk_bytes, start, end)
     if kind.kind == JSON_ARRAY:
         return JsonArrayReader(path, kind.compression, chunk_bytes)
     if kind.compression:
-        return CompressedJsonlReader(path, kind.compression, chunk_bytes)
-    return JsonlReader(path, chunk_bytes=chunk_bytes, start=start, end=end)
+        return CompressedJsonlReader(path, kind.compression, chunk_bytes, lazy)
+    return JsonlReader(path, chunk_bytes=chunk_bytes, start=start, end=end, lazy=lazy)
 
 
 def read_file(path: str, chunk_bytes: int = 8 << 20) -> Iterator[JsonlChunk]:
@@ -364,8 +367,8 @@ def read_file(path: str, chunk_bytes: int = 8 << 20) -> Iterator[JsonlChunk]:
 class CompressedJsonlReader(JsonlReader):
     """JSON Lines inside gzip, zstd, bzip2 or xz, decompressed as a stream (the whole file, one task)."""
 
-    def __init__(self, path: str, compression: str, chunk_bytes: int):
-        super().__init__(path, chunk_bytes=chunk_bytes)
+    def __init__(self, path: str, compression: str, chunk_bytes: int, lazy: bool = False):
+        super().__init__(path, chunk_bytes=chunk_bytes, lazy=lazy)
         self.compression = compression
         self._digest = None  # the manifest hashes the file itself
 
@@ -394,6 +397,10 @@ def _parquet_file(path: str):
                          "again") from None
 
 
+def _stored_bytes(group) -> int:
+    return sum(group.column(i).total_compressed_size for i in range(group.num_columns))
+
+
 class ParquetReader:
     """Rows of row groups [start, end) of a Parquet file, about `chunk_bytes` (uncompressed) a batch."""
 
@@ -408,7 +415,7 @@ class ParquetReader:
         metadata = parquet.metadata
         groups = list(range(self.start, metadata.num_row_groups if self.end is None else self.end))
         rows = sum(metadata.row_group(g).num_rows for g in groups)
-        stored = sum(metadata.row_group(g).total_compressed_size for g in groups)
+        stored = sum(_stored_bytes(metadata.row_group(g)) for g in groups)
         size = sum(metadata.row_group(g).total_byte_size for g in groups)
         batch_rows = max(1, min(1 << 16, self.chunk_bytes * max(rows, 1) // max(size, 1)))
         position = 0
@@ -537,7 +544,7 @@ class JsonArrayReader:
         elif type(value) is not dict:
             chunk.bad.append(BadLine(self.path, index, REASON_NOT_AN_OBJECT, f"expected a JSON object per item of "
                                      f"the array, found a JSON {type(value).__name__}",
-                                     raw=orjson.dumps(value, default=str).decode()[:10_000], unit="row"))
+                                     raw=dumps_exact(value).decode()[:10_000], unit="row"))
         else:
             chunk.rows.append(value)
             chunk.lines.append(index)

@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 
 from sft.common.errors import UserError
 from sft.dataprep.config import TASK_BYTES, PrepareConfig
-from sft.dataprep.jsonl_io import BadLine, rows_to_table, values_to_array
+from sft.dataprep.jsonl_io import PLACE_KEYS, BadLine, dumps_exact, exact_array, inferred_array, rows_to_table
 from sft.dataprep.layouts import REASON_BAD_MESSAGES, Layouts, Sample
 from sft.dataprep.readers import FileFormat, open_piece, plan_file
 from sft.dataprep.spill import (
@@ -338,7 +338,7 @@ class Scanner:
         arrays: dict[str, list] = collections.defaultdict(list)
         self.group_hash.clear()
         self.prompt_hash.clear()
-        reader = open_piece(task.path, task.kind, task.start, task.end, self.cfg.chunk_bytes)
+        reader = open_piece(task.path, task.kind, task.start, task.end, self.cfg.chunk_bytes, lazy=True)
         for chunk in reader:
             result.nbytes += chunk.nbytes
             if progress is not None:
@@ -346,8 +346,10 @@ class Scanner:
             spilled = not chunk.bad and self.vectorised and self._spill_vectorised(task, chunk.rows, chunk.lines, arrays)
             if spilled:
                 result.layouts["flat"] += len(chunk.rows)
-            elif self._scan_rows(task, chunk, result, arrays):
-                break  # a bad row under --on-error fail
+            else:
+                chunk.settle()  # exact values before they are read one by one
+                if self._scan_rows(task, chunk, result, arrays):
+                    break  # a bad row under --on-error fail
             if stop is not None and stop():
                 result.skipped = True
                 break
@@ -374,7 +376,7 @@ class Scanner:
             result.extra_samples += out.expanded
             result.renamed_messages += out.renamed
             result.unused_fields.update(out.unused)
-            extras = self.extras_hash(orjson.dumps([row[k] for k in out.unused]).decode()) if out.unused else 0
+            extras = self.extras_hash(dumps_exact([row[k] for k in out.unused]).decode()) if out.unused else 0
             for reason, _ in out.dropped:  # truncation and --sample-filter act on every source
                 result.filtered[reason] += 1
             key = self.layouts.conversation_key(row) if out.samples and out.layout != "flat" else None
@@ -473,8 +475,11 @@ class Scanner:
                 if array.type not in _ID_TYPES:
                     return None
                 array = array.take(take)
-            else:
-                array = values_to_array(values).take(take)
+            else:  # mixed types, and what orjson may have read inexactly, go row by row (JsonlChunk.settle)
+                array = inferred_array(values)
+                if array is None or not exact_array(array):
+                    return None
+                array = array.take(take)
             columns[key] = array
         return columns
 
@@ -538,7 +543,7 @@ class Scanner:
                     custom = True
             answer = split_reasoning(messages[-1]["content"], self.tags)[1]
             item = _Item(sample.row, line, sample.prompt, answer,
-                         orjson.dumps(messages[:-1]).decode() if custom else sample.prompt,
+                         dumps_exact(messages[:-1]).decode() if custom else sample.prompt,
                          messages[-1]["content"], messages if custom else None, element=sample.element, extras=extras)
             items.append(item)
         return self._count_tokens(task, items, bad) if self.chat is not None and items else items
@@ -579,11 +584,11 @@ class Scanner:
                 items[i].graded = (verdict.answer, verdict.rule)
                 continue
             dropped[reasons[verdict.outcome]].append(i)
-            record = {"file": task.path, task.kind.unit: items[i].line, "reason": reasons[verdict.outcome],
+            record = {"file": task.path, PLACE_KEYS[task.kind.unit]: items[i].line, "reason": reasons[verdict.outcome],
                       "rule": verdict.rule, "answer": verdict.answer, "reference": reference, "row": items[i].row}
             if items[i].element is not None:
                 record["sample"] = items[i].element
-            records.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY, default=str) + b"\n")
+            records.append(dumps_exact(record) + b"\n")
         for reason in ("no_reference_answer", "no_answer_found", "wrong_answer"):
             drop(dropped[reason], reason)
         if records:
@@ -675,7 +680,7 @@ class Scanner:
             result.replaced_columns[name] += sum(name in row for row in table_rows)
         if any(item.messages is not None for item in kept):
             added[CONVERSATION_COLUMN] = pa.array(
-                [orjson.dumps(item.messages).decode() if item.messages is not None else None for item in kept],
+                [dumps_exact(item.messages).decode() if item.messages is not None else None for item in kept],
                 type=pa.string())
         added.update({GROUP_COLUMN: groups, ORDER_COLUMN: order})
         self.spill.append(rows_to_table(table_rows), int(order[0]), added, bucket_of(order, s.seed, self.settings.buckets))

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sft.dataprep.config import PrepareConfig
+from sft.dataprep.jsonl_io import loads_exact
 from sft.dataprep.scan import MESSAGES_COLUMN
 from sft.dataprep.spill import (
     CONVERSATION_COLUMN,
@@ -122,7 +123,7 @@ def _mixed_messages(table: pa.Table, conversations: pa.ChunkedArray, cfg: Prepar
     responses = table.column(cfg.response_field).to_pylist() if cfg.response_field in names else [None] * n
     system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt is not None else []
     rows = [
-        orjson.loads(text) if text is not None else
+        loads_exact(text) if text is not None else
         system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         for text, prompt, response in zip(conversations.to_pylist(), prompts, responses)
     ]
@@ -201,16 +202,26 @@ def _leaf_paths(schema: pa.Schema) -> list[str]:
 
 
 class _HashingFile:
-    """A binary file that keeps the sha256 of what is written to it (the manifest records each output's)."""
+    """A binary file that keeps the sha256 of what is written to it (the manifest records each output's),
+    hashed on a thread of its own so that hashing overlaps the writer's compression (pyarrow hands over
+    immutable bytes, so nothing is copied)."""
 
     def __init__(self, path: Path):
         self.file = open(path, "wb")  # noqa: SIM115 - closed by close()
         self.digest = hashlib.sha256()
         self.closed = False
+        self.blocks: queue.Queue = queue.Queue(maxsize=64)
+        self.thread = threading.Thread(target=self._hash, name=f"sha256-{path.name}", daemon=True)
+        self.thread.start()
+
+    def _hash(self) -> None:
+        while (block := self.blocks.get()) is not None:
+            self.digest.update(block)  # hashlib releases the GIL on large buffers
 
     def write(self, data) -> int:
-        self.digest.update(data)  # hashlib releases the GIL on large buffers
-        return self.file.write(data)
+        written = self.file.write(data)
+        self.blocks.put(data if isinstance(data, bytes) else bytes(data))
+        return written
 
     def flush(self) -> None:
         self.file.flush()
@@ -224,6 +235,8 @@ class _HashingFile:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.blocks.put(None)
+            self.thread.join()
             self.file.close()
 
 
