@@ -103,8 +103,10 @@ def _split_token(name: str) -> str | None:
     return None
 
 
-def _directory_files(directory: str) -> tuple[list[str], list[str]]:
-    """The data files under `directory` (recursively, hidden ones left out) and the other files."""
+def _directory_files(directory: str, exclude: Collection[str] = (), notes: list[str] | None = None
+                     ) -> tuple[list[str], list[str]]:
+    """The data files under `directory` (recursively, hidden ones and `exclude`d ones left out) and the other
+    files."""
     data, other = [], []
     for root, dirs, names in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -112,6 +114,7 @@ def _directory_files(directory: str) -> tuple[list[str], list[str]]:
             if name.startswith("."):
                 continue
             (data if name.lower().endswith(DATA_SUFFIXES) else other).append(os.path.join(root, name))
+    data = _leave_out(data, exclude, directory, notes)
     splits = {_split_token(os.path.relpath(p, directory)) for p in data} - {None}
     if len(splits) > 1:
         raise InputError(f"input directory {directory} holds files of several splits of a data set (train and "
@@ -139,8 +142,8 @@ def expand_inputs(patterns: list[str], notes: list[str] | None = None, exclude: 
                 )
             files.extend(_leave_out(matches, exclude, pattern, notes))
         elif os.path.isdir(pattern):
-            data, other = _directory_files(pattern)
-            files.extend(_leave_out(data, exclude, pattern, notes))
+            data, other = _directory_files(pattern, exclude, notes)
+            files.extend(data)
             if other and notes is not None:
                 shown = ", ".join(os.path.relpath(p, pattern) for p in other[:5]) + (" ..." if len(other) > 5 else "")
                 notes.append(f"input directory {pattern}: {len(other)} file(s) that are not data were not read ({shown})")
