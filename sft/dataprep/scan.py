@@ -216,6 +216,10 @@ def bucket_of(order: np.ndarray, seed: int, buckets: int) -> np.ndarray:
     return (mix64(legacy, seed) % np.uint64(buckets)).astype(np.int64)
 
 
+CACHED_TEXTS = 1 << 16
+"""Texts a hash cache keeps (prompts of neighbouring rows repeat; memory stays bounded on one-task files)."""
+
+
 class _HashCache:
     """Seeded 64-bit hashes of strings, remembered for the current task (solutions of one
     problem usually sit together, so most lookups hit)."""
@@ -227,6 +231,8 @@ class _HashCache:
     def __call__(self, text: str) -> int:
         value = self.cache.get(text)
         if value is None:
+            if len(self.cache) >= CACHED_TEXTS:  # a task that is a whole big file (gzip, a JSON array) must not grow it
+                self.cache.clear()
             digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=self.key).digest()
             value = self.cache[text] = int.from_bytes(digest, "little")
         return value
