@@ -297,10 +297,11 @@ def plan_run(sources: Sources, cfg: PrepareConfig) -> _Plan:
 def scan(plan: _Plan, cfg: PrepareConfig, spill_dir: Path) -> tuple[list[TaskResult], list[SpillInfo]]:
     """Scan every task; raises DataError for the first bad row under --on-error fail, InputError when
     the data does not fit the options."""
-    progress = _LazyBar(sum(os.path.getsize(p) for p in plan.files), cfg.progress)
+    total = sum(os.path.getsize(p) for p in plan.files)
+    progress = _LazyBar(total, cfg.progress)
     try:
         results, spills = scan_tasks(plan.tasks, ScanSettings(cfg, str(spill_dir), plan.buckets), plan.inputs,
-                                     plan.workers, progress)
+                                     plan.workers, progress, total)
     except ConfigurationError as exc:
         raise InputError(str(exc)) from exc
     finally:

@@ -60,10 +60,17 @@ class WorkerInputs:
         return WorkerInputs(self.answers, None, self.tokenizer)
 
 
+IN_PROCESS_BYTES = 64 << 20
+"""Inputs below this are scanned in this process when one worker is to scan them; larger ones in a worker
+process even then, so that what the scan leaves in the heap (Python's and Arrow's allocators keep freed
+memory) is gone before the write pass: memory stays what JSON Lines split among workers needs."""
+
+
 def scan_tasks(tasks: list[ScanTask], settings: ScanSettings, inputs: WorkerInputs, workers: int,
-               progress) -> tuple[list[TaskResult], list[SpillInfo]]:
-    """Scan every task (in this process with one worker); results in task order, spills of every worker."""
-    if workers > 1:  # the workers fork before this process starts any thread
+               progress, input_bytes: int = 0) -> tuple[list[TaskResult], list[SpillInfo]]:
+    """Scan every task (in this process with one worker and a small input); results in task order, spills of
+    every worker."""
+    if workers > 1 or input_bytes >= IN_PROCESS_BYTES:  # the workers fork before this process starts any thread
         return scan_in_workers(tasks, settings, inputs, workers, progress)
     return scan_in_process(tasks, settings, inputs, progress)
 
