@@ -98,10 +98,10 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_outputs(tmp_path, monke
     before = snapshot(out)
     capsys.readouterr()
 
-    def full(self, data):
-        raise OSError(errno.ENOSPC, "No space left on device", str(self.file.name))
+    def full(self, table, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "train.parquet"))
 
-    monkeypatch.setattr(data_write._HashingFile, "write", full)
+    monkeypatch.setattr(data_write.pq.ParquetWriter, "write_table", full)
     assert main([str(source), "-o", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no space left on the device") and err.count("\n") == 1 and "Traceback" not in err

@@ -165,9 +165,10 @@ class JsonlChunk:
 
 def file_sha256(path: str | os.PathLike, block_bytes: int = 8 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(block_bytes):
-            digest.update(block)
+    buffer = memoryview(bytearray(block_bytes))  # one buffer read into again and again: no allocation per block
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(buffer[:count])
     return digest.hexdigest()
 
 

@@ -15,6 +15,7 @@ response (or the stored conversation). Each Parquet file is written on its own t
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -94,7 +95,8 @@ def build_messages(prompts: pa.Array, responses: pa.Array, system_prompt: str | 
         roles.insert(0, "system")
     width = len(parts)
     order = (np.arange(n)[:, None] + np.arange(width)[None, :] * n).ravel()
-    contents = pa.concat_arrays(parts).take(pa.array(order))
+    contents = pa.chunked_array(parts).take(pa.array(order))  # one copy of the text: no concatenation first
+    contents = contents.chunk(0) if contents.num_chunks == 1 else contents.combine_chunks()
     role_array = pa.array(roles, type=pa.string()).take(pa.array(np.tile(np.arange(width), n)))
     items = pa.StructArray.from_arrays([role_array, contents], names=["role", "content"])
     offsets = pa.array(np.arange(0, width * n + 1, width, dtype=np.int32))
@@ -201,43 +203,48 @@ def _leaf_paths(schema: pa.Schema) -> list[str]:
     return [p for f in schema for p in walk(f.name, f.type)]
 
 
-class _HashingFile:
-    """A binary file that keeps the sha256 of what is written to it (the manifest records each output's),
-    hashed on a thread of its own so that hashing overlaps the writer's compression (pyarrow hands over
-    immutable bytes, so nothing is copied)."""
+class _TailHasher:
+    """The sha256 of a file being written (the manifest records each output's), taken on a thread of its own
+    that reads what the writer has appended so far: the Parquet writer keeps writing to its own native file
+    (no Python file object, no copy, no GIL), and hashing overlaps its compression. A Parquet writer only
+    appends, and bytes below the file's size are written."""
+
+    BLOCK = 8 << 20
 
     def __init__(self, path: Path):
-        self.file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self.path = path
         self.digest = hashlib.sha256()
-        self.closed = False
-        self.blocks: queue.Queue = queue.Queue(maxsize=64)
-        self.thread = threading.Thread(target=self._hash, name=f"sha256-{path.name}", daemon=True)
+        self.done = 0
+        self.closing = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"sha256-{path.name}", daemon=True)
         self.thread.start()
 
-    def _hash(self) -> None:
-        while (block := self.blocks.get()) is not None:
-            self.digest.update(block)  # hashlib releases the GIL on large buffers
+    def _run(self) -> None:
+        try:
+            buffer = memoryview(bytearray(self.BLOCK))  # one buffer, read into again and again
+            with open(self.path, "rb", buffering=0) as handle:
+                while True:
+                    final = self.closing.is_set()  # read before the size: the writer had closed by then
+                    size = os.fstat(handle.fileno()).st_size
+                    while self.done < size:
+                        handle.seek(self.done)
+                        count = handle.readinto(buffer[: min(self.BLOCK, size - self.done)])
+                        self.digest.update(buffer[:count])  # hashlib releases the GIL on large buffers
+                        self.done += count
+                    if final:
+                        return
+                    self.closing.wait(0.05)
+        except OSError as exc:
+            self.error = exc
 
-    def write(self, data) -> int:
-        written = self.file.write(data)
-        self.blocks.put(data if isinstance(data, bytes) else bytes(data))
-        return written
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def tell(self) -> int:
-        return self.file.tell()
-
-    def writable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.blocks.put(None)
-            self.thread.join()
-            self.file.close()
+    def finish(self) -> str:
+        """The sha256, once the writer has closed the file."""
+        self.closing.set()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.digest.hexdigest()
 
 
 class _WriterThread:
@@ -245,9 +252,9 @@ class _WriterThread:
     next (and train overlaps val): Arrow's C++ code releases the GIL."""
 
     def __init__(self, path: Path, schema: pa.Schema, compression: str | None, indexed: list[str]):
-        self.sink = _HashingFile(path)
-        self.writer = pq.ParquetWriter(self.sink, schema, compression=compression, use_dictionary=indexed,
+        self.writer = pq.ParquetWriter(str(path), schema, compression=compression, use_dictionary=indexed,
                                        write_statistics=indexed)
+        self.hasher = _TailHasher(path)
         self.pending: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"write-{path.name}", daemon=True)
@@ -273,10 +280,8 @@ class _WriterThread:
             self.writer.close()
         except OSError as exc:  # a full disk shows here too
             self.error = self.error or exc
-        finally:
-            self.sink.close()
+        try:
+            self.sha256 = self.hasher.finish()
+        except OSError as exc:
+            self.error = self.error or exc
         return self.error
-
-    @property
-    def sha256(self) -> str:
-        return self.sink.digest.hexdigest()
