@@ -14,6 +14,7 @@ response (or the stored conversation). Each Parquet file is written on its own t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -221,6 +222,9 @@ class _TailHasher:
         self.thread.start()
 
     def _run(self) -> None:
+        # Below the writers in priority: the train writer is what the run waits for (Linux: nice is per thread)
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         try:
             buffer = memoryview(bytearray(self.BLOCK))  # one buffer, read into again and again
             with open(self.path, "rb", buffering=0) as handle:
