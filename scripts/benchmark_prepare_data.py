@@ -6,6 +6,7 @@ Usage:
     python scripts/benchmark_prepare_data.py --rows 50000 --token-rows 2000   # a quick look
     python scripts/benchmark_prepare_data.py --skip-pipeline --skip-grading   # token counting only
     python scripts/benchmark_prepare_data.py --skip-pipeline --skip-tokens    # grading only
+    python scripts/benchmark_prepare_data.py --rows 400000 --formats --skip-pipeline --skip-tokens --skip-grading
 
 Part 1, pipeline: a synthetic JSONL of `--rows` math-solution rows of realistic, long-tailed
 sizes (a few hundred to several thousand tokens; several solutions per problem) is generated
@@ -34,6 +35,11 @@ Part 3, grading: sft.text.math_answers.grade on --gradings (10,000) real model-w
 (tests/assets/graded_solutions, cycled, the grader's caches emptied on every pass), per second,
 lenient and --strict-grading; then prepare_data on those solutions (each once), with and without
 --answer-key (medians of --repeats runs).
+
+Part 4, input formats (--formats, off by default): the same rows written as gzip JSON Lines, one
+indented JSON array and Parquet shards (each generated once, reused), then prepare_data with default
+settings on the plain JSON Lines and on each of them, one run each: wall, CPU and peak memory (all
+processes, as in part 1). The streaming readers must keep memory at the plain JSON Lines' level.
 """
 
 from __future__ import annotations
@@ -205,6 +211,63 @@ def pipeline_benchmark(data: Path, work: Path, rows: int, repeats: int) -> dict:
     figures["input_mb"] = round(size_mb, 1)
     figures["rows"] = rows
     return figures
+
+
+def _format_variants(data: Path, work: Path) -> dict[str, Path]:
+    """The rows of `data` as gzip JSON Lines, an indented JSON array and Parquet shards (written once, streaming)."""
+    import gzip
+
+    import orjson
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    variants = {"jsonl": data, "jsonl.gz": work / f"{data.stem}.jsonl.gz", "json array": work / f"{data.stem}.json",
+                "parquet shards": work / f"{data.stem}-parquet"}
+    if not variants["jsonl.gz"].exists():
+        with atomic_path(variants["jsonl.gz"]) as tmp, open(data, "rb") as source, \
+                gzip.open(tmp, "wb", compresslevel=1) as sink:
+            shutil.copyfileobj(source, sink, 8 << 20)
+    if not variants["json array"].exists():
+        with atomic_path(variants["json array"]) as tmp, open(data, "rb") as source, open(tmp, "wb") as sink:
+            sink.write(b"[\n")
+            for n, line in enumerate(source):
+                sink.write((b",\n" if n else b"") + orjson.dumps(orjson.loads(line), option=orjson.OPT_INDENT_2))
+            sink.write(b"\n]\n")
+    shards = variants["parquet shards"]
+    if not shards.exists():
+        building = work / f".{shards.name}.tmp"
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir()
+        with open(data, "rb") as source:
+            rows, shard = [], 0
+            for line in source:
+                rows.append(orjson.loads(line))
+                if len(rows) == 100_000:
+                    pq.write_table(pa.Table.from_pylist(rows), building / f"train-{shard:05d}.parquet", row_group_size=10_000)
+                    rows, shard = [], shard + 1
+            if rows:
+                pq.write_table(pa.Table.from_pylist(rows), building / f"train-{shard:05d}.parquet", row_group_size=10_000)
+        os.replace(building, shards)
+    return variants
+
+
+def formats_benchmark(data: Path, work: Path, rows: int) -> list[dict]:
+    """prepare_data on the same rows in each input format (_format_variants): wall, CPU, peak memory."""
+    results = []
+    for name, path in _format_variants(data, work).items():
+        out = work / "formats-out"
+        shutil.rmtree(out, ignore_errors=True)
+        os.sync()
+        print(f"prepare_data on {name} ...", flush=True)
+        result = measure([sys.executable, str(REPO / "sft" / "prepare_data.py"), str(path), "-o", str(out), "--no-progress"])
+        counts = json.loads((out / "manifest.json").read_text())["counts"]
+        assert counts["train"] + counts["val"] == rows, counts
+        size = sum(f.stat().st_size for f in path.rglob("*")) if path.is_dir() else path.stat().st_size
+        results.append({"format": name, "input_mb": round(size / 1e6, 1), "wall_s": round(result["wall_s"], 2),
+                        "cpu_s": round(result["cpu_s"], 2), "peak_rss_mb": round(result["peak_rss_mb"]),
+                        "load_average": round(os.getloadavg()[0], 1)})
+        print(f"  {results[-1]}", flush=True)
+    return results
 
 
 GRADED_DIR = REPO / "tests" / "assets" / "graded_solutions"  # real model-written solutions with references
@@ -390,6 +453,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-tokens", action="store_true", help="skip the token-counting part")
     parser.add_argument("--skip-grading", action="store_true", help="skip the grading part")
     parser.add_argument("--gradings", type=int, default=10_000, help="solutions graded in the grading part")
+    parser.add_argument("--formats", action="store_true", help="also run the input-format part (gzip JSON Lines, a "
+                        "JSON array, Parquet shards of the same rows)")
     parser.add_argument("--_baseline", nargs=2, metavar=("INPUT", "OUTDIR"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -425,6 +490,9 @@ def print_results(results: dict, work: Path) -> None:
         print(f"  prepare_data on those {g['solutions']:,} rows: {g['prepare_data_wall_s']} s without grading, "
               f"{g['prepare_data_answer_key_wall_s']} s with --answer-key ({g['prepare_data_answer_key_rows_per_s']:,} rows/s; "
               f"outcomes {g['kept_with_answer_key']})")
+    for f in results.get("formats", []):
+        print(f"input format {f['format']:<15} {f['input_mb']:>9,.1f} MB  {f['wall_s']:>7.1f} s wall  {f['cpu_s']:>7.1f} s CPU  "
+              f"peak RSS {f['peak_rss_mb']:>6,} MB  (load {f['load_average']})")
     print(f"load average before/after: {results['load_average']} / {results['load_average_after']} (other jobs share these CPUs)")
     print(f"results written to {work / 'results.json'}")
 
@@ -452,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_grading:
         print("grading ...", flush=True)
         results["grading"] = grading_benchmark(work, args.gradings, args.repeats)
+    if args.formats:
+        results["formats"] = formats_benchmark(data, work, args.rows)
     results["load_average_after"] = os.getloadavg()
     write_text_atomic(work / "results.json", json.dumps(results, indent=2))
     print_results(results, work)

@@ -1,4 +1,4 @@
-"""Convert one JSONL file to one Parquet file with the same columns, streaming.
+"""Convert one JSONL file (or a .jsonl.gz/.zst, a JSON array) to one Parquet file with the same columns, streaming.
 
 Usage:
     python scripts/convert_jsonl_to_parquet.py outputs/run1.jsonl                 # -> outputs/run1.parquet
@@ -13,7 +13,9 @@ Blank lines are skipped and counted; a UTF-8 BOM and CRLF line ends are accepted
 (invalid JSON or UTF-8, not an object, a truncated last line) stops the conversion with its
 file, line and reason (--on-error fail, the default) or is written to the rejects file with
 them (--on-error skip). The Parquet file is written to a temporary name and renamed into place
-(sft/common/files.py), so an interrupted run never leaves a partial file.
+(sft/common/files.py), so an interrupted run never leaves a partial file. The input is recognised
+by its content as sft/prepare_data.py recognises it (sft/dataprep/readers.py): compressed JSON Lines
+and JSON arrays are read too; any other kind of file is refused with the fix.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ from sft.dataprep.jsonl_io import (
     DEFAULT_CHUNK_BYTES,
     DataError,
     InputError,
-    JsonlReader,
     SchemaTracker,
     conform_table,
     ensure_writable_dir,
+    file_sha256,
     rows_to_table,
 )
+from sft.dataprep.readers import detect_format, open_piece
 
 __all__ = ["DataError", "InputError", "convert_jsonl_to_parquet", "main"]
 
@@ -68,7 +71,8 @@ def convert_jsonl_to_parquet(
     ensure_writable_dir(output_path.parent if str(output_path.parent) else ".")
     if rejects_path is None:
         rejects_path = Path(str(output_path) + ".rejects.jsonl")
-    reader = JsonlReader(input_path, chunk_bytes=chunk_bytes)
+    kind = detect_format(input_path)
+    reader = open_piece(input_path, kind, 0, os.path.getsize(input_path), chunk_bytes)
     with scratch_directory(output_path, prefix=f".{output_path.name}.") as tmp_dir:
         parts = _write_parts(reader, tmp_dir, on_error, progress)
         if parts.rows_written == 0:
@@ -91,7 +95,7 @@ def convert_jsonl_to_parquet(
         "blank_lines": reader.blank_lines,
         "rejected": dict(parts.rejected),
         "rejects_file": str(rejects_path) if sum(parts.rejected.values()) else None,
-        "sha256": reader.sha256,
+        "sha256": getattr(reader, "sha256", None) or file_sha256(input_path),
         "schema": {f.name: str(f.type) for f in parts.tracker.schema},
     }
 
@@ -108,7 +112,7 @@ class _Parts:
         self.rejected: collections.Counter = collections.Counter()
 
 
-def _write_parts(reader: JsonlReader, tmp_dir: Path, on_error: str, progress: bool) -> _Parts:
+def _write_parts(reader, tmp_dir: Path, on_error: str, progress: bool) -> _Parts:
     """Read every chunk and write its rows to Parquet parts in `tmp_dir` (bad rows to its rejects.jsonl
     with on_error="skip"; DataError for the first with "fail")."""
     from tqdm import tqdm
@@ -116,7 +120,7 @@ def _write_parts(reader: JsonlReader, tmp_dir: Path, on_error: str, progress: bo
     parts = _Parts(tmp_dir / "rejects.jsonl")
     writer = writer_schema = None
     rejects_handle = open(parts.rejects, "wb") if on_error == "skip" else None  # noqa: SIM115
-    bar = tqdm(total=reader.size, unit="B", unit_scale=True, desc="converting", disable=not progress, mininterval=1.0)
+    bar = tqdm(total=os.path.getsize(reader.path), unit="B", unit_scale=True, desc="converting", disable=not progress, mininterval=1.0)
     try:
         for chunk in reader:
             bar.update(chunk.nbytes)
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Convert one JSONL file to one Parquet file with the same columns (streaming).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("input", help="JSONL file")
+    parser.add_argument("input", help="JSONL file (also .jsonl.gz/.zst/.bz2/.xz, or a JSON array)")
     parser.add_argument("-o", "--output", default=None, help="Parquet file to write (default: INPUT with .parquet)")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                         help="bad row: fail = stop with file, line and reason; skip = write it to the rejects file")
@@ -180,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                                          int(args.chunk_mb * (1 << 20)), progress=not args.no_progress)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a folder without permission
+        print(f"error: {exc.strerror or exc}: {exc.filename or output}; free space or fix the permissions, or pass "
+              "another -o. Nothing was written.", file=sys.stderr)
         return 2
     except DataError as exc:
         print(f"error: {exc}\nFix the line, or rerun with --on-error skip to write bad rows to a rejects file. "

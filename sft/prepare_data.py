@@ -76,11 +76,14 @@ import argparse
 import collections
 import contextlib
 import datetime
+import errno
 import importlib.metadata
+import json
 import math
 import os
 import platform
 import threading
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable
 
@@ -88,9 +91,11 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 
-from sft.common.files import atomic_path, scratch_directory, write_json_atomic
+from sft.common.files import atomic_path, write_json_atomic
 from sft.dataprep.config import PrepareConfig, add_arguments, config_from_args
-from sft.dataprep.jsonl_io import DataError, InputError, JsonlReader, ensure_writable_dir, file_sha256
+from sft.dataprep.jsonl_io import DataError, InputError, ensure_writable_dir, file_sha256
+from sft.dataprep.readers import FileFormat, detect_format, read_file
+from sft.dataprep.scratch import run_scratch
 from sft.dataprep.scan import (
     MESSAGES_COLUMN,
     ROW_FILTERS,
@@ -147,44 +152,40 @@ def _cpu_count() -> int:
 
 
 def load_answers(path: str, id_key: str) -> dict[str, str]:
-    """Reference answers by id (as text) from a JSON object {id: answer}, a JSON list of
-    {id_key: ..., "answer": ...} objects, or a JSONL file of such objects."""
+    """Reference answers by id (as text) from a JSON object {id: answer}, or rows of {id_key: ..., "answer": ...}
+    in any input format (JSON Lines, a JSON array, Parquet; sft.dataprep.readers)."""
     from sft.text.math_answers import reference_answer
 
     if not os.path.isfile(path):
         raise InputError(f"--answers file {path} does not exist")
     answers: dict[str, str] = {}
 
-    def add(record: Any, where: str) -> None:
-        if not isinstance(record, dict) or id_key not in record or "answer" not in record:
-            raise InputError(f"{where}: expected an object with {id_key!r} and 'answer' keys")
-        ref = reference_answer(None if record["answer"] is None else str(record["answer"]))
+    def add(key: Any, value: Any) -> None:
+        ref = reference_answer(None if value is None else str(value))
         if ref is not None:
-            answers[str(record[id_key])] = ref
+            answers[str(key)] = ref
 
-    if path.endswith(".json"):
+    with open(path, "rb") as handle:
+        starts_object = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{")
+    if path.endswith(".json") and starts_object:
         try:
-            data = orjson.loads(Path(path).read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
+            data = json.loads(Path(path).read_bytes())  # exact integer ids, unlike orjson
+        except (OSError, ValueError, RecursionError) as exc:
             raise InputError(f"cannot read --answers file {path}: {exc}") from exc
-        if isinstance(data, dict):
-            for key, value in data.items():
-                ref = reference_answer(None if value is None else str(value))
-                if ref is not None:
-                    answers[str(key)] = ref
-        elif isinstance(data, list):
-            for i, record in enumerate(data):
-                add(record, f"{path}[{i}]")
-        else:
-            raise InputError(f"{path}: expected a JSON object {{id: answer}} or a list of objects")
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: expected a JSON object {{id: answer}} or rows of objects")
+        for key, value in data.items():
+            add(key, value)
         return answers
-    for chunk in JsonlReader(path):
+    for chunk in read_file(path):
         if chunk.bad:
             raise InputError(chunk.bad[0].message())
         for line, record in zip(chunk.lines, chunk.rows):
-            add(record, f"{path}:{line}")
+            if id_key not in record or "answer" not in record:
+                where = f"{path}:{line}" if path.endswith((".jsonl", ".jsonl.gz")) else f"{path} row {line}"
+                raise InputError(f"{where}: expected an object with {id_key!r} and 'answer' keys")
+            add(record[id_key], record["answer"])
     return answers
-
 
 
 def load_chat_format(files: list[str], cfg: PrepareConfig) -> tuple[Any, list[str]]:
@@ -212,26 +213,25 @@ def _text_encoder_agrees(chat, files: list[str], cfg: PrepareConfig, rows: int =
     """Compare the tiktoken text encoder with the tokenizer library on the first rows' texts before any
     worker starts, so every worker (and training, which reads the choice from the Parquet files)
     uses the same one."""
+    from sft.dataprep.layouts import Layouts
     from sft.text.chat_format import ConversationError, TemplateError, canonical_messages
 
     system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt is not None else []
+    layouts = Layouts(cfg)
     texts: list[str] = []
     seen = 0
     for path in files:
-        for chunk in JsonlReader(path, chunk_bytes=1 << 20):
-            for row in chunk.rows:
-                try:
-                    if cfg.messages_key in row:
-                        messages = canonical_messages(row[cfg.messages_key], cfg.tags)
-                    elif isinstance(row.get(cfg.prompt_key), str) and isinstance(row.get(cfg.response_key), str):
-                        messages = system + [{"role": "user", "content": row[cfg.prompt_key]},
-                                             {"role": "assistant", "content": row[cfg.response_key]}]
-                    else:
+        for chunk in read_file(path, chunk_bytes=1 << 20):
+            for line, row in zip(chunk.lines, chunk.rows):
+                for sample in layouts.samples(row, path, line, "line").samples:
+                    try:
+                        messages = canonical_messages(sample.messages, cfg.tags) if sample.messages else system + [
+                            {"role": "user", "content": sample.prompt},
+                            {"role": "assistant", "content": sample.row[cfg.response_field]}]
+                        texts.extend(segment.text for segment in chat.segments(messages).segments)
+                    except (TemplateError, ConversationError, KeyError, TypeError):
                         continue
-                    texts.extend(segment.text for segment in chat.segments(messages).segments)
-                except (TemplateError, ConversationError, KeyError, TypeError):
-                    continue
-                seen += 1
+                    seen += 1
                 if seen >= rows:
                     break
             break  # the first chunk of each file is plenty
@@ -245,6 +245,8 @@ class _Plan:
     """The setup stage's output: how the scan runs and what it scans with."""
 
     files: list[str]
+    kinds: list[FileFormat]
+    """each file's format (sft.dataprep.readers.detect_format)"""
     buckets: int
     tasks: list[ScanTask]
     workers: int
@@ -261,7 +263,10 @@ def plan_run(sources: Sources, cfg: PrepareConfig) -> _Plan:
     """Load what the scan needs (reference answers, grader, chat template) and cut the inputs into tasks
     (each marked with whether the quality filters act on it, --filters-for)."""
     files = sources.files
-    total_bytes = sum(os.path.getsize(p) for p in files)
+    kinds = [detect_format(p) for p in files]  # refuses what it cannot read before any work
+    # compressed inputs (Parquet included) grow when read: the buckets are sized for the rows, not the files
+    total_bytes = sum(os.path.getsize(p) * (1 if k.kind != "parquet" and not k.compression else 4)
+                      for p, k in zip(files, kinds))
     buckets = int(min(MAX_BUCKETS, max(1, math.ceil(total_bytes / (cfg.shuffle_buffer_mb * (1 << 20))))))
     answers = load_answers(cfg.answers, cfg.id_key) if cfg.check_answers and cfg.answers else None
     if cfg.check_answers:  # forked workers inherit the imported, exercised grader
@@ -279,9 +284,10 @@ def plan_run(sources: Sources, cfg: PrepareConfig) -> _Plan:
         if chat.text.tiktoken is None:
             options["use_tiktoken"] = False
         tokenizer = (cfg.tokenizer, options)
-    tasks = plan_tasks(files, int(cfg.task_bytes), sources.filtered_files())
+    tasks = plan_tasks(files, int(cfg.task_bytes), sources.filtered_files(), kinds)
     workers = min(cfg.workers or _cpu_count(), len(tasks))
-    return _Plan(files, buckets, tasks, workers, WorkerInputs(answers, chat, tokenizer), warnings)
+    return _Plan(files, kinds, buckets, tasks, workers, WorkerInputs(answers, chat, tokenizer),
+                 sources.notes + warnings)
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,10 +297,11 @@ def plan_run(sources: Sources, cfg: PrepareConfig) -> _Plan:
 def scan(plan: _Plan, cfg: PrepareConfig, spill_dir: Path) -> tuple[list[TaskResult], list[SpillInfo]]:
     """Scan every task; raises DataError for the first bad row under --on-error fail, InputError when
     the data does not fit the options."""
-    progress = _LazyBar(sum(os.path.getsize(p) for p in plan.files), cfg.progress)
+    total = sum(os.path.getsize(p) for p in plan.files)
+    progress = _LazyBar(total, cfg.progress)
     try:
         results, spills = scan_tasks(plan.tasks, ScanSettings(cfg, str(spill_dir), plan.buckets), plan.inputs,
-                                     plan.workers, progress)
+                                     plan.workers, progress, total)
     except ConfigurationError as exc:
         raise InputError(str(exc)) from exc
     finally:
@@ -359,6 +366,8 @@ class _Counts:
     """kept rows a weight below 1 did not write (0 copies)"""
     repeats: int = 0
     """extra copies a weight above 1 wrote: train + val count them, so `read` is short of them"""
+    extra_samples: int = 0
+    """samples beyond one per row (a row with a list of K replies is K samples): `read` is short of them"""
     train: int = 0
     val: int = 0
 
@@ -368,6 +377,7 @@ class _Counts:
         for result in results:
             counts.read += result.rows_read
             counts.blank_lines += result.blank_lines
+            counts.extra_samples += result.extra_samples
             counts.rejected.update(result.rejected)
             counts.filtered.update(result.filtered)
         return counts
@@ -385,14 +395,16 @@ class _Counts:
             "filtered_total": sum(filtered.values()),
             "removed_by_weight": self.removed_by_weight,
             "repeats": self.repeats,
+            "extra_samples": self.extra_samples,
             "train": self.train,
             "val": self.val,
         }
 
     def balanced(self) -> bool:
-        """read = rejected + filtered + deduplicated + removed_by_weight + train + val - repeats"""
-        return self.read == (sum(self.rejected.values()) + self.deduplicated + sum(self.filtered.values())
-                             + self.removed_by_weight + self.train + self.val - self.repeats)
+        """read + extra_samples = rejected + filtered + deduplicated + removed_by_weight + train + val - repeats"""
+        return self.read + self.extra_samples == (
+            sum(self.rejected.values()) + self.deduplicated + sum(self.filtered.values())
+            + self.removed_by_weight + self.train + self.val - self.repeats)
 
 
 @dataclass
@@ -657,6 +669,7 @@ def source_summary(sources: Sources, results: list[TaskResult], selection: _Sele
             "filtered_by_options": source.filtered,
             "read": sum(r.rows_read for r in mine),
             "blank_lines": sum(r.blank_lines for r in mine),
+            "extra_samples": sum(r.extra_samples for r in mine),
             "rejected": dict(sorted(rejected.items())),
             "filtered": {reason: filtered[reason] for reason in FILTER_ORDER if filtered[reason]},
             "deduplicated": int(selection.per_source["deduplicated"][index]),
@@ -673,11 +686,11 @@ def sources_add_up(summary: dict[str, dict], counts: _Counts) -> bool:
     """Every source accounts for each of its rows, and the sources add up to the run's counts."""
     for info in summary.values():
         dropped = sum(info["rejected"].values()) + sum(info["filtered"].values()) + info["deduplicated"]
-        if info["read"] != dropped + info["kept"] or \
+        if info["read"] + info["extra_samples"] != dropped + info["kept"] or \
                 info["kept"] != info["removed_by_weight"] + info["train"] + info["val"] - info["repeats"]:
             return False
     totals = {key: sum(info[key] for info in summary.values())
-              for key in ("read", "deduplicated", "removed_by_weight", "repeats", "train", "val")}
+              for key in ("read", "extra_samples", "deduplicated", "removed_by_weight", "repeats", "train", "val")}
     return totals == {key: getattr(counts, key) for key in totals}
 
 
@@ -690,23 +703,30 @@ OUTPUT_FILES = {"train": "train.parquet", "val": "val.parquet", "rejects": "reje
 """What a run publishes, in publishing order (a file this run does not produce is removed)."""
 
 
-def line_record_files(results: list[TaskResult], cfg: PrepareConfig, tmp_dir: Path) -> dict[str, tuple[Path, int]]:
+def line_record_files(results: list[TaskResult], cfg: PrepareConfig, tmp_dir: Path) -> dict[str, tuple[Path, int, str]]:
     """rejects.jsonl (--on-error skip) and answer_drops.jsonl (--answer-key/--answers) in `tmp_dir`, when
-    they have lines: {name: (path, lines)}."""
+    they have lines: {name: (path, lines, sha256)}."""
     files = {}
     for name, attribute, wanted in (("rejects", "rejects_path", cfg.on_error == "skip"),
                                     ("answer_drops", "drops_path", cfg.check_answers)):
         path = tmp_dir / OUTPUT_FILES[name]
         count = merge_line_records(results, path, attribute) if wanted else 0
         if count:
-            files[name] = (path, count)
+            files[name] = (path, count, file_sha256(path))
     return files
+
+
+def own_outputs(output_dir: str | os.PathLike) -> set[str]:
+    """Real paths of what a run into `output_dir` writes: never read as input (a glob over the folder would
+    otherwise read the last run's rejects.jsonl or train.parquet)."""
+    out = Path(output_dir).resolve()
+    return {os.path.realpath(out / name) for name in (*OUTPUT_FILES.values(), "manifest.json")}
 
 
 def build_manifest(cfg: PrepareConfig, plan: _Plan, command: dict, results: list[TaskResult], digests: dict[str, str],
                    counts: _Counts, summaries: dict[str, Any], warnings: list[str]) -> dict:
-    """The manifest, less `outputs` (filled in as they are published); `summaries`: split, tokens, chat_template,
-    sources."""
+    """The manifest, less `outputs` (filled in as they are published); `summaries`: run_id, split, tokens,
+    chat_template, sources, layouts."""
     source_of = {path: name for name, info in summaries["sources"].items() for path in info["files"]}
     inputs = []
     for file_index, path in enumerate(plan.files):
@@ -715,16 +735,20 @@ def build_manifest(cfg: PrepareConfig, plan: _Plan, command: dict, results: list
             "path": os.path.abspath(path),
             "bytes": os.path.getsize(path),
             "sha256": digests[path],
+            "format": plan.kinds[file_index].name,
             "rows": sum(r.rows_read for r in mine),
             "blank_lines": sum(r.blank_lines for r in mine),
             "rejected": sum(sum(r.rejected.values()) for r in mine),
             "source": source_of.get(os.path.abspath(path), MAIN),
         })
+    config = asdict(cfg)
+    config.update(prompt_key=cfg.prompt_field, response_key=cfg.response_field)  # the fields flat rows were read from
     manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
+        "run_id": summaries["run_id"],
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
-        "config": asdict(cfg),
+        "config": config,
         "inputs": inputs,
         "versions": _versions(
             ["pyarrow", "numpy", "orjson"]
@@ -734,6 +758,7 @@ def build_manifest(cfg: PrepareConfig, plan: _Plan, command: dict, results: list
         ),
         "stage_order": STAGE_ORDER,
         "counts": counts.as_dict(),
+        "layouts": summaries["layouts"],
         "sources": summaries["sources"],
         "split": summaries["split"],
         "shuffle": {
@@ -755,22 +780,25 @@ def build_manifest(cfg: PrepareConfig, plan: _Plan, command: dict, results: list
     return manifest
 
 
-def publish(out: Path, produced: dict[str, tuple[Path, int]], manifest: dict) -> None:
-    """Move the `produced` files ({name: (path, rows)}) into `out` and write the manifest.
+def publish(out: Path, produced: dict[str, tuple[Path, int, str]], manifest: dict) -> None:
+    """Move the `produced` files ({name: (path, rows, sha256)}) into `out` and write the manifest.
 
     The old manifest goes first, so a crash mid-publish never leaves a manifest describing files
     from two different runs; then the data files (a stale one this run did not produce is
-    removed); the manifest last, so its presence means the run completed.
+    removed); the manifest last, so its presence means the run completed. Each Parquet file carries
+    the run's `run_id` in its `verl_sft` metadata and the manifest each file's sha256, so a reader can
+    tell files of two runs apart even after a kill between two renames.
     """
     with contextlib.suppress(FileNotFoundError):
         (out / "manifest.json").unlink()
     for name, filename in OUTPUT_FILES.items():
         final = out / filename
         if name in produced:
-            built, rows = produced[name]
+            built, rows, sha256 = produced[name]
             with atomic_path(final) as tmp:
                 os.replace(built, tmp)
-            manifest["outputs"][name] = {"path": str(final.resolve()), "bytes": final.stat().st_size, "rows": rows}
+            manifest["outputs"][name] = {"path": str(final.resolve()), "bytes": final.stat().st_size, "rows": rows,
+                                         "sha256": sha256}
         else:
             with contextlib.suppress(FileNotFoundError):
                 final.unlink()
@@ -786,25 +814,26 @@ def prepare_data(inputs: list[str] | dict[str, list[str]], output_dir: str | os.
                  weights: dict[str, float] | None = None) -> dict:
     """Run the whole preparation; returns the manifest (also written to output_dir/manifest.json).
 
-    `inputs`: files or globs (the source `main`), or {source name: files or globs}; `weights`: {source
-    name: W}, 1 for a source not named (sft.dataprep.sources). Raises InputError for unusable inputs,
-    options or output directory, and DataError for the first bad row under on_error="fail"; nothing is
-    written to output_dir in either case.
+    `inputs`: files, globs or directories (the source `main`), or {source name: files or globs}; `weights`:
+    {source name: W}, 1 for a source not named (sft.dataprep.sources). Raises InputError for unusable
+    inputs, options or output directory, and DataError for the first bad row under on_error="fail";
+    nothing is written to output_dir in either case (OSError for a full disk or a missing permission).
     """
     cfg = config or PrepareConfig()
-    sources = resolve_sources(inputs, weights, cfg.filters_for)
-    files = sources.files
+    sources = resolve_sources(inputs, weights, cfg.filters_for, exclude=own_outputs(output_dir))
     out = ensure_writable_dir(output_dir)
     command = command or {"inputs": inputs if isinstance(inputs, dict) else list(inputs), "output_dir": str(out),
                           **({"weights": dict(weights)} if weights else {})}
     plan = plan_run(sources, cfg)
-    with scratch_directory(out / ".prepare_data", prefix=".prepare_data-") as tmp_dir:
+    run_id = uuid.uuid4().hex
+    with run_scratch(out) as (tmp_dir, stale):
+        if stale:
+            plan.warnings.append(f"removed {len(stale)} scratch folder(s) of killed runs: {', '.join(stale)}")
         results, spills = scan(plan, cfg, tmp_dir)
         counts = _Counts.of_scan(results)
         # sha256 of the inputs runs beside the write pass, which leaves a core partly idle
         # (the scan keeps every core busy)
-        hash_thread, digests = _hash_inputs(files)
-        spill_schema = merge_spill_schemas(spills)
+        hash_thread, digests = _hash_inputs(plan.files)
         rows = RowSources.of(sources, plan.tasks, results)
         selection = weigh_rows(select_rows(results, cfg, plan.chat is not None, rows), rows, cfg.seed)
         counts.deduplicated = selection.deduplicated
@@ -813,33 +842,90 @@ def prepare_data(inputs: list[str] | dict[str, list[str]], output_dir: str | os.
         counts.removed_by_weight = int(selection.per_source["removed_by_weight"].sum())
         counts.repeats = int(selection.per_source["repeats"].sum())
         split = split_problems(selection.groups, selection.prompts, cfg)
-
-        written: dict[str, Path] = {}
-        if len(selection.groups):
-            schema = output_schema(spill_schema, encoding_record(cfg, plan.chat))
-            rows_out = RowsOut(selection.dropped_order, split.threshold, selection.repeat_order, selection.repeat_copies)
-            written, rows_written = write_outputs(spills, spill_schema, schema, rows_out, cfg, tmp_dir, plan.buckets,
-                                                  _progress_factory(cfg))
-            counts.train, counts.val = rows_written["train"], rows_written["val"]
-        flags: collections.Counter = collections.Counter()
-        for result in results:
-            flags.update(result.template_flags)
-        tokens, token_warnings = token_summary(plan.chat, cfg, selection, split.is_val)
-        template, template_warnings = template_summary(plan.chat, cfg, flags, written.get("train"), counts.train)
+        written, hashes = _write(plan, cfg, spills, selection, split, counts, tmp_dir, run_id)
         per_source = source_summary(sources, results, selection, split.is_val)
         if not counts.balanced() or not sources_add_up(per_source, counts):  # a bug, never bad input
             raise RuntimeError(f"internal error: stage counts do not add up: {counts.as_dict()} {per_source}")
-
+        summaries, warnings = _summaries(plan, cfg, results, selection, split, counts, written.get("train"))
         # with no train rows neither Parquet file is published (main reports the error)
-        produced = {name: (path, getattr(counts, name)) for name, path in written.items() if counts.train}
+        produced = {name: (path, getattr(counts, name), hashes[name]) for name, path in written.items() if counts.train}
         produced.update(line_record_files(results, cfg, tmp_dir))
         hash_thread.join()
         manifest = build_manifest(cfg, plan, command, results, digests, counts,
-                                  {"split": split.info, "tokens": tokens, "chat_template": template,
-                                   "sources": per_source},
-                                  plan.warnings + split.warnings + token_warnings + template_warnings)
+                                  {**summaries, "run_id": run_id, "sources": per_source}, warnings)
         publish(out, produced, manifest)
         return manifest
+
+
+def _write(plan: _Plan, cfg: PrepareConfig, spills: list[SpillInfo], selection: _Selection, split: _Split,
+           counts: _Counts, tmp_dir: Path, run_id: str) -> tuple[dict[str, Path], dict[str, str]]:
+    """The write pass: train and val Parquet in `tmp_dir` (none when no row is left), their sha256; sets
+    counts.train and counts.val."""
+    if not len(selection.groups):
+        return {}, {}
+    spill_schema = merge_spill_schemas(spills)
+    schema = output_schema(spill_schema, encoding_record(cfg, plan.chat, run_id))
+    rows_out = RowsOut(selection.dropped_order, split.threshold, selection.repeat_order, selection.repeat_copies)
+    written, rows_written, hashes = write_outputs(spills, spill_schema, schema, rows_out, cfg, tmp_dir, plan.buckets,
+                                                  _progress_factory(cfg))
+    counts.train, counts.val = rows_written["train"], rows_written["val"]
+    return written, hashes
+
+
+def _summaries(plan: _Plan, cfg: PrepareConfig, results: list[TaskResult], selection: _Selection, split: _Split,
+               counts: _Counts, train_file: Path | None) -> tuple[dict, list[str]]:
+    """The manifest's split, tokens, chat_template and layouts, and every warning of the run."""
+    flags: collections.Counter = collections.Counter()
+    for result in results:
+        flags.update(result.template_flags)
+    tokens, token_warnings = token_summary(plan.chat, cfg, selection, split.is_val)
+    template, template_warnings = template_summary(plan.chat, cfg, flags, train_file, counts.train)
+    layouts, layout_warnings = layout_summary(results, cfg)
+    warnings = plan.warnings + layout_warnings + split.warnings + token_warnings + template_warnings
+    return {"split": split.info, "tokens": tokens, "chat_template": template, "layouts": layouts}, warnings
+
+
+def layout_summary(results: list[TaskResult], cfg: PrepareConfig) -> tuple[dict, list[str]]:
+    """Rows per layout, and the warnings for what the layouts may have left out or merged: prompt-like fields
+    left unused, problems whose rows differ in them, a `messages` field moved aside, input fields replaced."""
+    layouts, unused, replaced = collections.Counter(), collections.Counter(), collections.Counter()
+    renamed = 0
+    for result in results:
+        layouts.update(result.layouts)
+        unused.update(result.unused_fields)
+        replaced.update(result.replaced_columns)
+        renamed += result.renamed_messages
+    flat = layouts["flat"]
+    prompt = f"--prompt-template {cfg.prompt_template!r}" if cfg.prompt_template else f"--prompt-key {cfg.prompt_field}"
+    warnings = [f"field {name!r} holds text in {n:,} of {flat:,} flat rows but is not part of the prompt ({prompt}); if "
+                f"it belongs to the problem, build the prompt with it: --prompt-template "
+                f"'{{{cfg.prompt_field}}}\\n\\n{{{name}}}'" for name, n in sorted(unused.items()) if n * 100 >= flat]
+    groups = [r.groups for r in results if r.groups is not None]
+    extras = [r.extras for r in results if r.extras is not None]
+    collapsed = collapsed_problems(np.concatenate(groups), np.concatenate(extras)) if groups else 0
+    if collapsed:
+        by = "prompt" if cfg.group_by == "prompt" else f"{cfg.id_key}, or the prompt"
+        warnings.append(f"{collapsed:,} problem(s) (same {by}) hold rows that differ in {', '.join(sorted(unused))}: the "
+                        "split, --max-per-problem and --dedup treat each as one problem. Build the prompt from those "
+                        "fields with --prompt-template")
+    if renamed:
+        warnings.append(f"{renamed:,} row(s) have a 'messages' field that is not the conversation trained (the fields "
+                        "named by --prompt-key/--response-key or --messages-key are): kept as column 'input_messages'")
+    warnings += [f"{n:,} row(s) had a field {name!r}, which this run writes: replaced by this run's value"
+                 for name, n in sorted(replaced.items())]
+    return {"rows": dict(sorted(layouts.items())), "unused_prompt_fields": dict(sorted(unused.items())),
+            "collapsed_problems": collapsed, "messages_renamed": renamed,
+            "replaced_columns": dict(sorted(replaced.items()))}, warnings
+
+
+def collapsed_problems(groups: np.ndarray, extras: np.ndarray) -> int:
+    """Problems (by group hash) whose samples differ in their unused prompt-like fields (hash `extras`, 0: none)."""
+    if not (extras != 0).any():
+        return 0
+    suspects = np.isin(groups, np.unique(groups[extras != 0]))
+    pairs = np.unique(np.stack([groups[suspects], extras[suspects]], axis=1), axis=0)
+    _, per_group = np.unique(pairs[:, 0], return_counts=True)
+    return int((per_group > 1).sum())
 
 
 def _progress_factory(cfg: PrepareConfig):
@@ -858,14 +944,15 @@ def _progress_factory(cfg: PrepareConfig):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sft/prepare_data.py",
-        description="Turn JSONL files of model-generated solutions into verl SFT Parquet files "
-        "(train.parquet, val.parquet, manifest.json).",
+        description="Turn files of model-generated solutions (JSON Lines, JSON arrays, Parquet; conversation, "
+        "ShareGPT or flat rows) into verl SFT Parquet files (train.parquet, val.parquet, manifest.json).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog='Example: python sft/prepare_data.py "outputs/*.jsonl" -o data/sft --tokenizer /models/qwen --max-length 4096',
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUT", default=argparse.SUPPRESS,
-                        help=f"JSONL files or quoted globs (e.g. 'outputs/*.jsonl'): the source {MAIN!r}; required "
-                        "unless --source is given")
+                        help=f"input files (JSON Lines, .jsonl.gz/.zst/.bz2/.xz, JSON arrays, Parquet), directories of "
+                        f"them or quoted globs (e.g. 'outputs/*.jsonl'): the source {MAIN!r}; required unless --source "
+                        "is given")
     parser.add_argument("-o", "--output-dir", required=True, help="directory for train.parquet, val.parquet, manifest.json")
     add_source_arguments(parser)  # --source, --weight
     add_arguments(parser)  # every option of PrepareConfig
@@ -878,6 +965,11 @@ def format_report(manifest: dict, output_dir: str) -> str:
 
     c = manifest["counts"]
     lines = [f"read {c['read']:,} rows from {len(manifest['inputs'])} file(s) (+{c['blank_lines']:,} blank lines skipped)"]
+    layouts = manifest.get("layouts", {}).get("rows", {})
+    if set(layouts) - {"flat"}:
+        lines.append("layouts: " + ", ".join(f"{name} {n:,}" for name, n in layouts.items()))
+    if c.get("extra_samples"):
+        lines.append(f"lists of replies: {c['extra_samples']:,} samples beyond one per row (counted in extra_samples)")
     if c["rejected_total"]:
         detail = ", ".join(f"{k} {v:,}" for k, v in c["rejected"].items())
         lines.append(f"rejected {c['rejected_total']:,}: {detail}")
@@ -933,6 +1025,18 @@ def format_report(manifest: dict, output_dir: str) -> str:
     return "\n".join(lines)
 
 
+def os_error_message(exc: OSError, output_dir: str) -> str:
+    """One line for an OSError of a run: what happened, where, and what to do."""
+    where = exc.filename or output_dir
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device (or over quota) while writing {where}: free space there or choose "
+                f"another -o (a run needs about the input's size for its scratch files, plus the outputs). The previous "
+                f"outputs in {output_dir}, if any, are unchanged; no partial file was published")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{exc.strerror}: {where}; fix its permissions (ls -l, chmod) or choose another input or -o"
+    return f"{exc.strerror or exc}: {where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -947,6 +1051,9 @@ def main(argv: list[str] | None = None) -> int:
                                 command={"argv": sys.argv[1:] if argv is None else list(argv), "cwd": os.getcwd()})
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a file or folder without permission: one line, never a traceback
+        print(f"error: {os_error_message(exc, args.output_dir)}", file=sys.stderr)
         return 2
     except DataError as exc:
         rejects = os.path.join(args.output_dir, "rejects.jsonl")

@@ -117,3 +117,17 @@ def test_cli(tmp_path):
     failed = subprocess.run([sys.executable, str(SCRIPT), str(source), "-o", str(blocked / "x.parquet")],
                             capture_output=True, text=True)
     assert failed.returncode == 2 and "cannot write to output directory" in failed.stderr
+
+
+def test_compressed_jsonl_and_json_arrays_convert_and_other_kinds_are_named(tmp_path):
+    import gzip
+
+    rows = [{"id": i, "prompt": f"p{i}"} for i in range(5)]
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    (tmp_path / "b.json").write_text(json.dumps(rows, indent=2))
+    for name in ("a.jsonl.gz", "b.json"):
+        stats = convert.convert_jsonl_to_parquet(tmp_path / name, tmp_path / f"{name}.parquet", progress=False)
+        assert pq.read_table(tmp_path / f"{name}.parquet").to_pylist() == rows and stats["rows_written"] == 5
+    (tmp_path / "c.jsonl").write_bytes('{"id": 1}\n'.encode("utf-16"))
+    with pytest.raises(InputError, match="UTF-16 text.*iconv -f UTF-16 -t UTF-8"):
+        convert.convert_jsonl_to_parquet(tmp_path / "c.jsonl", tmp_path / "c.parquet", progress=False)

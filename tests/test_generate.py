@@ -108,7 +108,10 @@ def test_generation_json_records_settings_and_summary(generated, problems_jsonl)
 def test_prepare_data_reads_the_shards_and_keeps_a_problems_samples_together(generated, tmp_path, capsys):
     out, _ = generated
     data = tmp_path / "sft"
-    assert prepare_data_main([str(out / "samples-*.jsonl"), "-o", str(data), "--val-split", "0.4", "--workers", "1"]) == 0
+    # the tiny random model's samples mostly stop at max_new_tokens=6 (finish_reason "length"), which
+    # prepare_data drops as truncated unless told to keep them
+    assert prepare_data_main([str(out / "samples-*.jsonl"), "-o", str(data), "--val-split", "0.4", "--workers", "1",
+                              "--keep-truncated"]) == 0
     train, val = pd.read_parquet(data / "train.parquet"), pd.read_parquet(data / "val.parquet")
     assert len(train) + len(val) == 15 and len(val) == 6  # 2 of 5 problems, with all 3 samples each
     assert set(train["id"]).isdisjoint(val["id"]) and val["id"].value_counts().tolist() == [3, 3]

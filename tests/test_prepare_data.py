@@ -206,7 +206,7 @@ BAD_CASES = {
                      {"missing_field": 2}, 1, 1),
     "null_values": (b'{"prompt": null, "generated_solution": "s1"}\n{"prompt": "p2", "generated_solution": null}\n'
                     b'{"prompt": "p3", "generated_solution": "s3"}\n', {"null_value": 2}, 1, 1),
-    "non_string_values": (b'{"prompt": 12, "generated_solution": "s1"}\n{"prompt": "p2", "generated_solution": ["a"]}\n'
+    "non_string_values": (b'{"prompt": 12, "generated_solution": "s1"}\n{"prompt": "p2", "generated_solution": [1]}\n'
                           b'{"prompt": "p3", "generated_solution": {"t": 1}}\n{"prompt": "p4", "generated_solution": "s4"}\n',
                           {"not_a_string": 3}, 1, 1),
     "empty_strings": (b'{"prompt": "", "generated_solution": "s1"}\n{"prompt": "p2", "generated_solution": "  \\n "}\n'
@@ -325,9 +325,16 @@ def test_a_messages_field_is_the_conversation_and_is_never_overwritten(tmp_path)
     source = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "generated_solution": "s", "messages": []}])
     with pytest.raises(DataError, match="a.jsonl:1: field 'messages' is not a non-empty list of messages"):
         run(tmp_path, [source])
-    # With conversations read from another field, a `messages` field would clash with the output's.
-    with pytest.raises(InputError, match="a.jsonl:1: .*'messages'"):
+    # A field the user names wins or fails: never replaced by the row's `messages`.
+    with pytest.raises(DataError, match="a.jsonl:1: field 'conversation' \\(--messages-key\\) is missing"):
         run(tmp_path, [source], messages_key="conversation")
+    # With conversations read from another field, the row's `messages` moves aside (the output's is built).
+    conversation = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    source = write_jsonl(tmp_path / "b.jsonl", [{"conversation": conversation, "messages": ["kept"]}])
+    manifest = run(tmp_path, [source], messages_key="conversation", val_split=0.0)
+    row = read(tmp_path / "out" / "train.parquet")[0]
+    assert row["messages"] == conversation and row["input_messages"] == ["kept"] and "conversation" not in row
+    assert manifest["layouts"]["messages_renamed"] == 1 and "input_messages" in " ".join(manifest["warnings"])
 
 
 # ---------------------------------------------------------------------------------------

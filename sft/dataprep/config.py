@@ -52,14 +52,37 @@ class PrepareConfig:
     shuffle_buffer_mb: float = option(128.0, SPLIT, "input per shuffle bucket, in MiB: each bucket is held in memory once "
                                       "while it is written")
     # -- fields
-    prompt_key: str = option("prompt", FIELDS, "field with the problem text (user message)")
-    response_key: str = option("generated_solution", FIELDS, "field with the solution (assistant message)")
+    prompt_key: str | None = option(None, FIELDS, "field with the problem text (user message). Unset: 'prompt', and a "
+                                    "row holding a conversation ('messages' or 'conversations') trains that instead; "
+                                    "set (or --response-key or --prompt-template set): every row is read from these "
+                                    "fields, whatever else it holds")
+    response_key: str | None = option(None, FIELDS, "field with the solution (assistant message): a string, or a list "
+                                      "of solutions (strings, or objects with 'text', 'content' or 'message') that "
+                                      "gives one sample per element. Unset: 'generated_solution' (see --prompt-key)")
+    prompt_template: str | None = option(None, FIELDS, "build the prompt from several fields, e.g. "
+                                         "'{instruction}\\n\\n{input}' (Alpaca): each {field} is that field of the "
+                                         "row (missing: a reject; null or empty: nothing), \\n a newline; the result "
+                                         "is stripped. Instead of --prompt-key", metavar="TEMPLATE")
+    reasoning_key: str | None = option(None, FIELDS, "field with the reply's reasoning on flat rows (e.g. s1K's "
+                                       "deepseek_thinking_trajectory), joined into the reply as on conversation rows' "
+                                       "reasoning_content; a list beside a list of replies goes element by element. "
+                                       "Unset: 'reasoning_content', 'reasoning' or 'thinking' when a row has one")
     id_key: str = option("id", FIELDS, "field with the problem id")
     system_prompt: str | None = option(None, FIELDS, "system message to put first in every sample that has none "
                                        "(unset: none)")
-    messages_key: str = option("messages", FIELDS, "field of rows that are whole conversations: an OpenAI-style list of "
-                               "{role, content[, reasoning_content]}; every assistant turn is trained. Rows without it use "
-                               "--prompt-key and --response-key")
+    system_key: str | None = option("system", FIELDS, "field with a row's own system message (ShareGPT's and "
+                                    "LLaMA-Factory's top-level 'system'); it wins over --system-prompt. '' = none")
+    messages_key: str | None = option(None, FIELDS, "field of rows that are whole conversations: a list of {role, "
+                                      "content[, reasoning_content, tool_calls]} or ShareGPT's {from, value}; every "
+                                      "assistant turn is trained. Unset: 'messages' or 'conversations' where a row has "
+                                      "one; set: every row must have it (unless --prompt-key/--response-key are set too)")
+    sample_filter: list[str] | None = option(None, FIELDS, "keep only the samples whose FIELD is true: a list of "
+                                             "booleans beside a list of replies (OpenR1's correctness_math_verify), a "
+                                             "field of each reply object, or of the row; others are dropped as "
+                                             "failed_sample_filter (repeatable: all must be true)", metavar="FIELD",
+                                             repeatable=True)
+    keep_truncated: bool = option(False, FIELDS, "keep replies whose finish_reason/stop_reason says the length limit "
+                                  "cut them ('length', 'max_tokens'); default: dropped, counted as truncated")
     # -- chat template and reasoning
     answers_only: bool = option(False, CHAT, "remove the reasoning (everything up to the closing tag of --reasoning-tags) "
                                 "from every reply and train on the answers only; default: the reasoning is trained, "
@@ -128,8 +151,10 @@ class PrepareConfig:
             raise InputError(f"--on-error must be 'fail' or 'skip', got {self.on_error!r}")
         if self.group_by not in ("id", "prompt"):
             raise InputError(f"--group-by must be 'id' or 'prompt', got {self.group_by!r}")
-        if self.prompt_key == self.response_key:
-            raise InputError(f"--prompt-key and --response-key are both {self.prompt_key!r}")
+        if self.prompt_field == self.response_field:
+            raise InputError(f"--prompt-key and --response-key are both {self.prompt_field!r}")
+        if self.prompt_template is not None:
+            self._check_template()
         for name in ("max_per_problem", "min_tokens", "max_tokens", "max_length"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -164,10 +189,36 @@ class PrepareConfig:
         if self.chat_template_kwargs and "add_generation_prompt" in self.chat_template_kwargs:
             raise InputError("--chat-template-kwargs cannot set add_generation_prompt: every trained turn's prompt is "
                              "rendered with it on (the inference prompt), the conversation with it off")
-        if self.messages_key in (self.prompt_key, self.response_key):
+        if self.messages_key is not None and self.messages_key in (self.prompt_field, self.response_field):
             raise InputError(f"--messages-key {self.messages_key!r} is also --prompt-key or --response-key")
+        if self.sample_filter is not None:
+            self.sample_filter = [name for text in ([self.sample_filter] if isinstance(self.sample_filter, str)
+                                                    else self.sample_filter) for name in str(text).split(",") if name]
         if self.filters_for is not None:
             self.filters_for = _source_names(self.filters_for)
+
+    def _check_template(self) -> None:
+        from sft.dataprep.layouts import template_fields, unescape
+
+        if self.prompt_key is not None:
+            raise InputError("use either --prompt-key (one field) or --prompt-template (several), not both")
+        try:
+            names = template_fields(unescape(self.prompt_template))
+        except ValueError as exc:
+            raise InputError(f"--prompt-template {self.prompt_template!r}: {exc}") from None
+        if not names:
+            raise InputError(f"--prompt-template {self.prompt_template!r} names no field; write e.g. "
+                             "'{instruction}\\n\\n{input}'")
+
+    @property
+    def prompt_field(self) -> str:
+        """The prompt's field of flat rows (--prompt-key, default 'prompt')."""
+        return self.prompt_key or "prompt"
+
+    @property
+    def response_field(self) -> str:
+        """The reply's field of flat rows (--response-key, default 'generated_solution')."""
+        return self.response_key or "generated_solution"
 
     @property
     def quality_filters(self) -> list[str]:

@@ -15,8 +15,11 @@ What counts as what, identically in every tool:
 - a UTF-8 byte order mark at the start of a line is ignored; CRLF line ends are accepted;
 - a row that is not valid UTF-8, not valid JSON (NaN/Infinity and raw control characters are
   accepted, as Python's json module writes and reads them), holds an unpaired UTF-16
-  surrogate escape, or is not a JSON object becomes a BadLine, never silently dropped;
-  a malformed last line with no newline after it is reported as `truncated_last_line`.
+  surrogate escape, is nested deeper than MAX_DEPTH, or is not a JSON object becomes a
+  BadLine, never silently dropped; a malformed last line with no newline after it is
+  reported as `truncated_last_line`;
+- numbers keep their exact value: an integer beyond 64 bits (which orjson reads as a float)
+  is read again by Python's json module, so ids such as 2**70 and 2**70 + 1 stay distinct ints.
 
 Memory stays bounded by the chunk size whatever the file size (a single line longer than a
 chunk is held whole). The file is read and hashed (sha256) on a background thread, so
@@ -25,19 +28,20 @@ hashing overlaps parsing.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
 import queue
 import tempfile
 import threading
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sft.common.errors import UserError
 
@@ -49,8 +53,16 @@ REASON_MALFORMED_JSON = "malformed_json"
 REASON_TRUNCATED_LAST_LINE = "truncated_last_line"
 REASON_INVALID_UNICODE = "invalid_unicode_escape"
 REASON_NOT_AN_OBJECT = "not_an_object"
+REASON_TOO_DEEP = "too_deeply_nested"
 
+PLACE_KEYS = {"line": "line", "row": "index"}
+"""The key of a record (rejects.jsonl, answer_drops.jsonl) that says where its row is, by unit."""
+MAX_DEPTH = 200
+"""Deepest nesting of objects and lists a row may have: beyond it (orjson writes at most 254 levels,
+Python's json module recurses) a row is a BadLine, never a RecursionError."""
 _BOM = "\ufeff"
+_EXACT_FLOAT = 2.0**63
+"""orjson reads an integer beyond 64 bits as a float; a float this large is read again exactly."""
 
 
 @dataclass
@@ -65,17 +77,46 @@ class BadLine:
     """The line's text (undecodable bytes shown as \\xNN) when it could not be parsed."""
     row: dict | None = None
     """The parsed object, when it parsed but failed a later check."""
+    unit: str = "line"
+    """What `line` counts: "line" (1-based, JSON Lines) or "row" (0-based, Parquet rows and JSON array items;
+    `index` in the records)."""
+    element: int | None = None
+    """The index of the sample in a row whose response is a list (sft.dataprep.layouts), else None."""
+
+    def where(self) -> str:
+        place = f"{self.path}:{self.line}" if self.unit == "line" else f"{self.path} row {self.line}"
+        return place if self.element is None else f"{place} sample {self.element}"
 
     def message(self) -> str:
-        return f"{self.path}:{self.line}: {self.detail}"
+        return f"{self.where()}: {self.detail}"
 
     def to_json(self) -> bytes:
-        record: dict[str, Any] = {"file": self.path, "line": self.line, "reason": self.reason, "detail": self.detail}
+        record: dict[str, Any] = {"file": self.path, PLACE_KEYS[self.unit]: self.line, "reason": self.reason,
+                                  "detail": self.detail}
+        if self.element is not None:
+            record["sample"] = self.element
         if self.raw is not None:
             record["raw"] = self.raw
         if self.row is not None:
             record["row"] = self.row
-        return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY, default=str) + b"\n"
+        return dumps_exact(record) + b"\n"
+
+
+def dumps_exact(value: Any) -> bytes:
+    """JSON of a row or record, integers beyond 64 bits written exactly (orjson refuses them; Python's json
+    module writes them), values JSON has no type for as text."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY, default=str)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+def loads_exact(data: bytes | str) -> Any:
+    """JSON text as Python values, integers beyond 64 bits exact (orjson reads them as floats)."""
+    value = orjson.loads(data)
+    if isinstance(value, (dict, list)) and needs_second_look(value):
+        value = json.loads(data)
+    return value
 
 
 class InputError(UserError):
@@ -92,7 +133,8 @@ class DataError(UserError):
 
 @dataclass
 class JsonlChunk:
-    """The rows parsed from one piece of a file, in file order."""
+    """The rows parsed from one piece of a file, in file order (every reader of sft.dataprep.readers
+    yields these: `lines` are line numbers for JSON Lines, row indices for Parquet and JSON arrays)."""
 
     path: str
     rows: list[dict] = field(default_factory=list)
@@ -100,18 +142,33 @@ class JsonlChunk:
     bad: list[BadLine] = field(default_factory=list)
     blank_lines: int = 0
     nbytes: int = 0
+    unsettled: Any = None
+    """A lazy reader's chunk whose rows orjson parsed without a second look (sft.dataprep.jsonl_io.JsonlReader's
+    `lazy`): (its lines, the first line's number) until settle() runs."""
 
     @property
     def rows_read(self) -> int:
         """Non-blank lines in this chunk: parsed rows plus bad lines."""
         return len(self.rows) + len(self.bad)
 
+    def settle(self) -> None:
+        """Give the rows their exact values (needs_second_look): a lazy reader's caller that reads values one
+        by one calls this first; a caller that checks the values itself (the scan's Arrow path) need not."""
+        if self.unsettled is None:
+            return
+        pieces, next_line = self.unsettled
+        self.unsettled = None
+        if _second_look_any(self.rows):
+            settled = _parse_lines(self.path, pieces, next_line, False, self.nbytes)
+            self.rows, self.lines, self.bad = settled.rows, settled.lines, settled.bad
+
 
 def file_sha256(path: str | os.PathLike, block_bytes: int = 8 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(block_bytes):
-            digest.update(block)
+    buffer = memoryview(bytearray(block_bytes))  # one buffer read into again and again: no allocation per block
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(buffer[:count])
     return digest.hexdigest()
 
 
@@ -143,17 +200,66 @@ def line_boundaries(path: str | os.PathLike, every: int) -> list[int]:
 
 def _has_surrogate(value: Any) -> bool:
     """True when a parsed JSON value holds a lone UTF-16 surrogate (not encodable as UTF-8)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_surrogate(v) for v in value)
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return False
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when objects and lists nest more than `limit` levels deep (walked without recursion)."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 >= limit:
+                    return True
+                pending.append((child, depth + 1))
+    return False
+
+
+def needs_second_look(value: dict | list, depth: int = 0) -> bool:
+    """True when a row orjson parsed may not be what the text says: a float of magnitude 2**63 or more
+    (orjson's reading of an integer beyond 64 bits) or nesting deeper than MAX_DEPTH. Such rows are
+    read again by parse_line_slow; a NaN (only that path reads one) also answers True."""
+    for item in value.values() if type(value) is dict else value:
+        kind = type(item)
+        if kind is float:
+            if not -_EXACT_FLOAT < item < _EXACT_FLOAT:
+                return True
+        elif kind is dict or kind is list:
+            if depth + 1 >= MAX_DEPTH or needs_second_look(item, depth + 1):
+                return True
+    return False
+
+
+def _second_look_any(rows: list[dict]) -> bool:
+    """needs_second_look for any of `rows`; rows whose values are all strings, ints, bools and nulls (the
+    common flat row) are told apart by the types in one pass at C speed, without a walk."""
+    kinds = set(map(type, chain.from_iterable(map(dict.values, rows))))
+    return bool(kinds & _WALKED) and any(map(needs_second_look, rows))
+
+
+_WALKED = {float, dict, list}
+
+
+def deep_line(path: str, lineno: int, raw: bytes | str, unit: str = "line") -> BadLine:
+    shown = _show(raw, 10_000) if isinstance(raw, bytes) else raw[:10_000]
+    return BadLine(path, lineno, REASON_TOO_DEEP,
+                   f"objects and lists nest more than {MAX_DEPTH} levels deep, which no training row needs; "
+                   "flatten or drop that field (or the row)", raw=shown, unit=unit)
 
 
 def _show(raw: bytes, limit: int | None = None) -> str:
@@ -164,11 +270,13 @@ def _show(raw: bytes, limit: int | None = None) -> str:
 
 
 def parse_line_slow(raw: bytes, path: str, lineno: int, unterminated: bool) -> dict | BadLine | None:
-    """Parse a line that orjson refused; returns the object, a BadLine, or None for a blank line.
+    """Parse a line that orjson refused (or read inexactly); returns the object, a BadLine, or None for
+    a blank line.
 
     orjson is strict: it refuses NaN, raw control characters and byte order marks, which
     Python's json module (and many writers built on it) produce, so those get a second chance
-    here; everything that still fails becomes a BadLine with the reason and the fix.
+    here; everything that still fails becomes a BadLine with the reason and the fix. Python's
+    json module also reads integers beyond 64 bits exactly.
     """
     try:
         text = raw.decode("utf-8")
@@ -184,6 +292,8 @@ def parse_line_slow(raw: bytes, path: str, lineno: int, unterminated: bool) -> d
         return None
     try:
         value = json.loads(text, strict=False)
+    except RecursionError:
+        return deep_line(path, lineno, raw)
     except json.JSONDecodeError as exc:
         if unterminated:
             return BadLine(
@@ -197,6 +307,8 @@ def parse_line_slow(raw: bytes, path: str, lineno: int, unterminated: bool) -> d
             f"not valid JSON ({exc.msg}: column {exc.colno}); fix or delete the line",
             raw=_show(raw),
         )
+    if too_deep(value):
+        return deep_line(path, lineno, raw)
     if _has_surrogate(value):
         return BadLine(
             path, lineno, REASON_INVALID_UNICODE,
@@ -211,10 +323,13 @@ class JsonlReader:
     """Iterate over a JSONL file in chunks of parsed rows; see the module docstring."""
 
     def __init__(self, path: str | os.PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 start: int = 0, end: int | None = None):
+                 start: int = 0, end: int | None = None, lazy: bool = False):
         """Read the whole file, or only bytes [start, end) when both fall on line starts (then
-        line numbers count from the start of that range and no sha256 is computed)."""
+        line numbers count from the start of that range and no sha256 is computed). `lazy`: a chunk
+        orjson parsed whole is yielded before the second look for inexact numbers and deep nesting
+        (JsonlChunk.settle)."""
         self.path = str(path)
+        self.lazy = lazy
         self.chunk_bytes = max(1, int(chunk_bytes))
         if os.path.isdir(self.path):
             raise InputError(f"input {self.path} is a directory; pass JSONL files or a glob such as '{self.path}/*.jsonl'")
@@ -230,63 +345,79 @@ class JsonlReader:
         self.blank_lines = 0
         self.lines = 0
 
-    def _blocks(self) -> Iterator[bytes]:
-        """Raw blocks of the file, read and hashed on a background thread."""
+    def _open(self) -> tuple[Any, Any]:
+        """(the stream of JSON Lines text, the file it reads) positioned at `start`; a reader of compressed
+        files (sft.dataprep.readers) returns the decompressing stream and reads it to its end."""
+        handle = open(self.path, "rb")  # noqa: SIM115 - closed by the reader thread
+        handle.seek(self.start)
+        return handle, handle
+
+    def _consumed(self, raw: Any, block: bytes) -> int:
+        """Bytes of the file a block stands for (the progress bar counts file bytes)."""
+        return len(block)
+
+    def _blocks(self) -> Iterator[tuple[bytes, int]]:
+        """(block, file bytes it stands for) of the text, read and hashed on a background thread."""
         try:
-            handle = open(self.path, "rb")  # noqa: SIM115 - closed by the reader thread
+            stream, raw = self._open()
         except OSError as exc:
-            raise InputError(f"cannot read input file {self.path}: {exc.strerror}") from exc
+            raise InputError(f"cannot read input file {self.path}: {exc.strerror or exc}") from exc
+        bounded = stream is raw
         blocks: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
 
         def produce() -> None:
             try:
-                with handle:
-                    handle.seek(self.start)
+                with stream, raw:
                     left = self.end - self.start
                     while not stop.is_set():
-                        block = handle.read(min(self.chunk_bytes, left)) if left > 0 else b""
-                        left -= len(block)
+                        if bounded:
+                            block = stream.read(min(self.chunk_bytes, left)) if left > 0 else b""
+                            left -= len(block)
+                        else:
+                            block = stream.read(self.chunk_bytes)
                         if block and self._digest is not None:
                             self._digest.update(block)  # hashlib releases the GIL on large blocks
+                        item = (block, self._consumed(raw, block))
                         while not stop.is_set():
                             try:
-                                blocks.put(block, timeout=0.1)
+                                blocks.put(item, timeout=0.1)
                                 break
                             except queue.Full:
                                 continue
                         if not block:
                             return
-            except OSError as exc:
-                blocks.put(InputError(f"cannot read input file {self.path}: {exc.strerror}"))
+            except (OSError, EOFError, ValueError) as exc:  # ValueError: zstandard's damaged-frame error
+                blocks.put(self._read_error(exc))
 
         thread = threading.Thread(target=produce, name="jsonl-reader", daemon=True)
         thread.start()
         try:
             while True:
-                block = blocks.get()
-                if isinstance(block, Exception):
-                    raise block
-                if not block:
+                item = blocks.get()
+                if isinstance(item, Exception):
+                    raise item
+                if not item[0]:
                     if self._digest is not None:
                         self.sha256 = self._digest.hexdigest()
                     return
-                yield block
+                yield item
         finally:
             stop.set()
             thread.join()
 
+    def _read_error(self, exc: BaseException) -> InputError:
+        return InputError(f"cannot read input file {self.path}: {getattr(exc, 'strerror', None) or exc}")
+
     def __iter__(self) -> Iterator[JsonlChunk]:
-        loads = orjson.loads
-        decode_error = orjson.JSONDecodeError
-        path = self.path
         carry = b""
         next_line = 1
+        pending = 0  # file bytes of blocks that ended inside a line
         blocks = self._blocks()
         at_end = False
         while not at_end:
-            block = next(blocks, None)
-            if block is None:
+            item = next(blocks, None)
+            if item is None:
                 at_end = True
                 data = carry
                 carry = b""
@@ -294,66 +425,82 @@ class JsonlReader:
                     break
                 pieces = data.split(b"\n")
                 unterminated_last = not data.endswith(b"\n")
+                nbytes = 0
+                if pieces and pieces[-1] == b"":
+                    pieces.pop()  # the piece after the final newline is not a line
             else:
                 # Split the block itself (no copy of it joined to the carry or cut at its last
                 # newline): the carry joins the first piece, the piece after the last newline
                 # becomes the next carry.
+                block, nbytes = item
                 pieces = block.split(b"\n")
                 if carry:
                     pieces[0] = carry + pieces[0]
-                nbytes = len(carry) + len(block)
                 carry = pieces.pop()
-                if not pieces:
-                    continue  # a line longer than a block: keep reading
-                nbytes -= len(carry)
                 unterminated_last = False
-            if at_end:
-                nbytes = len(data)
-                if pieces and pieces[-1] == b"":
-                    pieces.pop()  # the piece after the final newline is not a line
-            chunk = JsonlChunk(path=path, nbytes=nbytes)
-            count = len(pieces)
-            try:  # the usual chunk: every line a JSON object orjson takes as it is
-                values = [loads(raw) for raw in pieces]
-            except decode_error:
-                values = None
-            if values is not None and set(map(type, values)) <= {dict}:
-                chunk.rows = values
-                chunk.lines = list(range(next_line, next_line + len(values)))
-                pieces = ()  # nothing left for the line-by-line loop
-            rows, lines, bad = chunk.rows, chunk.lines, chunk.bad
-            last_index = len(pieces) - 1
-            for index, raw in enumerate(pieces):
-                lineno = next_line + index
-                if not raw or raw.isspace():
-                    chunk.blank_lines += 1
-                    continue
-                try:
-                    value = loads(raw)
-                except decode_error:
-                    value = parse_line_slow(raw, path, lineno, unterminated_last and index == last_index)
-                    if value is None:
-                        chunk.blank_lines += 1
-                        continue
-                    if isinstance(value, BadLine):
-                        bad.append(value)
-                        continue
-                if type(value) is not dict:
-                    bad.append(
-                        BadLine(
-                            path, lineno, REASON_NOT_AN_OBJECT,
-                            f"expected a JSON object per line, found a JSON {type(value).__name__}",
-                            raw=_show(raw, 10_000),
-                        )
-                    )
-                    continue
-                rows.append(value)
-                lines.append(lineno)
-            next_line += count
-            self.lines += count
+                if not pieces:
+                    pending += nbytes
+                    continue  # a line longer than a block: keep reading
+            nbytes, pending = nbytes + pending, 0
+            chunk = self._parse(pieces, next_line, unterminated_last, nbytes)
+            next_line += len(pieces)
+            self.lines += len(pieces)
             self.rows_read += chunk.rows_read
             self.blank_lines += chunk.blank_lines
             yield chunk
+
+    def _parse(self, pieces: list[bytes], next_line: int, unterminated_last: bool, nbytes: int) -> JsonlChunk:
+        """The rows of one chunk's lines (`pieces`, the first numbered `next_line`)."""
+        try:  # the usual chunk: every line a JSON object orjson takes exactly as it is
+            values = [orjson.loads(raw) for raw in pieces]
+        except orjson.JSONDecodeError:
+            values = None
+        if values is not None and set(map(type, values)) <= {dict}:
+            chunk = JsonlChunk(self.path, rows=values, lines=list(range(next_line, next_line + len(values))),
+                               nbytes=nbytes, unsettled=(pieces, next_line))
+            if not self.lazy:
+                chunk.settle()
+            return chunk
+        return _parse_lines(self.path, pieces, next_line, unterminated_last, nbytes)
+
+
+def _parse_lines(path: str, pieces: list[bytes], next_line: int, unterminated_last: bool, nbytes: int) -> JsonlChunk:
+    """The rows of a chunk's lines one by one: blank lines counted, bad ones named, inexact or deep ones read
+    again (parse_line_slow)."""
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+    chunk = JsonlChunk(path=path, nbytes=nbytes)
+    rows, lines, bad = chunk.rows, chunk.lines, chunk.bad
+    last_index = len(pieces) - 1
+    for index, raw in enumerate(pieces):
+        lineno = next_line + index
+        if not raw or raw.isspace():
+            chunk.blank_lines += 1
+            continue
+        try:
+            value = loads(raw)
+            if type(value) in (dict, list) and needs_second_look(value):
+                raise decode_error("read again", "", 0)
+        except decode_error:
+            value = parse_line_slow(raw, path, lineno, unterminated_last and index == last_index)
+            if value is None:
+                chunk.blank_lines += 1
+                continue
+            if isinstance(value, BadLine):
+                bad.append(value)
+                continue
+        if type(value) is not dict:
+            bad.append(
+                BadLine(
+                    path, lineno, REASON_NOT_AN_OBJECT,
+                    f"expected a JSON object per line, found a JSON {type(value).__name__}",
+                    raw=_show(raw, 10_000),
+                )
+            )
+            continue
+        rows.append(value)
+        lines.append(lineno)
+    return chunk
 
 
 # ---------------------------------------------------------------------------------------
@@ -361,7 +508,7 @@ class JsonlReader:
 
 
 def _json_text(value: Any) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    return value if isinstance(value, str) else dumps_exact(value).decode()
 
 
 def _parquet_writable(data_type: pa.DataType) -> bool:
@@ -373,23 +520,53 @@ def _parquet_writable(data_type: pa.DataType) -> bool:
     return True
 
 
-def values_to_array(values: list) -> pa.Array:
-    """Arrow array of Python values with the type Arrow infers (int64, double, string, struct,
-    list...); values of mixed, unrepresentable or out-of-range types become JSON text."""
+def inferred_array(values: list) -> pa.Array | None:
+    """Arrow array of Python values with the type Arrow infers (int64, double, string, struct, list...), or
+    None when they have none (mixed, unrepresentable or out-of-range types)."""
     try:
         array = pa.array(values, from_pandas=False)
         if _parquet_writable(array.type):
             return array
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError):
         pass
+    return None
+
+
+def values_to_array(values: list) -> pa.Array:
+    """Arrow array of Python values with the type Arrow infers (int64, double, string, struct,
+    list...); values of mixed, unrepresentable or out-of-range types become JSON text."""
+    array = inferred_array(values)
+    if array is not None:
+        return array
     return pa.array([None if v is None else _json_text(v) for v in values], type=pa.string())
+
+
+def exact_array(array: pa.Array, depth: int = 0) -> bool:
+    """No value of `array` (nested ones included) can be orjson's float reading of an integer beyond 64 bits
+    (a float of magnitude 2**63 or more), and it nests at most MAX_DEPTH deep: what a lazily read chunk
+    (JsonlChunk.settle) must show before its values are used without a second look."""
+    kind = array.type
+    if depth > MAX_DEPTH:
+        return False
+    if pa.types.is_floating(kind):
+        if len(array) == array.null_count:
+            return True
+        low, high = pc.min_max(array).values()
+        return -_EXACT_FLOAT < low.as_py() and high.as_py() < _EXACT_FLOAT
+    if pa.types.is_struct(kind):
+        return all(exact_array(array.field(i), depth + 1) for i in range(kind.num_fields))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return exact_array(array.flatten(), depth + 1)
+    return True
 
 
 def rows_to_table(rows: list[dict], keys: list[str] | None = None) -> pa.Table:
     """A table with one column per key (first-seen order; missing keys are null)."""
     if keys is None:
         keys = list(dict.fromkeys(k for row in rows for k in row))
-    return pa.table({k: values_to_array([row.get(k) for row in rows]) for k in keys}) if keys else pa.table({})
+    if not keys:  # rows without fields (a conversation row's other fields): no columns, but every row
+        return pa.table({"_": pa.nulls(len(rows))}).drop_columns(["_"])
+    return pa.table({k: values_to_array([row.get(k) for row in rows]) for k in keys})
 
 
 def stringify_array(array: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -478,34 +655,6 @@ class SchemaTracker:
 
 # ---------------------------------------------------------------------------------------
 # Files in and out.
-
-
-def expand_inputs(patterns: list[str]) -> list[str]:
-    """Files named by globs or paths, in order, each once; an error names a pattern that matches nothing."""
-    files: list[str] = []
-    for pattern in patterns:
-        if glob.has_magic(pattern):
-            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-            if not matches:
-                raise InputError(
-                    f"the pattern {pattern!r} matches no file (working directory {os.getcwd()}); "
-                    "check the path, and quote the pattern so the shell does not expand it"
-                )
-            files.extend(matches)
-        else:
-            if not os.path.exists(pattern):
-                raise InputError(f"input file {pattern} does not exist (working directory {os.getcwd()})")
-            if os.path.isdir(pattern):
-                raise InputError(f"input {pattern} is a directory; pass files or a glob such as '{pattern}/*.jsonl'")
-            files.append(pattern)
-    seen: set[str] = set()
-    unique = []
-    for path in files:
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
-    return unique
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:

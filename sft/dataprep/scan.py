@@ -43,7 +43,9 @@ import pyarrow.compute as pc
 
 from sft.common.errors import UserError
 from sft.dataprep.config import TASK_BYTES, PrepareConfig
-from sft.dataprep.jsonl_io import BadLine, JsonlReader, line_boundaries, rows_to_table, values_to_array
+from sft.dataprep.jsonl_io import PLACE_KEYS, BadLine, dumps_exact, exact_array, inferred_array, rows_to_table
+from sft.dataprep.layouts import REASON_BAD_MESSAGES, Layouts, Sample
+from sft.dataprep.readers import FileFormat, open_piece, plan_file
 from sft.dataprep.spill import (
     ANSWER_COLUMN,
     CONVERSATION_COLUMN,
@@ -58,17 +60,15 @@ from sft.dataprep.spill import (
 
 MESSAGES_COLUMN = "messages"
 
-# Reject reasons added by validation (parse failures come from sft.dataprep.jsonl_io).
-REASON_MISSING = "missing_field"
-REASON_NULL = "null_value"
-REASON_NOT_STRING = "not_a_string"
-REASON_EMPTY = "empty_string"
+# Reject reasons added here (parse failures come from sft.dataprep.jsonl_io, layout ones from
+# sft.dataprep.layouts).
 REASON_BAD_ID = "invalid_id"
-REASON_BAD_MESSAGES = "invalid_messages"
 REASON_TEMPLATE = "chat_template_error"
 
-# Row-local filter reasons, in the order they run.
+# Row-local filter reasons, in the order they run; the first three act on every source (--filters-for).
 ROW_FILTERS = (
+    "truncated",
+    "failed_sample_filter",
     "no_answer_after_reasoning",
     "no_final_answer",
     "no_reference_answer",
@@ -82,7 +82,32 @@ ROW_FILTERS = (
 
 
 class ConfigurationError(UserError):
-    """The data does not fit the options (e.g. rows already have a `messages` field)."""
+    """The data does not fit the options."""
+
+
+TASK_SHIFT, POSITION_SHIFT = 44, 12
+"""An order key is task << 44 | place in the task << 12 | sample: 2**20 tasks, 2**32 lines or rows per task,
+4096 samples per row (sft.dataprep.layouts.MAX_SAMPLES); in input order when sorted."""
+MAX_TASKS = 1 << (64 - TASK_SHIFT)
+
+
+def order_keys(task: int, places, elements=None) -> np.ndarray:
+    """Order keys of rows (their places in the task) and samples (their element, None or 0 for a whole row)."""
+    keys = (np.uint64(task) << np.uint64(TASK_SHIFT)) | (np.asarray(places, dtype=np.uint64) << np.uint64(POSITION_SHIFT))
+    if elements is not None:
+        keys |= np.asarray([e or 0 for e in elements], dtype=np.uint64)
+    return keys
+
+
+def order_task(order) -> np.ndarray:
+    return (np.asarray(order, dtype=np.uint64) >> np.uint64(TASK_SHIFT)).astype(np.int64)
+
+
+def order_place(order) -> tuple[np.ndarray, np.ndarray]:
+    """(place in the task, sample index) of each order key."""
+    order = np.asarray(order, dtype=np.uint64)
+    place = (order >> np.uint64(POSITION_SHIFT)) & np.uint64((1 << (TASK_SHIFT - POSITION_SHIFT)) - 1)
+    return place, order & np.uint64((1 << POSITION_SHIFT) - 1)
 
 
 @dataclass
@@ -94,6 +119,8 @@ class ScanTask:
     end: int
     filtered: bool = True
     """the quality filters act on its rows (its source is one of --filters-for)"""
+    kind: FileFormat = FileFormat("jsonl")
+    """the file's format (sft.dataprep.readers): start and end are bytes of JSON Lines, row groups of Parquet"""
 
 
 @dataclass
@@ -132,17 +159,34 @@ class TaskResult:
     """token counts of every row that reached the length filters (for the summary)"""
     template_flags: collections.Counter = field(default_factory=collections.Counter)
     """how the chat template placed those rows' replies (sft.text.chat_format outcomes and flags), rows per flag"""
+    extra_samples: int = 0
+    """samples beyond one per row: the elements of list-valued replies less one per such row"""
+    layouts: collections.Counter = field(default_factory=collections.Counter)
+    """rows per layout (flat, conversation, sharegpt); the vectorised path counts its rows as flat"""
+    unused_fields: collections.Counter = field(default_factory=collections.Counter)
+    """rows per prompt-like field left unused (sft.dataprep.layouts.PROMPT_LIKE)"""
+    renamed_messages: int = 0
+    replaced_columns: collections.Counter = field(default_factory=collections.Counter)
+    """rows per input field this run's own column (sft_num_tokens, ...) replaced"""
+    extras: np.ndarray | None = None
+    """per spilled sample, a hash of its unused prompt-like fields (0: none), for the collapse check"""
 
 
-def plan_tasks(files: list[str], task_bytes: int = TASK_BYTES, filtered: list[bool] | None = None) -> list[ScanTask]:
-    """Line-aligned byte ranges of about `task_bytes` of each file; `filtered`: per file, whether the quality
-    filters act on its rows (default: all)."""
+def plan_tasks(files: list[str], task_bytes: int = TASK_BYTES, filtered: list[bool] | None = None,
+               kinds: list[FileFormat] | None = None) -> list[ScanTask]:
+    """The pieces of each file (sft.dataprep.readers.plan_file: line-aligned byte ranges of about `task_bytes`,
+    groups of Parquet row groups, or the whole file); `filtered`: per file, whether the quality filters act on
+    its rows (default: all); `kinds`: per file, its format (default: JSON Lines)."""
     tasks = []
     for file_index, path in enumerate(files):
-        bounds = line_boundaries(path, task_bytes)
-        for start, end in zip(bounds[:-1], bounds[1:]):  # an empty file gets one empty task
+        kind = kinds[file_index] if kinds is not None else FileFormat("jsonl")
+        for start, end in plan_file(path, kind, task_bytes):  # an empty file gets one empty task
             tasks.append(ScanTask(len(tasks), file_index, path, start, end,
-                                  True if filtered is None else filtered[file_index]))
+                                  True if filtered is None else filtered[file_index], kind))
+    if len(tasks) >= MAX_TASKS:
+        from sft.dataprep.jsonl_io import InputError
+
+        raise InputError(f"the inputs make {len(tasks):,} tasks, more than {MAX_TASKS:,}: raise --task-mb")
     return tasks
 
 
@@ -162,7 +206,18 @@ def mix64(values: np.ndarray, seed: int) -> np.ndarray:
 
 
 def bucket_of(order: np.ndarray, seed: int, buckets: int) -> np.ndarray:
-    return (mix64(order, seed) % np.uint64(buckets)).astype(np.int64)
+    """The shuffle bucket of each order key: a seeded hash of (task, place, sample), the same as before samples
+    existed for a whole row (task << 32 | place), so the outputs of flat inputs do not change."""
+    order = np.asarray(order, dtype=np.uint64)
+    place, element = order_place(order)
+    with np.errstate(over="ignore"):
+        legacy = ((order >> np.uint64(TASK_SHIFT)) << np.uint64(32)) | place
+        legacy += element * np.uint64(0x9E3779B97F4A7C15)
+    return (mix64(legacy, seed) % np.uint64(buckets)).astype(np.int64)
+
+
+CACHED_TEXTS = 1 << 16
+"""Texts a hash cache keeps (prompts of neighbouring rows repeat; memory stays bounded on one-task files)."""
 
 
 class _HashCache:
@@ -176,6 +231,8 @@ class _HashCache:
     def __call__(self, text: str) -> int:
         value = self.cache.get(text)
         if value is None:
+            if len(self.cache) >= CACHED_TEXTS:  # a task that is a whole big file (gzip, a JSON array) must not grow it
+                self.cache.clear()
             digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=self.key).digest()
             value = self.cache[text] = int.from_bytes(digest, "little")
         return value
@@ -192,6 +249,12 @@ def _dedup_digest(prompt: str, response: str) -> bytes:
     """64-bit digest of a (prompt, response) pair with whitespace runs normalised."""
     text = _normalise_ws(prompt) + "\x00" + _normalise_ws(response)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
+def _id_text(ident: Any) -> str:
+    """An id as the text its problem hash is taken of, its type kept apart: "s" + the text for strings,
+    "i" + the exact digits for numbers (so 0 and "0", 2**70 and 2**70 + 1 are distinct problems)."""
+    return ("s\x1f" + ident) if isinstance(ident, str) else ("i\x1f" + str(ident))
 
 
 @dataclass
@@ -212,10 +275,14 @@ class _Item:
     flags: set[str] = field(default_factory=set)
     graded: tuple[str, str] | None = None
     """(answer, rule) found by the grader in a kept solution"""
+    element: int | None = None
+    """the sample's index in its row's list of replies"""
+    extras: int = 0
+    """hash of the row's unused prompt-like fields (0: none)"""
 
 
-_ID_TYPES = (pa.int64(), pa.float64(), pa.string(), pa.null())
-"""Arrow types of an id column whose values are all valid ids (str, int, float or missing)."""
+_ID_TYPES = (pa.int64(), pa.string(), pa.null())
+"""Arrow types of an id column the vectorised path takes (ints, strings or missing; floats go row by row)."""
 
 
 class Scanner:
@@ -228,9 +295,11 @@ class Scanner:
         self.tags = s.tags
         self.answers = answers
         self.chat = counter
+        self.layouts = Layouts(s)
         self.spill = SpillWriter(settings.spill_dir, settings.buckets, worker_id)
         self.group_hash = _HashCache(_seed_key(s.seed, "group"))
         self.prompt_hash = _HashCache(_seed_key(0, "prompt"))
+        self.extras_hash = _HashCache(_seed_key(0, "extras"))
         # No row-local filter needs the rows as Python values: chunks take the vectorised path.
         self.vectorised = not (s.require_final_answer or s.check_answers or counter is not None
                                or s.min_tokens or s.max_tokens or s.answers_only)
@@ -240,42 +309,24 @@ class Scanner:
         return self.spill.finish()
 
     # -- one task ---------------------------------------------------------------------
-    def _validate(self, path: str, line: int, row: dict) -> BadLine | None:
-        s = self.cfg
-        if s.messages_key in row:  # a conversation row: its messages are the sample
-            from sft.text.chat_format import conversation_problem
+    def _validate(self, task: ScanTask, line: int, sample: Sample, key: str | None) -> BadLine | list[dict] | None:
+        """A BadLine for a sample that cannot be trained; else its messages with reasoning joined (None for a
+        plain pair)."""
+        from sft.text.chat_format import canonical_messages, conversation_problem
 
-            problem = conversation_problem(row[s.messages_key])
-            if problem is not None:
-                return BadLine(path, line, REASON_BAD_MESSAGES, f"field {s.messages_key!r} {problem}", row=row)
-        else:
-            for key in (s.prompt_key, s.response_key):
-                value = row.get(key)
-                if type(value) is str and value and not value.isspace():
-                    continue
-                if key not in row:
-                    present = ", ".join(list(row)[:12]) or "none"
-                    flag = "--prompt-key" if key == s.prompt_key else "--response-key"
-                    return BadLine(path, line, REASON_MISSING,
-                                   f"field {key!r} is missing (fields present: {present}); fix the row or pass {flag} "
-                                   f"to name the field that holds it (or give the row a {s.messages_key!r} list)", row=row)
-                if value is None:
-                    return BadLine(path, line, REASON_NULL, f"field {key!r} is null; it must be a non-empty string", row=row)
-                if type(value) is not str:
-                    return BadLine(path, line, REASON_NOT_STRING,
-                                   f"field {key!r} is a {type(value).__name__}, not a string", row=row)
-                return BadLine(path, line, REASON_EMPTY, f"field {key!r} is empty", row=row)
-        ident = row.get(s.id_key)
+        s = self.cfg
+        ident = sample.row.get(s.id_key)
         if ident is not None and type(ident) not in (str, int, float):
-            return BadLine(path, line, REASON_BAD_ID,
-                           f"field {s.id_key!r} is a {type(ident).__name__}; an id must be a string or a number", row=row)
-        if MESSAGES_COLUMN in row and s.messages_key != MESSAGES_COLUMN:
-            raise ConfigurationError(
-                f"{path}:{line}: the row has a {MESSAGES_COLUMN!r} field, but conversations are read from "
-                f"--messages-key {s.messages_key!r} and the output's {MESSAGES_COLUMN!r} is built from them; "
-                "rename or drop that field first"
-            )
-        return None
+            return BadLine(task.path, line, REASON_BAD_ID, f"field {s.id_key!r} is a {type(ident).__name__}; an id must "
+                           "be a string or a number", row=sample.row, unit=task.kind.unit, element=sample.element)
+        if sample.messages is None:
+            return None
+        problem = conversation_problem(sample.messages)
+        if problem is not None:
+            where = f"field {key!r}" if key else "the conversation"
+            return BadLine(task.path, line, REASON_BAD_MESSAGES, f"{where} {problem}", row=sample.row,
+                           unit=task.kind.unit, element=sample.element)
+        return canonical_messages(sample.messages, self.tags)
 
     def _reference(self, row: dict) -> str | None:
         from sft.text.math_answers import reference_answer
@@ -293,21 +344,25 @@ class Scanner:
         arrays: dict[str, list] = collections.defaultdict(list)
         self.group_hash.clear()
         self.prompt_hash.clear()
-        reader = JsonlReader(task.path, chunk_bytes=self.cfg.chunk_bytes, start=task.start, end=task.end)
+        reader = open_piece(task.path, task.kind, task.start, task.end, self.cfg.chunk_bytes, lazy=True)
         for chunk in reader:
             result.nbytes += chunk.nbytes
             if progress is not None:
                 progress(chunk.nbytes)
             spilled = not chunk.bad and self.vectorised and self._spill_vectorised(task, chunk.rows, chunk.lines, arrays)
-            if not spilled and self._scan_rows(task, chunk, result, arrays):
-                break  # a bad row under --on-error fail
+            if spilled:
+                result.layouts["flat"] += len(chunk.rows)
+            else:
+                chunk.settle()  # exact values before they are read one by one
+                if self._scan_rows(task, chunk, result, arrays):
+                    break  # a bad row under --on-error fail
             if stop is not None and stop():
                 result.skipped = True
                 break
         result.lines = reader.lines
         result.rows_read = reader.rows_read
         result.blank_lines = reader.blank_lines
-        for name in ("order", "groups", "prompts", "tokens", "counted_tokens"):
+        for name in ("order", "groups", "prompts", "tokens", "counted_tokens", "extras"):
             if arrays[name]:
                 setattr(result, name, np.concatenate(arrays[name]))
         if arrays["digests"]:
@@ -316,20 +371,30 @@ class Scanner:
 
     # -- row by row ---------------------------------------------------------------------
     def _scan_rows(self, task: ScanTask, chunk, result: TaskResult, arrays: dict[str, list]) -> bool:
-        """Validate, filter and spill a chunk row by row; True when it holds a bad row under --on-error fail
-        (then `result.first_bad` is the first)."""
+        """Normalise, validate, filter and spill a chunk row by row; True when it holds a bad row under
+        --on-error fail (then `result.first_bad` is the first)."""
         bad = list(chunk.bad)
-        rows, lines = [], []
+        pending: list[tuple[int, Sample, list[dict] | None, int]] = []
         for line, row in zip(chunk.lines, chunk.rows):
-            problem = self._validate(task.path, line, row)
-            if problem is None:
-                rows.append(row)
-                lines.append(line)
-            else:
-                bad.append(problem)
-        items = self._conversations(task.path, rows, lines, result, bad) if rows else []
+            out = self.layouts.samples(row, task.path, line, task.kind.unit)
+            bad.extend(out.bad)
+            result.layouts[out.layout] += 1
+            result.extra_samples += out.expanded
+            result.renamed_messages += out.renamed
+            result.unused_fields.update(out.unused)
+            extras = self.extras_hash(dumps_exact([row[k] for k in out.unused]).decode()) if out.unused else 0
+            for reason, _ in out.dropped:  # truncation and --sample-filter act on every source
+                result.filtered[reason] += 1
+            key = self.layouts.conversation_key(row) if out.samples and out.layout != "flat" else None
+            for sample in out.samples:
+                checked = self._validate(task, line, sample, key)
+                if isinstance(checked, BadLine):
+                    bad.append(checked)
+                else:
+                    pending.append((line, sample, checked, extras))
+        items = self._conversations(task, pending, result, bad) if pending else []
         if bad:
-            bad.sort(key=lambda b: b.line)
+            bad.sort(key=lambda b: (b.line, b.element or 0))
             if self.cfg.on_error == "fail":
                 result.first_bad = bad[0]
                 return True
@@ -347,12 +412,13 @@ class Scanner:
         Gives exactly what the row-by-row path gives (same columns, types, hashes and
         spill); returns False, having changed nothing, when any row needs that path (a
         missing, null, non-string, empty or blank prompt/response, an id that is not a
-        string or number, a `messages` field), so bad rows are still found and named there.
+        string or an integer, any field a layout reads: sft.dataprep.layouts.Layouts.plain),
+        so bad rows are still found and named there.
         """
         s = self.cfg
         if not rows:
             return True
-        order_in = (np.uint64(task.index) << np.uint64(32)) | np.asarray(lines, dtype=np.uint64)
+        order_in = order_keys(task.index, lines)
         buckets = bucket_of(order_in, s.seed, self.settings.buckets)
         perm = np.argsort(buckets, kind="stable")
         # The long text columns are built in bucket order (no take of them); the others in input
@@ -364,7 +430,7 @@ class Scanner:
         table = pa.table(columns)
 
         # Hashes, computed once per distinct prompt / id; the same values as the row-by-row path.
-        prompts = columns[s.prompt_key].dictionary_encode()
+        prompts = columns[s.prompt_field].dictionary_encode()
         prompt_codes = prompts.indices.to_numpy()
         distinct_prompts = prompts.dictionary.to_pylist()
         prompt_hashes = np.array([self.prompt_hash(p) for p in distinct_prompts], dtype=np.uint64)[prompt_codes]
@@ -375,8 +441,9 @@ class Scanner:
         arrays["order"].append(order_in)
         arrays["groups"].append(groups[unsort])
         arrays["prompts"].append(prompt_hashes[unsort])
+        arrays["extras"].append(np.zeros(len(rows), dtype=np.uint64))
         if s.dedup:
-            arrays["digests"].extend(_dedup_digest(row[s.prompt_key], row[s.response_key]) for row in rows)
+            arrays["digests"].extend(_dedup_digest(row[s.prompt_field], row[s.response_field]) for row in rows)
 
         self.spill.append(table, int(order_in[0]), {GROUP_COLUMN: groups, ORDER_COLUMN: order_in[perm]}, buckets[perm])
         return True
@@ -388,11 +455,12 @@ class Scanner:
         first = rows[0]
         keys = list(first) if len(set().union(*rows)) == len(first) else list(
             dict.fromkeys(k for row in rows for k in row))
-        if MESSAGES_COLUMN in keys or s.messages_key in keys or s.prompt_key not in keys or s.response_key not in keys:
+        prompt_key, response_key = s.prompt_field, s.response_field
+        if prompt_key not in keys or response_key not in keys or not self.layouts.plain(keys):
             return None
         columns = {}
         for key in keys:
-            text = key in (s.prompt_key, s.response_key)
+            text = key in (prompt_key, response_key)
             source = ordered if text else rows
             try:
                 values = list(map(operator.itemgetter(key), source))
@@ -413,8 +481,11 @@ class Scanner:
                 if array.type not in _ID_TYPES:
                     return None
                 array = array.take(take)
-            else:
-                array = values_to_array(values).take(take)
+            else:  # mixed types, and what orjson may have read inexactly, go row by row (JsonlChunk.settle)
+                array = inferred_array(values)
+                if array is None or not exact_array(array):
+                    return None
+                array = array.take(take)
             columns[key] = array
         return columns
 
@@ -424,19 +495,19 @@ class Scanner:
         s = self.cfg
         if s.group_by == "prompt" or ids is None or ids.null_count == len(ids):
             by_prompt = np.array([self.group_hash("p\x1f" + p) for p in distinct_prompts], dtype=np.uint64)
-            groups = by_prompt[prompt_codes]
-        elif ids.null_count == 0 and ids.type != pa.float64():
+            return by_prompt[prompt_codes]
+        if ids.null_count == 0:  # all ints or all strings (_ID_TYPES)
             encoded = ids.dictionary_encode()
-            by_id = np.array([self.group_hash("i\x1f" + str(v)) for v in encoded.dictionary.to_pylist()],
-                             dtype=np.uint64)
-            groups = by_id[encoded.indices.to_numpy()]
-        else:  # some ids missing, or floats (str() of a float differs from that of an equal int)
-            groups = np.array([
-                self.group_hash("p\x1f" + row[s.prompt_key] if row.get(s.id_key) is None
-                                else "i\x1f" + str(row[s.id_key]))
-                for row in ordered
-            ], dtype=np.uint64)
-        return groups
+            by_id = np.array([self.group_hash(_id_text(v)) for v in encoded.dictionary.to_pylist()], dtype=np.uint64)
+            return by_id[encoded.indices.to_numpy()]
+        return np.array([self.group_hash(self._group_text(row[s.prompt_field], row.get(s.id_key))) for row in ordered],
+                        dtype=np.uint64)
+
+    def _group_text(self, prompt: str, ident: Any) -> str:
+        """What a problem's hash is taken of: its id with its type (7 and "7" are two problems), or its prompt."""
+        if self.cfg.group_by == "prompt" or ident is None:
+            return "p\x1f" + prompt
+        return _id_text(ident)
 
     @staticmethod
     def _all_filled(array: pa.Array) -> bool:
@@ -447,27 +518,25 @@ class Scanner:
             return True
         return all(v and not v.isspace() for v in array.filter(pa.array(~starts_visible)).to_pylist())
 
-    def _conversations(self, path: str, rows: list[dict], lines: list[int], result: TaskResult,
-                       bad: list[BadLine]) -> list[_Item]:
-        """The sample of each valid row: its messages (conversation rows; --system-prompt; replies
-        less their reasoning with --answers-only), the texts the filters and hashes use, and, with
-        --tokenizer, its exact token count. Rows the chat template refuses go to `bad`; rows left
-        with no answer by --answers-only are counted as filtered."""
-        from sft.text.chat_format import canonical_messages, split_reasoning
+    def _conversations(self, task: ScanTask, pending: list, result: TaskResult, bad: list[BadLine]) -> list[_Item]:
+        """The item of each valid sample (`pending`: line, Sample, its joined messages or None, extras hash): the
+        messages to train on (--system-prompt added; replies less their reasoning with --answers-only), the
+        texts the filters and hashes use, and, with --tokenizer, its exact token count. Samples the chat
+        template refuses go to `bad`; samples left with no answer by --answers-only are counted as filtered."""
+        from sft.text.chat_format import split_reasoning
 
         s = self.cfg
         items: list[_Item] = []
         system = [{"role": "system", "content": s.system_prompt}] if s.system_prompt is not None else []
-        for line, row in zip(lines, rows):
-            if s.messages_key in row:
-                messages = canonical_messages(row[s.messages_key], self.tags)
+        for line, sample, messages, extras in pending:
+            if messages is not None:
                 if system and messages[0]["role"] != "system":
                     messages = system + messages
-                prompt = next(m["content"] for m in messages if m["role"] == "user")
                 custom = True
             else:
-                prompt, response = row[s.prompt_key], row[s.response_key]
-                messages = system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+                row = sample.row
+                messages = system + [{"role": "user", "content": row[s.prompt_field]},
+                                     {"role": "assistant", "content": row[s.response_field]}]
                 custom = False
             if s.answers_only:
                 replies = [split_reasoning(m["content"], self.tags)[1] if m["role"] == "assistant" else None
@@ -479,25 +548,25 @@ class Scanner:
                     messages = [dict(m, content=reply) if reply is not None else m for m, reply in zip(messages, replies)]
                     custom = True
             answer = split_reasoning(messages[-1]["content"], self.tags)[1]
-            if custom:
-                head = orjson.dumps(messages[:-1]).decode()
-                items.append(_Item(row, line, prompt, answer, head, messages[-1]["content"], messages))
-            else:
-                items.append(_Item(row, line, prompt, answer, prompt, response, None))
-        if self.chat is not None and items:
-            counts, results = self.chat.count([item.messages or self._default(item) for item in items])
-            kept = []
-            for item, count, outcome in zip(items, counts, results):
-                if count is None:
-                    bad.append(BadLine(path, item.line, REASON_TEMPLATE,
-                                       f"{outcome}; fix the row's messages, or use a model whose template accepts them",
-                                       row=item.row))
-                    continue
-                item.tokens = count
-                item.flags = outcome.flags | set(outcome.outcomes)
-                kept.append(item)
-            items = kept
-        return items
+            item = _Item(sample.row, line, sample.prompt, answer,
+                         dumps_exact(messages[:-1]).decode() if custom else sample.prompt,
+                         messages[-1]["content"], messages if custom else None, element=sample.element, extras=extras)
+            items.append(item)
+        return self._count_tokens(task, items, bad) if self.chat is not None and items else items
+
+    def _count_tokens(self, task: ScanTask, items: list[_Item], bad: list[BadLine]) -> list[_Item]:
+        counts, results = self.chat.count([item.messages or self._default(item) for item in items])
+        kept = []
+        for item, count, outcome in zip(items, counts, results):
+            if count is None:
+                bad.append(BadLine(task.path, item.line, REASON_TEMPLATE,
+                                   f"{outcome}; fix the row's messages, or use a model whose template accepts them",
+                                   row=item.row, unit=task.kind.unit, element=item.element))
+                continue
+            item.tokens = count
+            item.flags = outcome.flags | set(outcome.outcomes)
+            kept.append(item)
+        return kept
 
     def _default(self, item: _Item) -> list[dict]:
         s = self.cfg
@@ -521,9 +590,11 @@ class Scanner:
                 items[i].graded = (verdict.answer, verdict.rule)
                 continue
             dropped[reasons[verdict.outcome]].append(i)
-            records.append(orjson.dumps({"file": task.path, "line": items[i].line, "reason": reasons[verdict.outcome],
-                                         "rule": verdict.rule, "answer": verdict.answer, "reference": reference,
-                                         "row": items[i].row}, option=orjson.OPT_SERIALIZE_NUMPY, default=str) + b"\n")
+            record = {"file": task.path, PLACE_KEYS[task.kind.unit]: items[i].line, "reason": reasons[verdict.outcome],
+                      "rule": verdict.rule, "answer": verdict.answer, "reference": reference, "row": items[i].row}
+            if items[i].element is not None:
+                record["sample"] = items[i].element
+            records.append(dumps_exact(record) + b"\n")
         for reason in ("no_reference_answer", "no_answer_found", "wrong_answer"):
             drop(dropped[reason], reason)
         if records:
@@ -536,7 +607,7 @@ class Scanner:
         keep, tokens = self._filter_rows(task, items, result, arrays)
         if keep:
             counts = [tokens[i] for i in keep] if tokens is not None and self.chat is not None else None
-            self._spill_items(task, [items[i] for i in keep], counts, arrays)
+            self._spill_items(task, [items[i] for i in keep], counts, arrays, result)
 
     def _filter_rows(self, task: ScanTask, items: list[_Item], result: TaskResult,
                      arrays: dict[str, list]) -> tuple[list[int], dict[int, int] | None]:
@@ -587,28 +658,21 @@ class Scanner:
                     drop([i for i in keep if too_far(tokens[i], limit)], reason)
         return keep, tokens
 
-    def _spill_items(self, task: ScanTask, kept: list[_Item], tokens: list[int] | None, arrays: dict[str, list]) -> None:
+    def _spill_items(self, task: ScanTask, kept: list[_Item], tokens: list[int] | None, arrays: dict[str, list],
+                     result: TaskResult) -> None:
         """Hash the kept items and spill them (`tokens`: their chat-template token counts, with --tokenizer)."""
         s = self.cfg
-        order = (np.uint64(task.index) << np.uint64(32)) | np.array([item.line for item in kept], dtype=np.uint64)
-        if s.group_by == "prompt":
-            groups = [self.group_hash("p\x1f" + item.prompt) for item in kept]
-        else:
-            groups = [
-                self.group_hash("p\x1f" + item.prompt if item.row.get(s.id_key) is None
-                                else "i\x1f" + str(item.row[s.id_key]))
-                for item in kept
-            ]
-        groups = np.array(groups, dtype=np.uint64)
+        order = order_keys(task.index, [item.line for item in kept], [item.element for item in kept])
+        groups = np.array([self.group_hash(self._group_text(item.prompt, item.row.get(s.id_key))) for item in kept],
+                          dtype=np.uint64)
         arrays["order"].append(order)
         arrays["groups"].append(groups)
         arrays["prompts"].append(np.array([self.prompt_hash(item.prompt) for item in kept], dtype=np.uint64))
+        arrays["extras"].append(np.array([item.extras for item in kept], dtype=np.uint64))
         if s.dedup:
             arrays["digests"].extend(_dedup_digest(item.dedup_prompt, item.response) for item in kept)
 
-        conversations = [item.messages is not None for item in kept]
-        table_rows = [{k: v for k, v in item.row.items() if k != s.messages_key} if custom else item.row
-                      for item, custom in zip(kept, conversations)]
+        table_rows = [item.row for item in kept]
         added: dict[str, Any] = {}
         if tokens is not None:
             token_array = np.array(tokens, dtype=np.int64)
@@ -618,9 +682,11 @@ class Scanner:
             graded = [item.graded or (None, None) for item in kept]  # None: a source --filters-for leaves out
             added[ANSWER_COLUMN] = pa.array([answer for answer, _ in graded], type=pa.string())
             added[RULE_COLUMN] = pa.array([rule for _, rule in graded], type=pa.string())
-        if any(conversations):
+        for name in added:  # an input field of the same name is replaced by this run's value: counted, warned
+            result.replaced_columns[name] += sum(name in row for row in table_rows)
+        if any(item.messages is not None for item in kept):
             added[CONVERSATION_COLUMN] = pa.array(
-                [orjson.dumps(item.messages).decode() if item.messages is not None else None for item in kept],
+                [dumps_exact(item.messages).decode() if item.messages is not None else None for item in kept],
                 type=pa.string())
         added.update({GROUP_COLUMN: groups, ORDER_COLUMN: order})
         self.spill.append(rows_to_table(table_rows), int(order[0]), added, bucket_of(order, s.seed, self.settings.buckets))

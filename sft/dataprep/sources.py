@@ -27,13 +27,14 @@ import hashlib
 import math
 import os
 import re
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
-from sft.dataprep.jsonl_io import InputError, expand_inputs
-from sft.dataprep.scan import mix64
+from sft.dataprep.jsonl_io import InputError
+from sft.dataprep.readers import expand_inputs
+from sft.dataprep.scan import mix64, order_place, order_task
 
 MAIN = "main"
 """The source of the positional INPUT files."""
@@ -100,6 +101,8 @@ class Sources:
     """The run's sources, in order, and the files they scan: source by source, each file once."""
 
     sources: list[Source]
+    notes: list[str] = field(default_factory=list)
+    """what the expansion of globs and directories left out (this run's outputs, files that are not data)"""
 
     @property
     def files(self) -> list[str]:
@@ -124,10 +127,11 @@ class Sources:
 
 
 def resolve_sources(inputs: Sequence[str] | Mapping[str, Sequence[str]],
-                    weights: Mapping[str, float] | None = None, filters_for: Sequence[str] | None = None) -> Sources:
-    """Each source's files (globs expanded as for INPUT), with its weight and whether the quality filters act
-    on it (`filters_for`: source names, None for all); raises InputError for a name, weight or glob that cannot
-    be used, and for a file that two sources match."""
+                    weights: Mapping[str, float] | None = None, filters_for: Sequence[str] | None = None,
+                    exclude: Collection[str] = ()) -> Sources:
+    """Each source's files (globs and directories expanded as for INPUT, `exclude`d real paths left out), with
+    its weight and whether the quality filters act on it (`filters_for`: source names, None for all); raises
+    InputError for a name, weight or glob that cannot be used, and for a file that two sources match."""
     specs = {MAIN: list(inputs)} if not isinstance(inputs, Mapping) else {k: list(v) for k, v in inputs.items()}
     weights = dict(weights or {})
     if not specs or not any(specs.values()):
@@ -144,14 +148,14 @@ def resolve_sources(inputs: Sequence[str] | Mapping[str, Sequence[str]],
         if not (math.isfinite(value) and value >= 0):
             raise InputError(f"--weight {name}={value:g}: a weight must be 0 or more (0 drops the source, 1 keeps it "
                              "as is, 2 writes every row twice)")
-    sources, owner = [], {}
+    sources, owner, notes = [], {}, []
     for name, globs in specs.items():
         if not NAME_PATTERN.fullmatch(name):
             raise InputError(f"source name {name!r}: use letters, digits, _ . - (e.g. --source self=outputs/*.jsonl)")
         if not globs:
             raise InputError(f"--source {name} has no glob: write --source {name}=GLOB")
         try:
-            files = expand_inputs(globs)
+            files = expand_inputs(globs, notes, exclude)
         except InputError as exc:
             raise (exc if name == MAIN else InputError(f"--source {name}: {exc}")) from None
         for path in files:
@@ -162,7 +166,7 @@ def resolve_sources(inputs: Sequence[str] | Mapping[str, Sequence[str]],
             owner[key] = name
         sources.append(Source(name, list(globs), float(weights.get(name, 1.0)), files,
                               filters_for is None or name in filters_for))
-    return Sources(sources)
+    return Sources(sources, notes)
 
 
 def _name_key(name: str) -> int:
@@ -172,7 +176,7 @@ def _name_key(name: str) -> int:
 @dataclass
 class RowSources:
     """Per scan task: its source, the line in its file its first line is, and its file's place among its
-    source's files; with that, an order key (task index << 32 | line in task) names a row's source and identity."""
+    source's files; with that, an order key (sft.dataprep.scan.order_keys) names a sample's source and identity."""
 
     sources: Sources
     task_source: np.ndarray
@@ -194,7 +198,7 @@ class RowSources:
 
     def source(self, order: np.ndarray) -> np.ndarray:
         """The source index of each row (by its order key)."""
-        return self.task_source[(np.asarray(order, dtype=np.uint64) >> np.uint64(32)).astype(np.int64)]
+        return self.task_source[order_task(order)]
 
     def filtered(self, order: np.ndarray) -> np.ndarray:
         """Whether the quality filters act on each row (by its order key): its source's `filtered`."""
@@ -204,15 +208,18 @@ class RowSources:
         """How many times each row (by order key) is written: floor(W) of its source's weight, plus one with
         probability frac(W), drawn from the seed and the row's source, file and line."""
         order = np.asarray(order, dtype=np.uint64)
-        task = (order >> np.uint64(32)).astype(np.int64)
+        task = order_task(order)
         source = self.task_source[task]
         weight = np.array([s.weight for s in self.sources.sources], dtype=np.float64)[source]
         whole = np.floor(weight)
         copies = whole.astype(np.int64)
         fraction = weight - whole
         if fraction.any():
-            line = (order & np.uint64(0xFFFFFFFF)) + self.task_first_line[task].astype(np.uint64)
-            identity = (self.task_file_rank[task].astype(np.uint64) << np.uint64(32)) | line
+            place, element = order_place(order)
+            line = place + self.task_first_line[task].astype(np.uint64)
+            with np.errstate(over="ignore"):  # a sample of a list of replies: its element mixed in (0 for a row)
+                identity = ((self.task_file_rank[task].astype(np.uint64) << np.uint64(32)) | line) + \
+                    element * np.uint64(0x9E3779B97F4A7C15)
             names = np.array([_name_key(s.name) for s in self.sources.sources], dtype=np.uint64)[source]
             draw = (mix64(identity ^ names, seed) >> np.uint64(11)).astype(np.float64) * 2.0**-53  # uniform [0, 1)
             copies += draw < fraction

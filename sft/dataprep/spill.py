@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from sft.dataprep.jsonl_io import SchemaTracker, conform_table, widen_type
+from sft.dataprep.jsonl_io import SchemaTracker, conform_table, dumps_exact, loads_exact, widen_type
 
 ORDER_COLUMN = "__sft_order"
 GROUP_COLUMN = "__sft_group"
@@ -71,10 +70,8 @@ class SpillWriter:
         for name in table.column_names:
             if name not in self.first_seen:
                 self.first_seen[name] = first_order
-        ours = [name for name in (TOKENS_COLUMN, *GRADING_COLUMNS) if name in table.column_names and name in added]
-        if TOKENS_COLUMN in table.column_names and TOKENS_COLUMN not in ours:
-            ours.append(TOKENS_COLUMN)
-        if ours:  # an input field of the same name is replaced by this run's value
+        ours = [name for name in added if name in table.column_names]
+        if ours:  # an input field of the same name is replaced by this run's value (the scan counts them)
             table = table.drop_columns(ours)
         for name, values in added.items():
             if not isinstance(values, pa.Array):
@@ -172,8 +169,8 @@ def merge_line_records(results: Sequence, path: Path, attribute: str) -> int:
             offset = absolute_line(results, position, 0)
             with open(getattr(result, attribute), "rb") as source:
                 for line in source:
-                    record = orjson.loads(line)
-                    record["line"] += offset
-                    out.write(orjson.dumps(record) + b"\n")
+                    record = loads_exact(line)
+                    record["line" if "line" in record else "index"] += offset
+                    out.write(dumps_exact(record) + b"\n")
                     count += 1
     return count

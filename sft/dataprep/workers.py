@@ -9,20 +9,30 @@ allows, so they inherit the loaded tokenizer and answers, which then arrive as t
 target's arguments without being pickled; spawned otherwise, which load the tokenizer again
 from `WorkerInputs.tokenizer`), hands them tasks through a queue and collects their messages:
 ("progress", bytes), ("task", TaskResult), ("done", worker, SpillInfo), and ("config" or
-"error", worker, message) when one fails. After a task reports a bad row under --on-error fail,
-later tasks are skipped.
+"error", worker, message) when one fails ("oserror" with errno, file and message for a full disk or a
+missing permission, re-raised here as the OSError it was). After a task reports a bad row under
+--on-error fail, later tasks are skipped. A worker dies with its parent, even one killed outright
+(SIGKILL): on Linux the kernel signals it (PR_SET_PDEATHSIG), elsewhere a thread of the worker watches
+its parent's pid.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import multiprocessing
 import os
 import queue
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
+from sft.common.errors import UserError
 from sft.dataprep.scan import ConfigurationError, Scanner, ScanSettings, ScanTask, TaskResult
 from sft.dataprep.spill import SpillInfo
 
@@ -50,10 +60,17 @@ class WorkerInputs:
         return WorkerInputs(self.answers, None, self.tokenizer)
 
 
+IN_PROCESS_BYTES = 64 << 20
+"""Inputs below this are scanned in this process when one worker is to scan them; larger ones in a worker
+process even then, so that what the scan leaves in the heap (Python's and Arrow's allocators keep freed
+memory) is gone before the write pass: memory stays what JSON Lines split among workers needs."""
+
+
 def scan_tasks(tasks: list[ScanTask], settings: ScanSettings, inputs: WorkerInputs, workers: int,
-               progress) -> tuple[list[TaskResult], list[SpillInfo]]:
-    """Scan every task (in this process with one worker); results in task order, spills of every worker."""
-    if workers > 1:  # the workers fork before this process starts any thread
+               progress, input_bytes: int = 0) -> tuple[list[TaskResult], list[SpillInfo]]:
+    """Scan every task (in this process with one worker and a small input); results in task order, spills of
+    every worker."""
+    if workers > 1 or input_bytes >= IN_PROCESS_BYTES:  # the workers fork before this process starts any thread
         return scan_in_workers(tasks, settings, inputs, workers, progress)
     return scan_in_process(tasks, settings, inputs, progress)
 
@@ -84,7 +101,7 @@ def _start_workers(settings: ScanSettings, inputs: WorkerInputs, workers: int):
     handed = inputs if forked else inputs.for_spawned_worker()
     processes = [
         context.Process(target=worker_main, daemon=True, name=f"prepare-data-{i}",
-                        args=(i, settings, handed, task_queue, result_queue, stop_after))
+                        args=(i, settings, handed, task_queue, result_queue, stop_after, os.getpid()))
         for i in range(workers)
     ]
     try:
@@ -129,6 +146,8 @@ def scan_in_workers(tasks, settings: ScanSettings, inputs: WorkerInputs, workers
                 done += 1
             elif kind == "config":
                 raise ConfigurationError(message[2])
+            elif kind == "oserror":
+                raise OSError(message[2], message[4], message[3])
             else:
                 raise RuntimeError(f"worker {message[1]} failed:\n{message[2]}")
     finally:
@@ -140,10 +159,36 @@ def scan_in_workers(tasks, settings: ScanSettings, inputs: WorkerInputs, workers
     return results, spills
 
 
-def worker_main(worker_id: int, settings: ScanSettings, inputs: WorkerInputs, tasks, results, stop_after) -> None:
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when `parent` ends, however it ends: the kernel's parent-death signal on Linux,
+    and on every platform a thread that checks the parent's pid every second (a parent that died before
+    the signal was set, or a platform without one)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def worker_main(worker_id: int, settings: ScanSettings, inputs: WorkerInputs, tasks, results, stop_after,
+                parent: int | None = None) -> None:
     """Entry point of a worker process: scan tasks until a None arrives, then report the spill files."""
     import traceback
 
+    if parent is not None:
+        die_with_parent(parent)
     try:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker process
         scanner = Scanner(settings, inputs.answers, inputs.load_chat(), worker_id)
@@ -168,6 +213,8 @@ def worker_main(worker_id: int, settings: ScanSettings, inputs: WorkerInputs, ta
         if pending:
             results.put(("progress", pending))
         results.put(("done", worker_id, scanner.finish()))
+    except OSError as exc:  # a full disk, a missing permission: the parent says so in one line
+        results.put(("oserror", worker_id, exc.errno or errno.EIO, exc.filename, exc.strerror or str(exc)))
     except BaseException as exc:  # report anything, the parent decides
-        kind = "config" if isinstance(exc, ConfigurationError) else "error"
+        kind = "config" if isinstance(exc, UserError) else "error"
         results.put((kind, worker_id, str(exc) if kind == "config" else traceback.format_exc()))

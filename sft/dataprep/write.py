@@ -14,6 +14,9 @@ response (or the stored conversation). Each Parquet file is written on its own t
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sft.dataprep.config import PrepareConfig
+from sft.dataprep.jsonl_io import loads_exact
 from sft.dataprep.scan import MESSAGES_COLUMN
 from sft.dataprep.spill import (
     CONVERSATION_COLUMN,
@@ -62,11 +66,12 @@ class RowsOut:
         return np.where(hit, self.repeat_copies[at], 1)
 
 
-def encoding_record(cfg: PrepareConfig, chat) -> dict:
+def encoding_record(cfg: PrepareConfig, chat, run_id: str) -> dict:
     """How the messages are to be encoded; written into each Parquet file's schema metadata
-    (chat_format.PARQUET_METADATA_KEY) so that training encodes them as this run counted them."""
-    record = {"version": 1, "template_kwargs": cfg.chat_template_kwargs or {}, "reasoning_tags": list(cfg.tags),
-              "answers_only": cfg.answers_only}
+    (chat_format.PARQUET_METADATA_KEY) so that training encodes them as this run counted them. `run_id`
+    (also manifest.json's) names the run that wrote the file: files of one run share it."""
+    record = {"version": 1, "run_id": run_id, "template_kwargs": cfg.chat_template_kwargs or {},
+              "reasoning_tags": list(cfg.tags), "answers_only": cfg.answers_only}
     if chat is not None:
         described = chat.describe()
         record.update(tokenizer=described["tokenizer"], chat_template_sha256=described["chat_template_sha256"],
@@ -91,7 +96,8 @@ def build_messages(prompts: pa.Array, responses: pa.Array, system_prompt: str | 
         roles.insert(0, "system")
     width = len(parts)
     order = (np.arange(n)[:, None] + np.arange(width)[None, :] * n).ravel()
-    contents = pa.concat_arrays(parts).take(pa.array(order))
+    contents = pa.chunked_array(parts).take(pa.array(order))  # one copy of the text: no concatenation first
+    contents = contents.chunk(0) if contents.num_chunks == 1 else contents.combine_chunks()
     role_array = pa.array(roles, type=pa.string()).take(pa.array(np.tile(np.arange(width), n)))
     items = pa.StructArray.from_arrays([role_array, contents], names=["role", "content"])
     offsets = pa.array(np.arange(0, width * n + 1, width, dtype=np.int32))
@@ -105,8 +111,8 @@ def to_output(table: pa.Table, schema: pa.Schema, cfg: PrepareConfig) -> pa.Tabl
     if conversations is not None and conversations.null_count < table.num_rows:
         messages = _mixed_messages(table, conversations, cfg)
     else:
-        prompts = table.column(cfg.prompt_key).combine_chunks()
-        responses = table.column(cfg.response_key).combine_chunks()
+        prompts = table.column(cfg.prompt_field).combine_chunks()
+        responses = table.column(cfg.response_field).combine_chunks()
         messages = build_messages(prompts, responses, cfg.system_prompt)
     columns = [messages] + [table.column(name) for name in schema.names[1:]]
     return pa.Table.from_arrays(columns, schema=schema)
@@ -116,11 +122,11 @@ def _mixed_messages(table: pa.Table, conversations: pa.ChunkedArray, cfg: Prepar
     """Messages of a slice holding conversation rows (stored as JSON) and maybe prompt/response rows."""
     names = table.column_names
     n = table.num_rows
-    prompts = table.column(cfg.prompt_key).to_pylist() if cfg.prompt_key in names else [None] * n
-    responses = table.column(cfg.response_key).to_pylist() if cfg.response_key in names else [None] * n
+    prompts = table.column(cfg.prompt_field).to_pylist() if cfg.prompt_field in names else [None] * n
+    responses = table.column(cfg.response_field).to_pylist() if cfg.response_field in names else [None] * n
     system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt is not None else []
     rows = [
-        orjson.loads(text) if text is not None else
+        loads_exact(text) if text is not None else
         system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         for text, prompt, response in zip(conversations.to_pylist(), prompts, responses)
     ]
@@ -128,14 +134,15 @@ def _mixed_messages(table: pa.Table, conversations: pa.ChunkedArray, cfg: Prepar
 
 
 def write_outputs(spills: list[SpillInfo], spill_schema: pa.Schema, schema: pa.Schema, rows_out: RowsOut,
-                  cfg: PrepareConfig, tmp_dir: Path, buckets: int, progress_factory) -> tuple[dict[str, Path], dict[str, int]]:
+                  cfg: PrepareConfig, tmp_dir: Path, buckets: int, progress_factory
+                  ) -> tuple[dict[str, Path], dict[str, int], dict[str, str]]:
     """Write train (and val) Parquet files into `tmp_dir`, bucket by bucket, deleting each bucket's
-    spill files once written; returns the files and their row counts by name."""
+    spill files once written; returns the files, their row counts and their sha256 by name."""
     outputs = {"train": tmp_dir / "train.parquet"}
     if rows_out.threshold is not None:
         outputs["val"] = tmp_dir / "val.parquet"
     compression = None if cfg.compression == "none" else cfg.compression
-    text = {f"{MESSAGES_COLUMN}.list.element.content", cfg.prompt_key, cfg.response_key}
+    text = {f"{MESSAGES_COLUMN}.list.element.content", cfg.prompt_field, cfg.response_field}
     # Dictionary encoding and min/max statistics help small repeated values (ids, roles),
     # not long unique texts: there they only cost time (about 6% of the write).
     indexed = [path for path in _leaf_paths(schema) if path not in text]
@@ -156,7 +163,7 @@ def write_outputs(spills: list[SpillInfo], spill_schema: pa.Schema, schema: pa.S
         errors = [error for error in (writer.close() for writer in writers.values()) if error is not None]
     if errors:
         raise errors[0]
-    return outputs, rows
+    return outputs, rows, {name: writer.sha256 for name, writer in writers.items()}
 
 
 def _write_bucket(bucket: int, table: pa.Table, schema: pa.Schema, rows_out: RowsOut, cfg: PrepareConfig,
@@ -197,6 +204,53 @@ def _leaf_paths(schema: pa.Schema) -> list[str]:
     return [p for f in schema for p in walk(f.name, f.type)]
 
 
+class _TailHasher:
+    """The sha256 of a file being written (the manifest records each output's), taken on a thread of its own
+    that reads what the writer has appended so far: the Parquet writer keeps writing to its own native file
+    (no Python file object, no copy, no GIL), and hashing overlaps its compression. A Parquet writer only
+    appends, and bytes below the file's size are written."""
+
+    BLOCK = 8 << 20
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.digest = hashlib.sha256()
+        self.done = 0
+        self.closing = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"sha256-{path.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        # Below the writers in priority: the train writer is what the run waits for (Linux: nice is per thread)
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        try:
+            buffer = memoryview(bytearray(self.BLOCK))  # one buffer, read into again and again
+            with open(self.path, "rb", buffering=0) as handle:
+                while True:
+                    final = self.closing.is_set()  # read before the size: the writer had closed by then
+                    size = os.fstat(handle.fileno()).st_size
+                    while self.done < size:
+                        handle.seek(self.done)
+                        count = handle.readinto(buffer[: min(self.BLOCK, size - self.done)])
+                        self.digest.update(buffer[:count])  # hashlib releases the GIL on large buffers
+                        self.done += count
+                    if final:
+                        return
+                    self.closing.wait(0.05)
+        except OSError as exc:
+            self.error = exc
+
+    def finish(self) -> str:
+        """The sha256, once the writer has closed the file."""
+        self.closing.set()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.digest.hexdigest()
+
+
 class _WriterThread:
     """A Parquet file written on its own thread, so compressing one slice overlaps preparing the
     next (and train overlaps val): Arrow's C++ code releases the GIL."""
@@ -204,6 +258,7 @@ class _WriterThread:
     def __init__(self, path: Path, schema: pa.Schema, compression: str | None, indexed: list[str]):
         self.writer = pq.ParquetWriter(str(path), schema, compression=compression, use_dictionary=indexed,
                                        write_statistics=indexed)
+        self.hasher = _TailHasher(path)
         self.pending: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"write-{path.name}", daemon=True)
@@ -225,5 +280,12 @@ class _WriterThread:
     def close(self) -> BaseException | None:
         self.pending.put(None)
         self.thread.join()
-        self.writer.close()
+        try:
+            self.writer.close()
+        except OSError as exc:  # a full disk shows here too
+            self.error = self.error or exc
+        try:
+            self.sha256 = self.hasher.finish()
+        except OSError as exc:
+            self.error = self.error or exc
         return self.error
