@@ -426,20 +426,30 @@ class ChatFormat:
         at = full.index(_REPLY)
         head, self.closing = full[:at], full[at + len(_REPLY):]
         common = _common_prefix(prompt, head)
-        if common == len(prompt):
-            self.opening, self.scaffold = "", head[len(prompt):]
-        elif common == len(head):
-            self.opening, self.scaffold = prompt[len(head):], ""
-        else:
-            raise TemplateError(f"the chat template of {self.name} ends its generation prompt with "
-                                f"{prompt[common:]!r} but starts a reply with {head[common:]!r}; a model could not be "
-                                "prompted the way it is trained. Use a template whose generation prompt begins its replies")
+        diverges = common not in (len(prompt), len(head))
+        if diverges:  # the prompt opens a reasoning block where a reply writes its own (checked below)
+            common = self._token_boundary(prompt, common)
+        self.opening, self.scaffold = prompt[common:], head[common:]
         # What add_generation_prompt adds (Phi-3.5 ends the render without it with EOS instead).
         self.generation_prompt = prompt[_common_prefix(prompt, self.render(user, False)):]
         self.reasoning = probe_reasoning(self.render, user, prompt, self.scaffold, self.reasoning_tags, self._added,
                                          self.tokenizer.chat_template, {**self.template_kwargs, **self.render_defaults})
+        if diverges and not (self._only_tags(self.opening) and self._only_tags(self.scaffold)):
+            raise TemplateError(f"the chat template of {self.name} ends its generation prompt with "
+                                f"{self.opening!r} but starts a reply with {self.scaffold!r}; a model could not be "
+                                "prompted the way it is trained. Use a template whose generation prompt begins its replies")
         self.stop_token, self.end_of_turn_source = self._find_stop_token(user, stop_token)
         self.end_of_turn, self.after_end_of_turn = self._end_of_turn(self.closing)
+
+    def _token_boundary(self, text: str, at: int) -> int:
+        """`at` moved back to the start of the line or added token it falls in or right after (where a
+        prompt that opens `<think>\n` and a reply that starts `<think></think>` part)."""
+        start = text.rfind("\n", 0, at) + 1
+        for token in self._added:
+            found = text.rfind(token, 0, at)
+            if found >= 0 and found + len(token) >= at:
+                start = max(start, found)
+        return start
 
     def _neutral_variables(self, user: list[dict]) -> dict:
         """Template variables the template needs and nothing passes, with neutral values (tools=[] for a
@@ -608,11 +618,12 @@ class ChatFormat:
             raise TemplateError(self._closed_prompt_refusal(history))
         opened = fmt.opened(prompt)
         carrier = fmt.carrier if (reasoning is not None and not unclosed and fmt.carrier is not None
-                                  and fmt.carrier.kind != "inline" and fmt.own_tags()) else None
-        if carrier is not None:  # the data's tags are not the model's: the template writes the reasoning its way
+                                  and fmt.carrier.kind != "inline") else None
+        if carrier is not None:  # the template reads the reasoning apart and writes it its own way
             message = carrier.message(reasoning, answer, self.reasoning_tags)
-            pieces = [reasoning, answer]
-            flags.add(FLAG_OWN_FORMAT)
+            pieces = [reasoning.strip(), answer.strip()]
+            if fmt.own_tags():
+                flags.add(FLAG_OWN_FORMAT)
         else:
             message = {"role": "assistant", "content": content}
             pieces = [self._without_opening(content, opened) if opened else content]
@@ -627,6 +638,10 @@ class ChatFormat:
             if opened:
                 inner = self._without_opening(inner, opened)
             placed = _placed(pieces, inner)
+            if placed is not None and carrier is None and reasoning is not None and not unclosed:
+                lead = inner[: inner.find(pieces[0])] if placed == OUTCOME_TEMPLATE else ""
+                if lead and self._only_tags(lead):  # an empty block the template writes before every reply
+                    inner = inner[len(lead):]
             if placed is not None:
                 if placed == OUTCOME_TEMPLATE and carrier is None and inner != pieces[0]:
                     flags.add(FLAG_TEMPLATE_TEXT)

@@ -58,6 +58,9 @@ class Carrier:
     field: str | None = None
 
     def message(self, reasoning: str, answer: str, tags: Sequence[str]) -> dict:
+        """An assistant message with `reasoning` and `answer` in this carrier (the whitespace that laid them
+        out around the data's tags is not part of either: the template lays them out its own way)."""
+        reasoning, answer = reasoning.strip(), answer.lstrip()
         if self.kind == "field":
             return {"role": "assistant", "content": answer, self.field: reasoning}
         if self.kind == "chunks":
@@ -309,6 +312,9 @@ def probe_reasoning(render, user: list[dict], prompt: str, answer_opening: str, 
         if found is not None:
             carrier, (opening, closing) = candidate, found
             break
+    core = answer_opening.strip()
+    if carrier is not None and core and opening.strip().startswith(core) and opening.strip() != core:
+        opening = opening[opening.index(core) + len(core):]  # an empty block the template writes before every reply
     tags = (opening.strip(), closing.strip())
     if carrier is not None and not tags[0]:
         tags = (_prompt_opening(prompt, data_tags, added), tags[1])
@@ -346,7 +352,7 @@ def _pick(kind: str, name: str, states: dict, default: str) -> Switch | None:
     def first(wanted):
         return next((v for v, s in states.items() if s == wanted), None)
 
-    if first(OPENS) is None and first(CLOSES) is None:
+    if all(s in (default, None) for s in states.values()) or (first(OPENS) is None and first(CLOSES) is None):
         return None
     on = first(OPENS) if first(OPENS) is not None else first(NEUTRAL) if default == CLOSES else None
     off = first(CLOSES) if first(CLOSES) is not None else first(NEUTRAL) if default == OPENS else None
