@@ -70,7 +70,7 @@ def encoding_record(cfg: PrepareConfig, chat) -> dict:
     if chat is not None:
         described = chat.describe()
         record.update(tokenizer=described["tokenizer"], chat_template_sha256=described["chat_template_sha256"],
-                      text_encoder=described["text_encoder"])
+                      text_encoder=described["text_encoder"], **chat.recorded_settings())
     return record
 
 

@@ -581,11 +581,10 @@ class ChatFormat:
         canon = [{"role": m["role"], "content": m["content"]} for m in messages]
         return self.render(self._with_toggle(canon, toggle) if toggle else canon, True, extra)
 
-    def split_reply(self, text: str, prompt: str = "") -> tuple[str | None, str]:
-        """(reasoning, answer) of a generated reply in the model's own format (its delimiters, channels);
-        `prompt`: the generation prompt it followed (a prompt that opened the reasoning makes an
-        unclosed reply all reasoning)."""
-        return self.reasoning.split(text, prompt_opened=bool(self.reasoning.opened(prompt)))
+    def split_reply(self, text: str) -> tuple[str | None, str]:
+        """(reasoning, answer) of a generated reply in the model's own format (its delimiters, channels;
+        see ReasoningFormat.split): what evaluation grades is the answer."""
+        return self.reasoning.split(text)
 
     # -- one conversation ---------------------------------------------------------------
     def _without_opening(self, text: str, opening: str) -> str:
@@ -675,10 +674,16 @@ class ChatFormat:
         return self._finish(scaffold + text, end_of_turn, after, OUTCOME_INSERTED, flags, opened)
 
     def _closed_prompt_refusal(self, history: list[dict]) -> str:
-        switch = self.reasoning.switch
-        forced = sorted(set(self.template_kwargs) & ({switch.name} if switch and switch.kind == "variable" else set()))
+        forced = False
+        if self.template_kwargs:  # would the template's own default let the model reason?
+            try:
+                default = self.tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True,
+                                                             **self.render_defaults)
+                forced = self.reasoning.state(default) != CLOSES
+            except Exception:  # noqa: BLE001 - the template needs the user's settings to render at all
+                forced = False
         if forced:
-            why = f"--chat-template-kwargs sets {', '.join(f'{k}={self.template_kwargs[k]!r}' for k in forced)}"
+            why = f"--chat-template-kwargs sets {', '.join(f'{k}={v!r}' for k, v in self.template_kwargs.items())}"
             fix = "drop it from --chat-template-kwargs, or remove the reasoning (prepare_data --answers-only)"
         else:
             why = "and it has no setting that opens it"

@@ -141,26 +141,25 @@ class ReasoningFormat:
             "switch": self.switch.describe() if self.switch else None,
         }
 
-    def split(self, text: str, prompt_opened: bool = False) -> tuple[str | None, str]:
+    def split(self, text: str) -> tuple[str | None, str]:
         """(reasoning, answer) of a generated reply in this format: the answer follows the last closing
-        delimiter (the model's or the data's); a reply that opened reasoning (or followed a prompt that
-        did) and never closed it is all reasoning; otherwise the answer is the text less a leading
-        answer header (an empty reasoning block, a final-channel header). Special-token text left
-        around the answer (a channel header, an end marker) is the caller's to strip."""
-        for opening, closing in dict.fromkeys([self.tags, tuple(t.strip() for t in self.data_tags)]):
+        delimiter (the model's, else the data's); a reply that opens reasoning and never closes it is all
+        reasoning; otherwise the whole reply is the answer, less a leading answer header (an empty
+        reasoning block, a final-channel header). An empty reasoning block is no reasoning (None)."""
+        tag_pairs = dict.fromkeys([self.tags, tuple(t.strip() for t in self.data_tags)])
+        for opening, closing in tag_pairs:
             at = text.rfind(closing)
             if at >= 0:
                 reasoning = text[:at]
                 start = reasoning.find(opening)
                 if start >= 0:
                     reasoning = reasoning[start + len(opening):]
-                return reasoning.strip(), _after_header(text[at + len(closing):], self.answer_opening).strip()
+                answer = _after_header(text[at + len(closing):], self.answer_opening).strip()
+                return reasoning.strip() or None, answer
         stripped = text.lstrip()
-        if prompt_opened or stripped.startswith(self.tags[0]) or stripped.startswith(self.data_tags[0].strip()):
-            for opening in (self.tags[0], self.data_tags[0].strip()):
-                if stripped.startswith(opening):
-                    stripped = stripped[len(opening):]
-            return stripped.strip(), ""
+        for opening, _ in tag_pairs:
+            if stripped.startswith(opening):
+                return stripped[len(opening):].strip() or None, ""
         return None, _after_header(text, self.answer_opening).strip()
 
 
