@@ -249,3 +249,48 @@ def test_training_refuses_a_tokenizer_whose_reasoning_mechanism_differs_from_the
     other.chat_template = (ASSETS / "ministral-3-reasoning.jinja").read_text(encoding="utf-8")
     with pytest.raises(ValueError, match="reasoning format"):
         ChatTemplateSFTDataset(str(tmp_path / "out" / "train.parquet"), other, {"max_length": 4096})
+
+
+@pytest.mark.parametrize("family", ["gpt-oss-120b", "deepseek-v3.1", "glm-4.6"])
+def test_evaluation_prompts_as_training_did_and_grades_the_answer_of_the_models_own_format(family, family_dirs,
+                                                                                           tmp_path):
+    from sft.generation.backend import Replies, prompt_settings
+    from sft.generation.grading import grade
+    from sft.generation.problems import load_samples
+
+    source = tmp_path / "rows.jsonl"
+    source.write_text(json.dumps({"id": 0, "prompt": PROMPT, "generated_solution": THINKING}) + "\n")
+    prepare_data([str(source)], tmp_path / "out", PrepareConfig(val_split=0.0, tokenizer=str(family_dirs[family]),
+                                                                progress=False, workers=1))
+    train = tmp_path / "out" / "train.parquet"
+    samples = load_samples(train)
+    settings, reasoning, recorded = prompt_settings(train, None, "auto", [s.solution for s in samples])
+    assert reasoning and recorded["reasoning_prompt"] == "on" and recorded["chat_settings"] == str(train)
+    tokenizer = AutoTokenizer.from_pretrained(family_dirs[family])
+    replies = Replies(tokenizer, settings, reasoning)
+    item = ChatTemplateSFTDataset(str(train), tokenizer, {"max_length": 4096, "pad_mode": "no_padding"})[0]
+    ids, mask = item["input_ids"].tolist(), item["loss_mask"].tolist()
+    (start, end), = _spans(mask)
+    assert replies.prompt_ids([samples[0].messages]) == [ids[:start]], "evaluation prompts otherwise than training"
+    # The model writes what it was trained on; the stop token ends it (generation drops it before decoding).
+    generated = ids[start:end - 1]
+    assert tokenizer.convert_ids_to_tokens(ids[end - 1]) in (replies.chat.stop_token, tokenizer.eos_token,
+                                                            replies.chat.end_of_turn.strip())
+    generation = replies.make(generated, False)
+    assert generation.answer == ANSWER, _decode(tokenizer, generated)
+    # The output as recorded (results.jsonl, generate's samples): reasoning in the data's tags where the model
+    # writes its own (a channel would not survive decoding), else as decoded.
+    decoded = tokenizer.decode(generated, skip_special_tokens=True)
+    assert generation.text == (THINKING if replies.chat.reasoning.own_tags() else decoded), generation.text
+    assert grade(samples[0], generation)["correct"]
+    assert not prompt_settings(train, None, "off", [])[1]
+
+
+def test_reasoning_prompt_follows_most_reference_solutions_unless_told():
+    from sft.generation.backend import reasoning_prompt
+
+    tags = ("<think>", "</think>")
+    assert reasoning_prompt("auto", [THINKING, THINKING, PLAIN], tags)
+    assert not reasoning_prompt("auto", [PLAIN, PLAIN, THINKING], tags)
+    assert reasoning_prompt("auto", [None, None], tags)
+    assert not reasoning_prompt("off", [THINKING], tags) and reasoning_prompt("on", [PLAIN], tags)

@@ -297,6 +297,24 @@ def _generation_stop_tokens(tokenizer) -> list[str]:
     return [decoder[i].content for i in ids if i in decoder]
 
 
+def read_encoding_record(path) -> dict | None:
+    """The encoding record sft/prepare_data.py wrote into a Parquet file's schema metadata
+    (PARQUET_METADATA_KEY: template kwargs, reasoning tags, text encoder, stop token, the template's
+    reasoning mechanism), or None."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    raw = (pq.read_schema(path).metadata or {}).get(PARQUET_METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _first_line(exc: BaseException) -> str:
     """An exception's first line without its closing full stop (an ellipsis stays)."""
     text = str(exc).strip()

@@ -28,24 +28,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # loaded by file path (verl's load_extern_object): make `import sft.x` work
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sft.text.chat_format import PARQUET_METADATA_KEY as METADATA_KEY
 from sft.text.chat_format import ChatFormat, ConversationError, TemplateError
+from sft.text.chat_format import read_encoding_record as read_encoding_metadata
 from sft.text.chat_tokens import TEXT_ENCODER_TIKTOKEN
-
-
-def read_encoding_metadata(path: str | os.PathLike) -> dict | None:
-    """The encoding record prepare_data wrote into a Parquet file, or None."""
-    import pyarrow.parquet as pq
-
-    metadata = pq.read_schema(path).metadata or {}
-    raw = metadata.get(METADATA_KEY)
-    if raw is None:
-        return None
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def _plain(value):
