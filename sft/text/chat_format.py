@@ -16,14 +16,29 @@ What is trained, for every assistant turn of a conversation:
 - context (loss off): the template's rendering of the messages before the turn with
   add_generation_prompt=True, system and date headers included: the exact prompt the model is
   given at inference;
-- trained (loss on): the turn's content as given, reasoning included, in the template's own
-  format (its whitespace rules, an empty reasoning block it adds), then the template's
-  end-of-turn text up to and including its first special token (`<|im_end|>`, `<|eot_id|>`,
-  `<end_of_turn>`, `</s>`, ...). What the template writes after that (a newline, Phi-3.5's
-  final EOS) follows with loss off;
+- trained (loss on): the turn's content as given, reasoning included, in the model's own format
+  (its whitespace rules, an empty reasoning block it adds, its own reasoning delimiters or
+  channel), then the template's end-of-turn text up to and including its first special token
+  (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `</s>`, gpt-oss's `<|return|>`...). What the
+  template writes after that (a newline, Phi-3.5's final EOS) follows with loss off. A template
+  that closes replies with no special token (GLM-4.5/4.6, where the next role's `<|user|>`
+  follows) has the token the model must emit to stop trained after the reply: one of the
+  generation config's eos_token_id (the next turn's opening token when it is one), else the next
+  turn's opening token (`describe()["end_of_turn_source"]`);
 - where the generation prompt already opens the reasoning (`<|im_start|>assistant\\n<think>\\n`),
   the reply's own opening `<think>` is not repeated: the trained part starts right after the
   prompt, so no part of the reply is untrained and no token appears twice.
+
+The reasoning (`<think>...</think>` in the content, or a reasoning_content / thinking / reasoning
+key) is handed to the template the way the template reads it, found by probes in
+sft/text/reasoning_format.py: a message field (gpt-oss's `thinking`, written in its analysis
+channel; `reasoning_content` of Qwen3, GLM, Seed-OSS), content chunks (`[THINK]` of Mistral's
+reasoning models), or the content's own tags. Where the template has a thinking switch (a
+variable such as DeepSeek-V3.1's `thinking`, or a `/no_think` system-prompt toggle) and its
+default generation prompt contradicts a conversation (closes the reasoning of one that has some,
+opens it for one that has none), the conversation is rendered with the switch set the other way
+(`_setting`); `prompt()` gives evaluation the same prompt, `split_reply()` splits a generated reply
+in the model's format.
 
 How, with no table of model families: for each turn the template renders the prompt (with the
 generation prompt) and the prompt followed by the reply. When the second starts with the first
@@ -39,7 +54,9 @@ render with placeholders. Every text piece is tokenized on its own (sft.text.cha
 context tokens are exactly the tokens of the rendered prompt.
 
 A template that cannot render a conversation raises TemplateError with one line: which
-template, what it refused and what to do.
+template, what it refused and what to do; so does a generation prompt that closes the reasoning
+of a reply that has some (a forced --chat-template-kwargs). Variables a template needs and
+nothing passes (tools it iterates over) get neutral values (`render_defaults`).
 """
 
 from __future__ import annotations
@@ -875,6 +892,10 @@ def main(argv: list[str] | None = None) -> int:
         print(chat.explain(messages, limit=1 << 30 if args.full else 200))
         ids, mask = chat.encode(messages)
         print(f"{len(ids):,} tokens, {sum(mask):,} trained; turns: {', '.join(encoding.outcomes)}")
+        reasoning = chat.reasoning.describe()
+        print(f"reasoning: {reasoning['carrier']}; generation prompt {reasoning['generation_prompt']}"
+              + (f"; switch {reasoning['switch']}" if reasoning["switch"] else "")
+              + f"; end of turn {chat.end_of_turn!r} ({chat.end_of_turn_source})")
         for flag in sorted(encoding.flags):
             print(f"note: {FLAG_EXPLANATIONS.get(flag, flag)}")
     except (TemplateError, ConversationError, OSError, ValueError) as exc:
