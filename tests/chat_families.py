@@ -41,6 +41,18 @@ _RSTRIP = {
 }
 
 
+def trained_spans(mask) -> list[tuple[int, int]]:
+    """(start, end) of each run of trained tokens in a loss mask."""
+    spans, start = [], None
+    for i, m in enumerate(list(mask) + [0]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
 def family_spec(family: str) -> dict:
     spec = json.loads((ASSETS / f"{family}.json").read_text(encoding="utf-8"))
     spec["chat_template"] = (ASSETS / f"{family}.jinja").read_text(encoding="utf-8")

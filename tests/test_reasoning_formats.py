@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from chat_families import ASSETS, NEEDS_VARIABLES, REASONING_FAMILIES, family_spec, save_family_tokenizer
+from chat_families import (ASSETS, NEEDS_VARIABLES, REASONING_FAMILIES, family_spec, save_family_tokenizer,
+                           trained_spans)
 from sft.prepare_data import PrepareConfig, prepare_data
 from sft.text.chat_format import PARQUET_METADATA_KEY, ChatFormat, TemplateError
 from sft.verl_plugins.sft_dataset import ChatTemplateSFTDataset
@@ -100,17 +101,6 @@ def _decode(tokenizer, ids) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def _spans(mask) -> list[tuple[int, int]]:
-    spans, start = [], None
-    for i, m in enumerate(list(mask) + [0]):
-        if m and start is None:
-            start = i
-        elif not m and start is not None:
-            spans.append((start, i))
-            start = None
-    return spans
-
-
 def _prompt_ids(tokenizer, family: str, reasoning: bool) -> list[int]:
     """The generation prompt's ids as transformers renders them with the row's setting."""
     setting = dict(SETTINGS.get(family, ({}, {}))[reasoning])
@@ -145,7 +135,7 @@ def test_plain_and_reasoning_replies_train_the_models_own_format_after_its_exact
     tokenizer, chat = formats[family]
     for reasoning, response in ((False, PLAIN), (True, THINKING)):
         ids, mask = chat.encode(_conversation(response))
-        (start, end), = _spans(mask)
+        (start, end), = trained_spans(mask)
         trained = _decode(tokenizer, ids[start:end])
         assert trained == TRAINED[family][reasoning], (
             f"{family}, {'reasoning' if reasoning else 'plain'} reply: trained {trained!r}, "
@@ -176,12 +166,12 @@ def test_earlier_turns_continue_the_sequence_each_turn_ending_with_the_trained_s
                     {"role": "user", "content": "And 5 + 5?"}, {"role": "assistant", "content": "10"}]
     tokenizer, chat = formats["glm-4.6"]  # closes no reply: <|user|> is trained as the stop token
     ids, mask = chat.encode(conversation)
-    trained = [_decode(tokenizer, ids[a:b]) for a, b in _spans(mask)]
+    trained = [_decode(tokenizer, ids[a:b]) for a, b in trained_spans(mask)]
     assert trained == ["\n<think>2 + 3 = 5.</think>\n5<|user|>", "\n<think></think>\n10<|user|>"], trained
     assert _decode(tokenizer, ids).startswith(_decode(tokenizer, _prompt_ids(tokenizer, "glm-4.6", False))[:10])
     tokenizer, chat = formats["gpt-oss-120b"]  # earlier turns end <|end|> without their analysis, the last <|return|>
     ids, mask = chat.encode(conversation)
-    trained = [_decode(tokenizer, ids[a:b]) for a, b in _spans(mask)]
+    trained = [_decode(tokenizer, ids[a:b]) for a, b in trained_spans(mask)]
     assert trained == ["<|channel|>analysis<|message|>2 + 3 = 5.<|end|><|start|>assistant<|channel|>final<|message|>"
                        "5<|return|>", "<|channel|>final<|message|>10<|return|>"], trained
     assert "history_rendered_differently" in chat.segments(conversation).flags
@@ -191,7 +181,7 @@ def test_a_forced_setting_that_closes_the_reasoning_refuses_reasoning_rows_in_on
     tokenizer, _ = formats["glm-4.6"]
     chat = ChatFormat(tokenizer, template_kwargs={"enable_thinking": False})
     ids, mask = chat.encode(_conversation(PLAIN))
-    assert _decode(tokenizer, ids[_spans(mask)[0][0]:]) == f"\n{A}<|user|>"
+    assert _decode(tokenizer, ids[trained_spans(mask)[0][0]:]) == f"\n{A}<|user|>"
     with pytest.raises(TemplateError) as refused:
         chat.encode(_conversation(THINKING))
     message = str(refused.value)
@@ -205,7 +195,7 @@ def test_a_template_that_needs_variables_gets_neutral_ones(formats):
         tokenizer.apply_chat_template(_conversation(PLAIN), tokenize=False)
     assert chat.render_defaults == {"tools": []}
     ids, mask = chat.encode(_conversation(PLAIN))
-    assert _decode(tokenizer, ids[_spans(mask)[0][0]: _spans(mask)[0][1]]) == f"{A}<|im_end|>"
+    assert _decode(tokenizer, ids[trained_spans(mask)[0][0]: trained_spans(mask)[0][1]]) == f"{A}<|im_end|>"
 
 
 @pytest.mark.parametrize("family", ["gpt-oss-120b", "deepseek-v3.1", "glm-4.6", "nemotron-nano-v2"])
@@ -235,7 +225,7 @@ def test_prepared_data_records_the_settings_and_training_trains_what_was_counted
         item = dataset[index]
         ids, mask = item["input_ids"].tolist(), item["loss_mask"].tolist()
         assert len(ids) == row["sft_num_tokens"]
-        (start, end), = _spans(mask)
+        (start, end), = trained_spans(mask)
         reasoning = row["generated_solution"] == THINKING
         assert _decode(tokenizer, ids[start:end]) == TRAINED[family][reasoning], row["generated_solution"]
 
@@ -270,7 +260,7 @@ def test_evaluation_prompts_as_training_did_and_grades_the_answer_of_the_models_
     replies = Replies(tokenizer, settings, reasoning)
     item = ChatTemplateSFTDataset(str(train), tokenizer, {"max_length": 4096, "pad_mode": "no_padding"})[0]
     ids, mask = item["input_ids"].tolist(), item["loss_mask"].tolist()
-    (start, end), = _spans(mask)
+    (start, end), = trained_spans(mask)
     assert replies.prompt_ids([samples[0].messages]) == [ids[:start]], "evaluation prompts otherwise than training"
     # The model writes what it was trained on; the stop token ends it (generation drops it before decoding).
     generated = ids[start:end - 1]

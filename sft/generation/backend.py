@@ -178,7 +178,8 @@ def prompt_settings(data_path: str | os.PathLike, chat_settings: str | os.PathLi
     settings = read_chat_settings(source)
     if chat_settings is not None and settings is None:
         raise GenerationError(f"--chat-settings {chat_settings}: not a Parquet file written by sft/prepare_data.py "
-                              "(its schema has no chat template record). Pass the train.parquet the model was trained on.")
+                              "(its schema has no chat template record). Pass the train.parquet the model was "
+                              "trained on.")
     if choice not in REASONING_CHOICES:
         raise GenerationError(f"--reasoning must be one of {', '.join(REASONING_CHOICES)}, not {choice!r}")
     tags = tuple((settings or {}).get("reasoning_tags") or REASONING_TAGS)
@@ -368,7 +369,8 @@ def _vllm_outputs(llm, tokenizer, prompts: list[list[int]], *, stop_ids: set[int
         generations = []
         for completion in sorted(output.outputs, key=lambda c: c.index):
             kept, stopped = _split_at_stop(list(completion.token_ids), stop_ids)
-            generations.append(_generation(replies, tokenizer, kept, completion.finish_reason == "length" and not stopped))
+            truncated = completion.finish_reason == "length" and not stopped
+            generations.append(_generation(replies, tokenizer, kept, truncated))
         results.append(generations)
     if bar is not None:
         bar.update(sum(len(g) for g in results))

@@ -8,8 +8,9 @@ sample's `correct`). Usage (as a library):
     majority_vote(["1/2", "0.5", "3"])         # -> (0, 2): answers grouped by math-verify equivalence
 
 Correctness is sft/text/math_answers.py's `grade` of what the output concludes after its reasoning
-(written in the model's own format: its tags, its analysis channel; see Generation.answer); whether it states a final answer in a standard form is recorded apart
-(`has_final_answer`), so format never passes for correctness.
+(written in the model's own format: its tags, its analysis channel; see Generation.answer); whether
+it states a final answer in a standard form is recorded apart (`has_final_answer`), so format never
+passes for correctness.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from sft.text.reasoning_format import CLOSES, OPENS, REASONING_FIELDS
+from sft.text.reasoning_format import CLOSES, OPENS, REASONING_FIELDS, common_prefix, split_at_tags
 
 REASONING_TAGS = ("<think>", "</think>")
 """The reasoning delimiters of Qwen3, QwQ, DeepSeek-R1 and their distills (configurable)."""
@@ -151,18 +151,10 @@ def split_reasoning(content: str, tags: Sequence[str] = REASONING_TAGS) -> tuple
     """(reasoning, answer) of a reply: the answer is what follows the last closing tag (leading
     whitespace removed); a reply that opens reasoning and never closes it is all reasoning; a
     reply with neither tag is all answer (reasoning None)."""
-    opening, closing = tags
-    at = content.rfind(closing)
-    if at >= 0:
-        reasoning = content[:at]
-        start = reasoning.find(opening)
-        if start >= 0:
-            reasoning = reasoning[start + len(opening):]
-        return reasoning, content[at + len(closing):].lstrip()
-    start = content.find(opening)
-    if start >= 0:
-        return content[start + len(opening):], ""
-    return None, content
+    reasoning, answer, unclosed = split_at_tags(content, *tags)
+    if unclosed:
+        return content[content.find(tags[0]) + len(tags[0]):], ""
+    return reasoning, answer.lstrip() if reasoning is not None else answer
 
 
 def join_reasoning(reasoning: str | None, answer: str, tags: Sequence[str] = REASONING_TAGS) -> str:
@@ -181,8 +173,8 @@ MESSAGE_KEYS = ("role", "content", *REASONING_KEYS)
 
 def conversation_problem(messages) -> str | None:
     """Why `messages` cannot be trained, in one line, or None when it can: an OpenAI-style list of
-    {role, content[, reasoning_content | thinking | reasoning]} with roles system/user/assistant, the first message after
-    any system prompt from the user, the last an assistant reply, every reply non-empty. Other keys
+    {role, content[, reasoning_content | thinking | reasoning]} with roles system/user/assistant, the first
+    message after any system prompt from the user, the last an assistant reply, every reply non-empty. Other keys
     are refused unless null, so nothing a row carries (a per-turn weight, tool calls) is silently ignored."""
     if not isinstance(messages, list) or not messages:
         return "is not a non-empty list of messages"
@@ -234,20 +226,6 @@ def canonical_messages(messages, tags: Sequence[str] = REASONING_TAGS) -> list[d
             content = join_reasoning(reasoning, content, tags)
         canon.append({"role": message["role"], "content": content})
     return canon
-
-
-def _split_raw(content: str, tags: Sequence[str]) -> tuple[str | None, str, bool]:
-    """(reasoning, answer, unclosed) of a reply, whitespace kept: the reasoning between the opening tag
-    and the last closing tag, the answer after it; an opening tag never closed makes `unclosed`."""
-    opening, closing = tags
-    at = content.rfind(closing)
-    if at >= 0:
-        reasoning = content[:at]
-        start = reasoning.find(opening)
-        return (reasoning[start + len(opening):] if start >= 0 else reasoning), content[at + len(closing):], False
-    if opening in content:
-        return None, content, True
-    return None, content, False
 
 
 def _placed(pieces: Sequence[str], text: str) -> str | None:
@@ -343,14 +321,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _squash(text: str) -> str:
     return "".join(text.split())
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _roles(messages: Iterable[dict]) -> str:
@@ -460,19 +430,20 @@ class ChatFormat:
                                 f"into its output ({_short(full, 120)}), so there is nothing to train")
         at = full.index(_REPLY)
         head, self.closing = full[:at], full[at + len(_REPLY):]
-        common = _common_prefix(prompt, head)
+        common = common_prefix(prompt, head)
         diverges = common not in (len(prompt), len(head))
         if diverges:  # the prompt opens a reasoning block where a reply writes its own (checked below)
             common = self._token_boundary(prompt, common)
         self.opening, self.scaffold = prompt[common:], head[common:]
         # What add_generation_prompt adds (Phi-3.5 ends the render without it with EOS instead).
-        self.generation_prompt = prompt[_common_prefix(prompt, self.render(user, False)):]
+        self.generation_prompt = prompt[common_prefix(prompt, self.render(user, False)):]
         self.reasoning = probe_reasoning(self.render, user, prompt, self.scaffold, self.reasoning_tags, self._added,
                                          self.tokenizer.chat_template, {**self.template_kwargs, **self.render_defaults})
         if diverges and not (self._only_tags(self.opening) and self._only_tags(self.scaffold)):
             raise TemplateError(f"the chat template of {self.name} ends its generation prompt with "
                                 f"{self.opening!r} but starts a reply with {self.scaffold!r}; a model could not be "
-                                "prompted the way it is trained. Use a template whose generation prompt begins its replies")
+                                "prompted the way it is trained. Use a template whose generation prompt begins its "
+                                "replies")
         self.stop_token, self.end_of_turn_source = self._find_stop_token(user, stop_token)
         self.end_of_turn, self.after_end_of_turn = self._end_of_turn(self.closing)
 
@@ -644,7 +615,7 @@ class ChatFormat:
         `prompt`; the trained text is the reply text followed by the end of turn."""
         flags: set[str] = set()
         fmt = self.reasoning
-        reasoning, answer, unclosed = _split_raw(content, self.reasoning_tags)
+        reasoning, answer, unclosed = split_at_tags(content, *self.reasoning_tags)
         if unclosed:
             flags.add(FLAG_UNCLOSED)
         state = fmt.state(prompt)
@@ -723,8 +694,9 @@ class ChatFormat:
         else:
             why = "and it has no setting that opens it"
             fix = "remove the reasoning (prepare_data --answers-only), or use a template that lets the model reason"
-        return (f"the chat template of {self.name} closes the reasoning block in the generation prompt ({why}), but the "
-                f"reply after {_roles(history)} has reasoning, which the model would never be prompted to write; {fix}")
+        return (f"the chat template of {self.name} closes the reasoning block in the generation prompt ({why}), "
+                f"but the reply after {_roles(history)} has reasoning, which the model would never be prompted to "
+                f"write; {fix}")
 
     def _finish(self, inner, end_of_turn, after, outcome, flags, opened):
         if opened:
@@ -763,8 +735,8 @@ class ChatFormat:
     def segments(self, messages: Sequence[dict]) -> Encoding:
         """The conversation as text segments: context (untrained) and every assistant turn (trained)."""
         canon = canonical_messages(messages, self.reasoning_tags)
-        reasoning = any(m["role"] == "assistant" and _split_raw(m["content"], self.reasoning_tags)[0] is not None
-                        for m in canon)
+        reasoning = any(split_at_tags(m["content"], *self.reasoning_tags)[0] is not None
+                        for m in canon if m["role"] == "assistant")
         extra, toggle, setting_flag = self._setting(reasoning)
         if toggle is not None:
             canon = self._with_toggle(canon, toggle)

@@ -28,6 +28,7 @@ Usage (sft/text/chat_format.py probes every template with it; the result is `Cha
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -54,7 +55,8 @@ class Carrier:
     """How an assistant message hands its reasoning to the template."""
 
     kind: str
-    """"field" (a message key), "chunks" (content as [{type: thinking}, {type: text}]) or "inline" (tags in the content)."""
+    """"field" (a message key), "chunks" (content as [{type: thinking}, {type: text}]) or "inline" (tags in
+    the content)."""
     field: str | None = None
 
     def message(self, reasoning: str, answer: str, tags: Sequence[str]) -> dict:
@@ -148,14 +150,9 @@ class ReasoningFormat:
         reasoning block, a final-channel header). An empty reasoning block is no reasoning (None)."""
         tag_pairs = dict.fromkeys([self.tags, tuple(t.strip() for t in self.data_tags)])
         for opening, closing in tag_pairs:
-            at = text.rfind(closing)
-            if at >= 0:
-                reasoning = text[:at]
-                start = reasoning.find(opening)
-                if start >= 0:
-                    reasoning = reasoning[start + len(opening):]
-                answer = _after_header(text[at + len(closing):], self.answer_opening).strip()
-                return reasoning.strip() or None, answer
+            reasoning, answer, _ = split_at_tags(text, opening, closing)
+            if reasoning is not None:
+                return reasoning.strip() or None, _after_header(answer, self.answer_opening).strip()
         stripped = text.lstrip()
         for opening, _ in tag_pairs:
             if stripped.startswith(opening):
@@ -163,11 +160,28 @@ class ReasoningFormat:
         return None, _after_header(text, self.answer_opening).strip()
 
 
+def split_at_tags(text: str, opening: str, closing: str) -> tuple[str | None, str, bool]:
+    """(reasoning, answer, unclosed) of a reply, whitespace kept: the reasoning between the opening tag
+    and the last closing tag, the answer after it; without a closing tag the reasoning is None, the
+    answer the whole text, and `unclosed` says whether the opening tag is in it."""
+    at = text.rfind(closing)
+    if at >= 0:
+        reasoning = text[:at]
+        start = reasoning.find(opening)
+        return (reasoning[start + len(opening):] if start >= 0 else reasoning), text[at + len(closing):], False
+    return None, text, opening in text
+
+
 def _after_header(text: str, header: str) -> str:
     """`text` less a leading `header` (compared without whitespace)."""
     core = header.strip()
     stripped = text.lstrip()
     return stripped[len(core):] if core and stripped.startswith(core) else text
+
+
+def common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix of two texts."""
+    return len(os.path.commonprefix([a, b]))
 
 
 def prompt_state(prompt: str, tags: Sequence[str]) -> str:
@@ -180,20 +194,13 @@ def prompt_state(prompt: str, tags: Sequence[str]) -> str:
     return NEUTRAL
 
 
-def _common_prefix(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 # ---------------------------------------------------------------------------------------------
 # What the template reads: its variables and the strings it looks for.
 
 def _template_ast(source: str):
     try:
-        from transformers.utils.chat_template_utils import _compile_jinja_template  # its own environment (generation tag)
+        # transformers' own environment (it knows the {% generation %} tag)
+        from transformers.utils.chat_template_utils import _compile_jinja_template
 
         return _compile_jinja_template(source).environment.parse(source)
     except Exception:  # noqa: BLE001 - a private helper that may move: fall back to plain jinja2
@@ -276,12 +283,13 @@ def _carrier_format(render, user: list[dict], prompt: str, carrier: Carrier, dat
     if full.count(REASONING_MARK) != 1 or full.count(ANSWER_MARK) != 1:
         return None
     r, a = full.index(REASONING_MARK), full.index(ANSWER_MARK)
-    start = _common_prefix(prompt, full)
+    start = common_prefix(prompt, full)
     if not start <= r < a:
         return None
     pre, mid = full[start:r], full[r + len(REASONING_MARK):a]
     # A template that prints the structure (a list of chunks as its Python text) carries nothing.
-    if any(f"{quote}{key}{quote}" in pre + mid for quote in "'\"" for key in ("type", "text", carrier.field or "thinking")):
+    keys = ("type", "text", carrier.field or "thinking")
+    if any(f"{quote}{key}{quote}" in pre + mid for quote in "'\"" for key in keys):
         return None
     return pre, mid
 

@@ -105,13 +105,14 @@ class ChatTemplateSFTDataset:
             if recorded.get("stop_token"):
                 options["stop_token"] = recorded["stop_token"]
         try:
-            chat = ChatFormat(tokenizer, template_kwargs=kwargs, name=getattr(tokenizer, "name_or_path", None), **options)
+            chat = ChatFormat(tokenizer, template_kwargs=kwargs, name=getattr(tokenizer, "name_or_path", None),
+                              **options)
         except TemplateError as exc:
             raise ValueError(str(exc)) from None
         for key, found in (("reasoning_format", chat.reasoning.describe()), ("render_defaults", chat.render_defaults)):
             if recorded and key in recorded and recorded[key] != found:
-                raise ValueError(f"{where} was prepared with the chat template's {key.replace('_', ' ')} {recorded[key]}, "
-                                 f"but the tokenizer training loads gives {found}: the token counts and the trained "
+                raise ValueError(f"{where} was prepared with the chat template's {key.replace('_', ' ')} "
+                                 f"{recorded[key]}, but the tokenizer training loads gives {found}: the token counts and the trained "
                                  "format would differ. Prepare the data again with the model's tokenizer "
                                  "(sft/prepare_data.py --tokenizer MODEL)")
         return chat
