@@ -68,7 +68,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from sft.text.reasoning_format import CLOSES, OPENS, REASONING_FIELDS, common_prefix, split_at_tags
+from sft.text.reasoning_format import (CLOSES, OPENS, REASONING_FIELDS, common_prefix, split_at_tags,
+                                      token_boundary)
 
 REASONING_TAGS = ("<think>", "</think>")
 """The reasoning delimiters of Qwen3, QwQ, DeepSeek-R1 and their distills (configurable)."""
@@ -433,7 +434,7 @@ class ChatFormat:
         common = common_prefix(prompt, head)
         diverges = common not in (len(prompt), len(head))
         if diverges:  # the prompt opens a reasoning block where a reply writes its own (checked below)
-            common = self._token_boundary(prompt, common)
+            common = token_boundary(prompt, common, self._added)
         self.opening, self.scaffold = prompt[common:], head[common:]
         # What add_generation_prompt adds (Phi-3.5 ends the render without it with EOS instead).
         self.generation_prompt = prompt[common_prefix(prompt, self.render(user, False)):]
@@ -447,15 +448,15 @@ class ChatFormat:
         self.stop_token, self.end_of_turn_source = self._find_stop_token(user, stop_token)
         self.end_of_turn, self.after_end_of_turn = self._end_of_turn(self.closing)
 
-    def _token_boundary(self, text: str, at: int) -> int:
-        """`at` moved back to the start of the line or added token it falls in or right after (where a
-        prompt that opens `<think>\n` and a reply that starts `<think></think>` part)."""
-        start = text.rfind("\n", 0, at) + 1
-        for token in self._added:
-            found = text.rfind(token, 0, at)
-            if found >= 0 and found + len(token) >= at:
-                start = max(start, found)
-        return start
+    def _reply_start(self, prompt: str, rendered: str) -> int | None:
+        """Where a reply starts in `rendered` (a conversation ending with it, or a placeholder): after the
+        whole prompt, or, where the prompt ends with a reasoning opening or an empty block that the
+        render of a reply does not repeat (DeepSeek-V3.1's `<think>` before a reply rendered after
+        `</think>`, QwQ's `<think>\n`), where the two part. None when the prompt is not there."""
+        if rendered.startswith(prompt):
+            return len(prompt)
+        start = token_boundary(prompt, common_prefix(prompt, rendered), self._added)
+        return start if self._only_tags(prompt[start:]) else None
 
     def _neutral_variables(self, user: list[dict]) -> dict:
         """Template variables the template needs and nothing passes, with neutral values (tools=[] for a
@@ -633,13 +634,12 @@ class ChatFormat:
             message = {"role": "assistant", "content": content}
             pieces = [self._without_opening(content, opened) if opened else content]
         full = self.render(history + [message], False, extra)
-        body = None
-        if full.startswith(prompt):
-            body = full[len(prompt):]
-        elif opened and full.startswith(prompt[: -len(opened)]):
-            body = full[len(prompt) - len(opened):]
-        if body is not None and body.endswith(self.closing):
-            inner = body[: len(body) - len(self.closing)]
+        start = self._reply_start(prompt, full)
+        if start is not None and full.endswith(self.closing):
+            inner = full[start: len(full) - len(self.closing)]
+            lead = prompt[start:]  # in the prompt, not in the render of the reply
+            if lead.strip():
+                inner = self._without_opening(inner, lead)
             if opened:
                 inner = self._without_opening(inner, opened)
             placed = _placed(pieces, inner)
@@ -658,13 +658,18 @@ class ChatFormat:
                                 f"{_roles(history + [{'role': 'assistant'}])}")
         at = placeholder.index(_REPLY)
         head, closing = placeholder[:at], placeholder[at + len(_REPLY):]
-        if head.startswith(prompt):
-            scaffold = head[len(prompt):]
-        elif opened and head.startswith(prompt[: -len(opened)]):
-            scaffold = head[len(prompt) - len(opened):]  # where the prompt opened the block, the template closed it
+        start = self._reply_start(prompt, head)
+        if start is not None:
+            scaffold = head[start:]  # where the prompt opened the block, the template may close an empty one
         else:
+            from sft.text.reasoning_format import template_variables
+
+            part = token_boundary(prompt, common_prefix(prompt, head), self._added)
+            variables = ", ".join(template_variables(self.tokenizer.chat_template)[:8]) or "none"
             raise TemplateError(f"the chat template of {self.name} renders the prompt of {_roles(history)} differently "
-                                "when a reply follows than with the generation prompt, so the reply's place is unknown")
+                                f"when a reply follows (ending {head[part:][-40:]!r}) than with the generation prompt "
+                                f"(ending {prompt[part:][-40:]!r}), so the reply's place is unknown; set the template "
+                                f"variable that makes them agree with --chat-template-kwargs (it reads: {variables})")
         if carrier is not None:
             text = fmt.opening + reasoning.strip() + fmt.closing + answer.lstrip()
             text = self._without_opening(text, opened) if opened else text

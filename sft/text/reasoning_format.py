@@ -184,6 +184,26 @@ def common_prefix(a: str, b: str) -> int:
     return len(os.path.commonprefix([a, b]))
 
 
+def token_boundary(text: str, at: int, added: Sequence[str]) -> int:
+    """`at` (where two renders part) moved back to a boundary: the start of an added token it falls
+    inside (`<think>` against `</think>`), else, inside a word, the end of the last added token or
+    whitespace before it. The end of `text` is a boundary (one render holds all of the other)."""
+    if at >= len(text):
+        return at
+    last_end = 0
+    for token in added:
+        found = text.rfind(token, 0, at + len(token) - 1)
+        if 0 <= found < at < found + len(token):
+            return found
+        found = text.rfind(token, 0, at)
+        if found >= 0:
+            last_end = max(last_end, found + len(token))
+    if at == 0 or at == last_end or text[at - 1].isspace():
+        return at
+    space = max(text.rfind(c, 0, at) for c in " \n\t") + 1
+    return max(space, last_end)
+
+
 def prompt_state(prompt: str, tags: Sequence[str]) -> str:
     end = prompt.rstrip()
     opening, closing = tags
@@ -244,38 +264,46 @@ def membership_strings(source: str) -> list[str]:
 
 def neutral_variables(render_ok: Callable[[dict], str | None], source: str, fixed: dict) -> dict:
     """Values for the template variables a template needs but nothing passes (tools it iterates over
-    while transformers passes None, a flag it compares): `render_ok(extra)` returns None when the
-    probe renders with the extra variables, else the error's text. Tries [], "" and False for the
-    variables the template reads (those named in the error first), keeping each value that lets the
-    render succeed or changes its error; at most four rounds. {} when the template needs nothing."""
+    while transformers passes None, a string it concatenates): `render_ok(extra)` returns None when
+    the probe renders with the extra variables, else the error's text. Each variable the template
+    reads (those the error names first) is tried with [], "" and False; a value that lets the render
+    succeed is kept, else one after which the error names another variable, else one that changes the
+    error of a variable it named; at most six rounds. {} when the template needs nothing, or when no
+    values let it render."""
     extra: dict = {}
     error = render_ok(extra)
     if error is None:
         return {}
     names = [n for n in template_variables(source) if n not in fixed]
-    for _ in range(4):
-        candidates = sorted((n for n in names if n not in extra), key=lambda n: n not in error)
-        progress = False
-        for name in candidates:
+    for _ in range(6):
+        best = None
+        for name in sorted((n for n in names if n not in extra), key=lambda n: f"'{n}'" not in error):
             for value in _NEUTRAL_VALUES:
                 attempt = render_ok({**extra, name: value})
                 if attempt is None:
                     return {**extra, name: value}
-                if attempt != error:
-                    extra, error, progress = {**extra, name: value}, attempt, True
-                    break
-            if progress:
+                rank = 0 if any(f"'{n}'" in attempt for n in names if n != name and n not in extra) else \
+                    1 if attempt != error and f"'{name}'" in error else None
+                if rank is not None and (best is None or rank < best[0]):
+                    best = (rank, name, value, attempt)
+            if best is not None and f"'{name}'" in error:
                 break
-        if not progress:
+        if best is None:
             break
-    return extra if render_ok(extra) is None else {}
+        _, name, value, error = best
+        extra = {**extra, name: value}
+    return {}
 
 
 # ---------------------------------------------------------------------------------------------
 # The probe.
 
-def _carrier_format(render, user: list[dict], prompt: str, carrier: Carrier, data_tags) -> tuple[str, str] | None:
-    """(text before the reasoning, text between reasoning and answer) when `carrier` carries the reasoning."""
+def _carrier_format(render, user: list[dict], prompt: str, carrier: Carrier, data_tags,
+                    added: Sequence[str]) -> tuple[str, str] | None:
+    """(text before the reasoning, text between reasoning and answer) when `carrier` carries the reasoning.
+    Where the generation prompt already wrote the opening (`assistant\\n<think>\\n`), the text before the
+    reasoning is that opening, read from the render: the data's opening tag or the last added token
+    before the reasoning, with the whitespace after it."""
     try:
         full = render(user + [carrier.message(REASONING_MARK, ANSWER_MARK, data_tags)], False, None)
     except Exception:  # noqa: BLE001 - the template refuses this form (a list content, a field it checks)
@@ -283,7 +311,7 @@ def _carrier_format(render, user: list[dict], prompt: str, carrier: Carrier, dat
     if full.count(REASONING_MARK) != 1 or full.count(ANSWER_MARK) != 1:
         return None
     r, a = full.index(REASONING_MARK), full.index(ANSWER_MARK)
-    start = common_prefix(prompt, full)
+    start = token_boundary(prompt, common_prefix(prompt, full), added)
     if not start <= r < a:
         return None
     pre, mid = full[start:r], full[r + len(REASONING_MARK):a]
@@ -291,19 +319,29 @@ def _carrier_format(render, user: list[dict], prompt: str, carrier: Carrier, dat
     keys = ("type", "text", carrier.field or "thinking")
     if any(f"{quote}{key}{quote}" in pre + mid for quote in "'\"" for key in keys):
         return None
+    if not pre.strip():  # the generation prompt wrote the opening, or there is none
+        pre = _opening_in_prompt(render, user, prompt, full, r, start, data_tags, added)
     return pre, mid
 
 
-def _prompt_opening(prompt: str, data_tags, added: Sequence[str]) -> str:
-    """The reasoning opening a generation prompt ends with, when the carrier's render shows none of its
-    own (the prompt wrote it): the data's opening tag, or the last added token of the prompt."""
-    end = prompt.rstrip()
-    if end.endswith(data_tags[0].strip()):
-        return data_tags[0].strip()
-    best = max(((end.rfind(t), t) for t in added if t and end.rfind(t) >= 0), default=None)
-    if best is not None and not end[best[0] + len(best[1]):].strip():
-        return best[1]
-    return ""
+def _opening_in_prompt(render, user, prompt: str, full: str, r: int, start: int, data_tags, added) -> str:
+    """The opening before the reasoning at `r` in `full` where the render of the carrier shows none after
+    the generation prompt: the data's opening tag or an added token that ends the text before the
+    reasoning (not the role token that also ends the text before a plain answer), with the whitespace
+    after it; else the text the generation prompt has beyond what the render shares (Apriel's
+    "Here are my reasoning steps:"); else ""."""
+    before = full[:r].rstrip()
+    try:
+        plain = render(user + [{"role": "assistant", "content": ANSWER_MARK}], False, None)
+        header = plain[: plain.index(ANSWER_MARK)].rstrip()
+    except Exception:  # noqa: BLE001 - the template refuses the plain probe: no role token to tell apart
+        header = ""
+    candidates = [data_tags[0].strip()] + [t for t in added if t]
+    found = max(((before.rfind(t), t) for t in candidates if before.endswith(t) and not header.endswith(t)),
+                default=None)
+    if found is not None:
+        return full[found[0]:r]
+    return prompt[start:] if prompt[start:].strip() else ""
 
 
 def probe_reasoning(render, user: list[dict], prompt: str, answer_opening: str, data_tags: Sequence[str],
@@ -315,7 +353,7 @@ def probe_reasoning(render, user: list[dict], prompt: str, answer_opening: str, 
     data_tags = tuple(data_tags)
     carrier, opening, closing = None, data_tags[0], data_tags[1]
     for candidate in CARRIERS:
-        found = _carrier_format(render, user, prompt, candidate, data_tags)
+        found = _carrier_format(render, user, prompt, candidate, data_tags, added)
         if found is not None:
             carrier, (opening, closing) = candidate, found
             break
@@ -323,10 +361,7 @@ def probe_reasoning(render, user: list[dict], prompt: str, answer_opening: str, 
     if carrier is not None and core and opening.strip().startswith(core) and opening.strip() != core:
         opening = opening[opening.index(core) + len(core):]  # an empty block the template writes before every reply
     tags = (opening.strip(), closing.strip())
-    if carrier is not None and not tags[0]:
-        tags = (_prompt_opening(prompt, data_tags, added), tags[1])
-        opening = prompt[prompt.rstrip().rfind(tags[0]):] if tags[0] else ""
-    if not all(tags):
+    if not tags[1] or (carrier is None and not tags[0]):
         tags = tuple(t.strip() for t in data_tags)
     state = prompt_state(prompt, tags)
     switch = _find_switch(render, user, tags, state, source, fixed)
