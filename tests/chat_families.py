@@ -31,8 +31,8 @@ REASONING_FAMILIES = (
     "nemotron-3-nano", "minimax-m2", "kimi-k2-thinking", "solar-open-100b",
 )
 """Recent reasoning families (tests/test_reasoning_formats.py): own delimiters, reasoning fields, switches."""
-NEEDS_VARIABLES = ("hermes-3-tool-use",)
-"""Templates that fail with transformers' defaults (tools=None)."""
+NEEDS_VARIABLES = ("hermes-3-tool-use", "firefunction-v2")
+"""Templates that fail with transformers' defaults (tools=None; custom variables nothing passes)."""
 
 # The Phi tokenizers' role and end tokens have rstrip=true (tests/assets/chat_templates/phi-*.json notes).
 _RSTRIP = {

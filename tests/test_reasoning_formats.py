@@ -189,13 +189,20 @@ def test_a_forced_setting_that_closes_the_reasoning_refuses_reasoning_rows_in_on
     assert "--chat-template-kwargs" in message and "--answers-only" in message and "[user]" in message
 
 
-def test_a_template_that_needs_variables_gets_neutral_ones(formats):
-    tokenizer, chat = formats["hermes-3-tool-use"]
-    with pytest.raises(TypeError, match="'NoneType' object is not iterable"):
+@pytest.mark.parametrize("family, error, defaults", [
+    ("hermes-3-tool-use", "'NoneType' object is not iterable", {"tools": []}),
+    ("firefunction-v2", "'functions' is undefined", {"functions": "", "datetime": ""}),
+])
+def test_a_template_that_needs_variables_gets_neutral_ones(family, error, defaults, formats):
+    tokenizer, chat = formats[family]
+    with pytest.raises(Exception, match=error):
         tokenizer.apply_chat_template(_conversation(PLAIN), tokenize=False)
-    assert chat.render_defaults == {"tools": []}
+    assert chat.render_defaults == defaults
     ids, mask = chat.encode(_conversation(PLAIN))
-    assert _decode(tokenizer, ids[trained_spans(mask)[0][0]: trained_spans(mask)[0][1]]) == f"{A}<|im_end|>"
+    (start, end), = trained_spans(mask)
+    assert _decode(tokenizer, ids[start:end]) == f"{A}<|{'im_end' if 'hermes' in family else 'eot_id'}|>"
+    assert ids[:start] == tokenizer.apply_chat_template(_conversation("")[:1], add_generation_prompt=True,
+                                                        tokenize=True, return_dict=True, **defaults)["input_ids"]
 
 
 @pytest.mark.parametrize("family", ["gpt-oss-120b", "deepseek-v3.1", "glm-4.6", "nemotron-nano-v2"])
