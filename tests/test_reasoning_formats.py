@@ -291,3 +291,15 @@ def test_reasoning_prompt_follows_most_reference_solutions_unless_told():
     assert not reasoning_prompt("auto", [PLAIN, PLAIN, THINKING], tags)
     assert reasoning_prompt("auto", [None, None], tags)
     assert not reasoning_prompt("off", [THINKING], tags) and reasoning_prompt("on", [PLAIN], tags)
+
+
+def test_a_generated_reply_splits_at_the_models_closing_even_without_an_opening_tag():
+    from sft.text.reasoning_format import NEUTRAL, Carrier, ReasoningFormat
+
+    # Apriel-style: the prompt opens with prose ("Here are my reasoning steps:"), the answer follows a marker.
+    fmt = ReasoningFormat(Carrier("field", "reasoning_content"), "Here are my reasoning steps:\n",
+                          "\n[BEGIN FINAL RESPONSE]\n", "", ("", "[BEGIN FINAL RESPONSE]"), NEUTRAL, None,
+                          ("<think>", "</think>"))
+    assert fmt.split(f"{R}\n[BEGIN FINAL RESPONSE]\n{A}") == (R, A)
+    assert fmt.split(A) == (None, A)
+    assert fmt.split(THINKING) == (R, A)  # the data's own tags are understood too

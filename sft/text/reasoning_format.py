@@ -1,7 +1,7 @@
 """How a model's chat template writes reasoning, found by rendering probes (no table of model families).
 
 Usage (sft/text/chat_format.py probes every template with it; the result is `ChatFormat.reasoning`):
-    fmt = probe_reasoning(render, prompt, reply_scaffold, data_tags, added_tokens, template_source, fixed)
+    fmt = probe_reasoning(render, user, prompt, answer_opening, data_tags, added_tokens, template_source, fixed)
     fmt.describe()            # {"carrier": "message field 'thinking'", "opening": ..., "switch": ...}
     fmt.split("<think>\\nx\\n</think>\\n\\n4")   # ('x', '4'): a generated text as reasoning and answer
 
@@ -96,9 +96,6 @@ class Switch:
     def describe(self) -> dict:
         return {"kind": self.kind, "name": self.name, "on": self.on, "off": self.off}
 
-    def value(self, reasoning: bool):
-        return self.on if reasoning else self.off
-
 
 @dataclass(frozen=True)
 class ReasoningFormat:
@@ -155,7 +152,7 @@ class ReasoningFormat:
                 return reasoning.strip() or None, _after_header(answer, self.answer_opening).strip()
         stripped = text.lstrip()
         for opening, _ in tag_pairs:
-            if stripped.startswith(opening):
+            if opening and stripped.startswith(opening):
                 return stripped[len(opening):].strip() or None, ""
         return None, _after_header(text, self.answer_opening).strip()
 
