@@ -86,6 +86,7 @@ from sft.generation.backend import (
     Sampling,
     add_backend_arguments,
     check_setup,
+    prompt_settings,
     torch_threads,
 )
 from sft.generation.grading import grade, sampled_record, skipped_record, summarize, summarize_sampled
@@ -166,6 +167,8 @@ def evaluate(
     temperature: float | None = None,
     top_p: float | None = None,
     seed: int | None = None,
+    chat_settings: str | os.PathLike | None = None,
+    reasoning: str = "auto",
 ) -> dict:
     """Evaluate `model_dir` on `data_path`, write results.jsonl, summary.json and summary.md, return the summary.
 
@@ -181,7 +184,10 @@ def evaluate(
     sampling = _sampling(num_samples, temperature, top_p, seed)
     samples, to_generate = _graded_samples(data_path, answer_key=answer_key, prompt_key=prompt_key,
                                            solution_key=solution_key, system_prompt=system_prompt, limit=limit)
-    generator = Generator(model_dir, backend=backend, device=device, dtype=dtype, batch_size=batch_size)
+    settings, reasoning_on, prompting = prompt_settings(data_path, chat_settings, reasoning,
+                                                        [s.solution for s in to_generate])
+    generator = Generator(model_dir, backend=backend, device=device, dtype=dtype, batch_size=batch_size,
+                          chat_settings=settings, reasoning=reasoning_on)
     prompts = generator.prompt_ids([s.messages for s in to_generate])
     with torch_threads(num_threads, generator.device) as threads:
         greedy, seconds = _timed_generate(generator, prompts, GREEDY, max_new_tokens, progress, "generating")
@@ -205,6 +211,7 @@ def evaluate(
         answer_key=answer_key,
         system_prompt=system_prompt,
         grader="strict" if strict_grading else "lenient",
+        **prompting,
         generation_seconds=round(seconds, 3),
         output_tokens_per_second=round(output_tokens / seconds, 1) if seconds > 0 else None,
     )
@@ -298,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             limit=args.limit, backend=args.backend, device=args.device, dtype=args.dtype,
             num_threads=args.num_threads or None, progress=not args.no_progress, strict_grading=args.strict_grading,
             num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+            chat_settings=args.chat_settings, reasoning=args.reasoning,
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

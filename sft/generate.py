@@ -17,7 +17,8 @@ that column).
 Output (in -o OUT_DIR, each file written atomically):
   samples-00000.jsonl, samples-00001.jsonl, ...  K samples of each of --shard-size problems (the
       last shard: the rest), in input order: id, prompt (the last user message), generated_solution
-      (without the stop token), num_tokens, answer (the reference, or null), model (MODEL as given),
+      (without the stop token; reasoning a model writes in its own format, a channel or its own tags,
+      rewritten in <think>...</think>), num_tokens, answer (the reference, or null), model (MODEL as given),
       sample_index (0..K-1), finish_reason ("stop" or "length"), correct (graded as sft/evaluate.py
       grades, sft/generation/grading.py; null without an answer). The K samples of a problem share
       its id, so prepare_data's split by id keeps them together.
@@ -59,6 +60,7 @@ from sft.generation.backend import (
     add_backend_arguments,
     check_setup,
     derive_seed,
+    prompt_settings,
     torch_threads,
 )
 from sft.generation.grading import grade
@@ -70,7 +72,7 @@ DEFAULT_ANSWER_KEY = "answer"
 FORMAT_VERSION = 1
 CHECKED_SETTINGS = ("format_version", "model", "problems_sha256", "num_problems", "num_samples", "temperature",
                     "top_p", "max_new_tokens", "seed", "shard_size", "prompt_key", "id_key", "answer_key",
-                    "system_prompt", "limit")
+                    "system_prompt", "limit", "template_kwargs", "reasoning_prompt")
 """The settings that decide what the samples are; a rerun into the same OUT_DIR must repeat them.
 (backend, device, dtype, batch size and threads are recorded but not checked: they decide how.)"""
 
@@ -333,6 +335,8 @@ def generate(
     system_prompt: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    chat_settings: str | os.PathLike | None = None,
+    reasoning: str = "auto",
 ) -> dict:
     """Write the shards and generation.json of the module doc into `output_dir`; return generation.json's content.
 
@@ -346,12 +350,14 @@ def generate(
     problems_path, output_dir = Path(problems), Path(output_dir)
     items, answer_key = load_problems(problems_path, prompt_key=prompt_key, id_key=id_key, answer_key=answer_key,
                                       system_prompt=system_prompt, limit=limit)
+    template, reasoning_on, prompting = prompt_settings(problems_path, chat_settings, reasoning,
+                                                        [p.solution for p in items])
     settings = {
         "format_version": FORMAT_VERSION, "model": str(model), "problems": str(problems_path.resolve()),
         "problems_bytes": problems_path.stat().st_size, "problems_sha256": _sha256(problems_path),
         "num_problems": len(items), "num_samples": num_samples, "temperature": temperature, "top_p": top_p,
         "max_new_tokens": max_new_tokens, "seed": seed, "shard_size": shard_size, "prompt_key": prompt_key,
-        "id_key": id_key, "answer_key": answer_key, "system_prompt": system_prompt, "limit": limit,
+        "id_key": id_key, "answer_key": answer_key, "system_prompt": system_prompt, "limit": limit, **prompting,
     }
     previous = _check_settings(output_dir, settings, overwrite)
     shards = [(i, items[start : start + shard_size]) for i, start in enumerate(range(0, len(items), shard_size))]
@@ -368,7 +374,8 @@ def generate(
     generated: dict[int, list[dict]] = {}
     seconds = 0.0
     if missing:
-        generator = Generator(model, backend=backend, device=device, dtype=dtype, batch_size=batch_size)
+        generator = Generator(model, backend=backend, device=device, dtype=dtype, batch_size=batch_size,
+                              chat_settings=template, reasoning=reasoning_on)
         run.update(device=generator.device, dtype=generator.dtype_name)
         with torch_threads(num_threads, generator.device) as threads:
             run["num_threads"] = threads if generator.device == "cpu" else None
@@ -427,7 +434,7 @@ def _run(args: argparse.Namespace) -> int:
         backend=args.backend, device=args.device, dtype=args.dtype, num_threads=args.num_threads or None,
         limit=args.limit, shard_size=args.shard_size, prompt_key=args.prompt_key, id_key=args.id_key,
         answer_key=args.answer_key, system_prompt=args.system_prompt, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not args.no_progress, chat_settings=args.chat_settings, reasoning=args.reasoning,
     )
     print(format_summary(record["summary"], Path(args.output_dir)))
     return 0

@@ -26,12 +26,31 @@ MUST_HAVE = (
 )
 OTHERS = ("qwq-32b", "llama-3.2-instruct", "deepseek-r1-distill-llama", "smollm3", "phi-4-mini", "gemma-3-it")
 FAMILIES = MUST_HAVE + OTHERS
+REASONING_FAMILIES = (
+    "gpt-oss-120b", "deepseek-v3.1", "glm-4.6", "seed-oss", "ministral-3-reasoning", "nemotron-nano-v2",
+    "nemotron-3-nano", "minimax-m2", "kimi-k2-thinking", "solar-open-100b",
+)
+"""Recent reasoning families (tests/test_reasoning_formats.py): own delimiters, reasoning fields, switches."""
+NEEDS_VARIABLES = ("hermes-3-tool-use", "firefunction-v2")
+"""Templates that fail with transformers' defaults (tools=None; custom variables nothing passes)."""
 
 # The Phi tokenizers' role and end tokens have rstrip=true (tests/assets/chat_templates/phi-*.json notes).
 _RSTRIP = {
     "phi-3.5-mini": {"<|assistant|>", "<|system|>", "<|end|>", "<|user|>"},
     "phi-4-mini": {"<|assistant|>", "<|system|>", "<|end|>", "<|user|>"},
 }
+
+
+def trained_spans(mask) -> list[tuple[int, int]]:
+    """(start, end) of each run of trained tokens in a loss mask."""
+    spans, start = [], None
+    for i, m in enumerate(list(mask) + [0]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
 
 
 def family_spec(family: str) -> dict:
@@ -63,6 +82,19 @@ def family_tokenizer(family: str, base_dir: str | Path):
         bos_token=spec.get("bos_token"), eos_token=spec.get("eos_token"), pad_token=spec.get("pad_token"),
         unk_token=spec.get("unk_token"), chat_template=spec["chat_template"], model_max_length=1 << 20,
     )
+
+
+def save_family_tokenizer(family: str, output_dir: str | Path, base_dir: str | Path) -> Path:
+    """`family_tokenizer` saved to `output_dir`, with a generation_config.json listing the stop tokens the
+    model's own generation config lists (by their ids in this tokenizer) where the spec records them."""
+    output_dir = Path(output_dir)
+    tokenizer = family_tokenizer(family, base_dir)
+    tokenizer.save_pretrained(output_dir)
+    stops = family_spec(family).get("generation_config_eos_tokens")
+    if stops:
+        ids = tokenizer.convert_tokens_to_ids(stops)
+        (output_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": ids}) + "\n")
+    return output_dir
 
 
 def family_model(family: str, output_dir: str | Path, base_dir: str | Path) -> Path:

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from chat_families import ASSETS, FAMILIES, MUST_HAVE, OTHERS, family_model, family_spec, family_tokenizer
+from chat_families import (ASSETS, FAMILIES, MUST_HAVE, OTHERS, family_model, family_spec, family_tokenizer,
+                           trained_spans)
 from conftest import REPO_ROOT, launcher_env, run_launcher, train_losses
 from sft.text.chat_format import ChatFormat, TemplateError, split_reasoning
 from sft.prepare_data import DataError, PrepareConfig, prepare_data
@@ -133,18 +134,6 @@ def _items(family_dir, train_file):
     return tokenizer, dataset, table.to_pylist()
 
 
-def _spans(ids, mask):
-    """(start, end) of each run of trained tokens."""
-    spans, start = [], None
-    for i, m in enumerate(list(mask) + [0]):
-        if m and start is None:
-            start = i
-        elif not m and start is not None:
-            spans.append((start, i))
-            start = None
-    return spans
-
-
 def _decode(tokenizer, ids):
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
@@ -179,7 +168,7 @@ def test_loss_masked_tokens_are_the_response_and_end_of_turn_after_the_exact_pro
         prompt = [m for m in row["messages"] if m["role"] != "assistant"]
         context = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
         context = context["input_ids"] if hasattr(context, "keys") else context
-        spans = _spans(ids, mask)
+        spans = trained_spans(mask)
         assert len(spans) == 1 and spans[0][0] == len(context), (family, spans, len(context))
         assert ids[: len(context)] == list(context), "the context is not the template's generation prompt"
         start, end = spans[0]
@@ -208,7 +197,7 @@ def test_reasoning_data_generated_after_an_opened_think_block_is_trained_without
     tokenizer, dataset, rows = _items(family_dirs[family], tmp_path / "out" / "train.parquet")
     for index, row in enumerate(rows):
         ids, mask = dataset[index]["input_ids"].tolist(), dataset[index]["loss_mask"].tolist()
-        (start, end), = _spans(ids, mask)
+        (start, end), = trained_spans(mask)
         assert _decode(tokenizer, ids[:start]).endswith("<｜Assistant｜><think>\n")
         assert _decode(tokenizer, ids[start:end]) == row["generated_solution"] + END_OF_TURN[family]
 
@@ -222,7 +211,7 @@ def test_other_families_train_the_whole_reply_after_the_exact_prompt(family, fam
         ids, mask = chat.encode(messages)
         context = tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=True)
         context = list(context["input_ids"] if hasattr(context, "keys") else context)
-        (start, end), = _spans(ids, mask)
+        (start, end), = trained_spans(mask)
         assert start == len(context) and ids[:start] == context, family
         trained = _decode(tokenizer, ids[start:end])
         reasoning, answer = split_reasoning(response)
@@ -241,7 +230,7 @@ def test_answers_only_trains_the_answer_in_the_templates_own_format(family, fami
     tokenizer, dataset, rows = _items(family_dirs[family], tmp_path / "out" / "train.parquet")
     for index, row in enumerate(rows):
         ids, mask = dataset[index]["input_ids"].tolist(), dataset[index]["loss_mask"].tolist()
-        (start, end), = _spans(ids, mask)
+        (start, end), = trained_spans(mask)
         answer = split_reasoning(row["generated_solution"])[1]
         assert _decode(tokenizer, ids[start:end]) == _expected(family, answer)
         assert row["messages"][-1]["content"] == answer  # the Parquet holds what is trained
@@ -277,7 +266,7 @@ def test_multi_turn_rows_train_every_assistant_turn(family_dirs, tmp_path):
     index = next(i for i, row in enumerate(rows) if row["id"] == "c1")
     ids, mask = dataset[index]["input_ids"].tolist(), dataset[index]["loss_mask"].tolist()
     assert len(ids) == rows[index]["sft_num_tokens"]
-    trained = [_decode(tokenizer, ids[a:b]) for a, b in _spans(ids, mask)]
+    trained = [_decode(tokenizer, ids[a:b]) for a, b in trained_spans(mask)]
     assert trained == ["<think>\n2 + 3 is 5, not 4... no: it is 5.\n</think>\n\n4<|im_end|>",
                        "<think>\nRecount: 2 + 3 = 5.\n</think>\n\nSorry, it is 5.<|im_end|>"]
     first = tokenizer.apply_chat_template(conversation[:1], add_generation_prompt=True, tokenize=True)
@@ -352,7 +341,7 @@ def test_training_rejects_template_kwargs_that_contradict_the_prepared_files(fam
     train = str(tmp_path / "out" / "train.parquet")
     dataset = ChatTemplateSFTDataset(train, tokenizer, {"max_length": 4096, "pad_mode": "no_padding"})
     ids, mask = dataset[0]["input_ids"].tolist(), dataset[0]["loss_mask"].tolist()
-    (start, end), = _spans(ids, mask)
+    (start, end), = trained_spans(mask)
     # enable_thinking=false puts the empty reasoning block into the prompt: the reply alone is trained.
     assert _decode(tokenizer, ids[:start]).endswith("<think>\n\n</think>\n\n")
     assert not _decode(tokenizer, ids[start:end]).startswith("<think>")

@@ -75,7 +75,7 @@ def encoding_record(cfg: PrepareConfig, chat, run_id: str) -> dict:
     if chat is not None:
         described = chat.describe()
         record.update(tokenizer=described["tokenizer"], chat_template_sha256=described["chat_template_sha256"],
-                      text_encoder=described["text_encoder"])
+                      text_encoder=described["text_encoder"], **chat.recorded_settings())
     return record
 
 

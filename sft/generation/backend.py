@@ -7,9 +7,14 @@ Imported; not a command. Usage (as a library):
     greedy = generator.generate(prompts, GREEDY, max_new_tokens=512)            # one Generation per prompt
     sampled = generator.generate(prompts, Sampling(4, temperature=1.0, seed=0), max_new_tokens=512)
 
-Generation: the model's chat template with the generation prompt, at most `max_new_tokens` new
-tokens, stopping at EOS (the generation config's and tokenizer's EOS plus the token that closes an
-assistant turn in the chat template). `backend="transformers"` decodes in batches with left padding
+Generation: the model's chat template with the generation prompt, rendered with the settings the
+training data was prepared with (the `verl_sft` record of a Parquet file sft/prepare_data.py wrote:
+template kwargs, and the template's reasoning switch set as training set it for rows with, or
+without, reasoning), at most `max_new_tokens` new tokens, stopping at EOS (the generation config's
+and tokenizer's EOS, the token that closes an assistant turn in the chat template, and the stop
+token trained where the template closes turns with none). Each output is split into reasoning and
+answer in the model's own format (its tags, gpt-oss's channels: sft/text/chat_format.py's
+split_reply); the answer is what is graded. `backend="transformers"` decodes in batches with left padding
 on CPU or GPU (`device="auto"`); `backend="vllm"` uses vLLM when it is installed. A `Sampling` says
 greedy (temperature 0) or K sampled outputs per prompt (temperature, top-p, seed); each call's random
 stream is its own, so outputs depend only on the prompts, the settings and the seed.
@@ -49,11 +54,14 @@ class GenerationError(UserError):
 
 class Generation(NamedTuple):
     text: str
-    """The decoded output up to (not including) the stop token."""
+    """The decoded output up to (not including) the stop token; a model that writes reasoning in its own
+    format (a channel, its own tags) has it rewritten in the data's tags (<think>...</think>)."""
     output_tokens: int
     """Generated tokens, not counting the EOS that ended the output."""
     truncated: bool
     """True when generation hit max_new_tokens without producing an EOS."""
+    answer: str | None = None
+    """The output less the model's reasoning, in its own format (what is graded); None: not split here."""
 
     @property
     def finish_reason(self) -> str:
@@ -146,10 +154,93 @@ def _load_tokenizer(model_dir: Path):
     return tokenizer
 
 
-def _prompt_token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
-    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-    # The template writes its special tokens itself; adding BOS again would change the prompt.
-    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+def read_chat_settings(path: str | os.PathLike) -> dict | None:
+    """The chat template settings sft/prepare_data.py recorded in a Parquet file it wrote (template kwargs,
+    reasoning tags, stop token, the template's reasoning mechanism), or None for any other file."""
+    if Path(path).suffix.lower() != ".parquet" or not Path(path).is_file():
+        return None
+    from sft.text.chat_format import read_encoding_record
+
+    return read_encoding_record(path)
+
+
+REASONING_CHOICES = ("auto", "on", "off")
+
+
+def prompt_settings(data_path: str | os.PathLike, chat_settings: str | os.PathLike | None, choice: str,
+                    solutions: list[str | None]) -> tuple[dict | None, bool, dict]:
+    """(the training data's chat template settings, whether to prompt as for replies with reasoning, what
+    to record of both): the settings of `chat_settings` (a Parquet file sft/prepare_data.py wrote), else of
+    `data_path` when prepare_data wrote it, else the template's own defaults."""
+    from sft.text.chat_format import REASONING_TAGS
+
+    source = chat_settings if chat_settings is not None else data_path
+    settings = read_chat_settings(source)
+    if chat_settings is not None and settings is None:
+        raise GenerationError(f"--chat-settings {chat_settings}: not a Parquet file written by sft/prepare_data.py "
+                              "(its schema has no chat template record). Pass the train.parquet the model was "
+                              "trained on.")
+    if choice not in REASONING_CHOICES:
+        raise GenerationError(f"--reasoning must be one of {', '.join(REASONING_CHOICES)}, not {choice!r}")
+    tags = tuple((settings or {}).get("reasoning_tags") or REASONING_TAGS)
+    reasoning = reasoning_prompt(choice, solutions, tags)
+    return settings, reasoning, {"chat_settings": str(source) if settings is not None else None,
+                                 "template_kwargs": (settings or {}).get("template_kwargs") or {},
+                                 "reasoning_prompt": "on" if reasoning else "off"}
+
+
+def reasoning_prompt(choice: str, solutions: list[str | None], tags: tuple[str, str]) -> bool:
+    """Whether to prompt as training prompted rows with reasoning (`choice` "on"/"off"), or, for "auto",
+    as most reference solutions were trained: with reasoning when most of them carry it (in the data's
+    tags), without when most do not; with it when there are no reference solutions."""
+    if choice in ("on", "off"):
+        return choice == "on"
+    known = [s for s in solutions if isinstance(s, str)]
+    if not known:
+        return True
+    with_reasoning = sum(tags[1] in s or s.lstrip().startswith(tags[0]) for s in known)
+    return 2 * with_reasoning >= len(known)
+
+
+class Replies:
+    """Prompts through the model's chat template with the training data's settings, and outputs split into
+    reasoning and answer in the model's own format (sft.text.chat_format.ChatFormat.split_reply)."""
+
+    def __init__(self, tokenizer, settings: dict | None = None, reasoning: bool = True):
+        from sft.text.chat_format import REASONING_TAGS, ChatFormat, TemplateError
+
+        settings = settings or {}
+        self.tokenizer, self.reasoning = tokenizer, reasoning
+        self.tags = tuple(settings.get("reasoning_tags") or REASONING_TAGS)
+        try:
+            self.chat = ChatFormat(tokenizer, template_kwargs=settings.get("template_kwargs"), reasoning_tags=self.tags,
+                                   stop_token=settings.get("stop_token"), use_tiktoken=False)
+        except TemplateError as exc:
+            raise GenerationError(f"{exc}. Evaluate with the tokenizer and chat template the model was trained "
+                                  "with (the data's template settings come from the prepared Parquet file)") from None
+        self.special = sorted((t for t in getattr(tokenizer, "all_special_tokens", []) if t), key=len, reverse=True)
+
+    def prompt_ids(self, conversations: list[list[dict]]) -> list[list[int]]:
+        texts = [self.chat.prompt(c, reasoning=self.reasoning) for c in conversations]
+        # The template writes its special tokens itself; adding BOS again would change the prompt.
+        return [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+
+    def stop_ids(self) -> set[int]:
+        """The token trained after replies that the template closes with no special token (GLM: <|user|>)."""
+        token = self.chat.stop_token
+        return {self.tokenizer.convert_tokens_to_ids(token)} if token else set()
+
+    def make(self, ids: list[int], truncated: bool) -> Generation:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        reasoning, answer = self.chat.split_reply(self.tokenizer.decode(ids, skip_special_tokens=False))
+        for token in self.special:
+            answer = answer.replace(token, "")
+        answer = answer.strip()
+        if self.chat.reasoning.own_tags():  # channels and other tags would not survive decoding: the data's tags
+            from sft.text.chat_format import join_reasoning
+
+            text = join_reasoning(reasoning, answer, self.tags) if reasoning is not None else answer
+        return Generation(text, len(ids), truncated, answer)
 
 
 def _split_at_stop(tokens: list[int], stop_ids: set[int]) -> tuple[list[int], bool]:
@@ -201,8 +292,16 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+def _generation(replies: Replies | None, tokenizer, ids: list[int], truncated: bool) -> Generation:
+    """An output as Replies splits it, or (without one) decoded as it is."""
+    if replies is not None:
+        return replies.make(ids, truncated)
+    return Generation(tokenizer.decode(ids, skip_special_tokens=True), len(ids), truncated)
+
+
 def _transformers_batches(model, tokenizer, prompts: list[list[int]], *, stop_ids: set[int], sampling: Sampling,
-                          max_new_tokens: int, batch_size: int, device: str, bar) -> list[list[Generation]]:
+                          max_new_tokens: int, batch_size: int, device: str, bar,
+                          replies: Replies | None = None) -> list[list[Generation]]:
     """Batched, left-padded decoding, longest prompts first; `sampling.num_samples` outputs per prompt."""
     import torch
     from transformers import GenerationConfig
@@ -235,9 +334,7 @@ def _transformers_batches(model, tokenizer, prompts: list[list[int]], *, stop_id
             new_tokens = sequences[:, padded["input_ids"].shape[1] :].tolist()
             for row, tokens in enumerate(new_tokens):  # num_return_sequences rows per prompt, in order
                 kept, stopped = _split_at_stop(tokens, stop_ids)
-                results[batch[row // k]].append(
-                    Generation(tokenizer.decode(kept, skip_special_tokens=True), len(kept), not stopped)
-                )
+                results[batch[row // k]].append(_generation(replies, tokenizer, kept, not stopped))
             if bar is not None:
                 bar.update(len(batch) * k)
     return results
@@ -256,7 +353,7 @@ def _require_vllm():
 
 
 def _vllm_outputs(llm, tokenizer, prompts: list[list[int]], *, stop_ids: set[int], sampling: Sampling,
-                  max_new_tokens: int, bar) -> list[list[Generation]]:
+                  max_new_tokens: int, bar, replies: Replies | None = None) -> list[list[Generation]]:
     """vLLM decoding (continuous batching: --batch-size does not apply); each prompt seeded on its own."""
     vllm = _require_vllm()
     common = {"max_tokens": max_new_tokens, "stop_token_ids": sorted(stop_ids), "skip_special_tokens": True}
@@ -272,8 +369,8 @@ def _vllm_outputs(llm, tokenizer, prompts: list[list[int]], *, stop_ids: set[int
         generations = []
         for completion in sorted(output.outputs, key=lambda c: c.index):
             kept, stopped = _split_at_stop(list(completion.token_ids), stop_ids)
-            generations.append(Generation(tokenizer.decode(kept, skip_special_tokens=True), len(kept),
-                                          completion.finish_reason == "length" and not stopped))
+            truncated = completion.finish_reason == "length" and not stopped
+            generations.append(_generation(replies, tokenizer, kept, truncated))
         results.append(generations)
     if bar is not None:
         bar.update(sum(len(g) for g in results))
@@ -303,7 +400,8 @@ class Generator:
         outputs[0]  # four Generations of the first prompt
     """
 
-    def __init__(self, model: str | os.PathLike, *, backend: str, device: str, dtype: str, batch_size: int):
+    def __init__(self, model: str | os.PathLike, *, backend: str, device: str, dtype: str, batch_size: int,
+                 chat_settings: dict | None = None, reasoning: bool = True):
         if backend not in BACKENDS:
             raise GenerationError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         model_dir = Path(model)
@@ -312,7 +410,8 @@ class Generator:
         self.torch_dtype = _resolve_dtype(dtype, resolved_device, model_dir)
         self.device = resolved_device if backend == "transformers" else "vllm"
         self.tokenizer = _load_tokenizer(model_dir)
-        self.stop_ids = _stop_token_ids(self.tokenizer, model_dir)
+        self.replies = Replies(self.tokenizer, chat_settings, reasoning)
+        self.stop_ids = _stop_token_ids(self.tokenizer, model_dir) | self.replies.stop_ids()
         if backend == "vllm":
             vllm = _require_vllm()
             vllm_dtype = str(self.torch_dtype).removeprefix("torch.") if dtype != "auto" else "auto"
@@ -328,8 +427,9 @@ class Generator:
         return str(self.torch_dtype).removeprefix("torch.")
 
     def prompt_ids(self, conversations: list[list[dict]]) -> list[list[int]]:
-        """Token ids of each conversation through the chat template, with the generation prompt."""
-        return _prompt_token_ids(self.tokenizer, conversations)
+        """Token ids of each conversation through the chat template, with the generation prompt (and the
+        setting training rendered rows with, or without, reasoning with: a thinking switch, a system toggle)."""
+        return self.replies.prompt_ids(conversations)
 
     def generate(self, prompts: list[list[int]], sampling: Sampling = GREEDY, *, max_new_tokens: int,
                  bar=None) -> list[list[Generation]]:
@@ -337,10 +437,10 @@ class Generator:
         the outputs made: batch by batch (transformers), or at the end, with vLLM's own bar meanwhile."""
         if self.backend == "vllm":
             return _vllm_outputs(self._engine, self.tokenizer, prompts, stop_ids=self.stop_ids, sampling=sampling,
-                                 max_new_tokens=max_new_tokens, bar=bar)
+                                 max_new_tokens=max_new_tokens, bar=bar, replies=self.replies)
         return _transformers_batches(self._engine, self.tokenizer, prompts, stop_ids=self.stop_ids,
                                      sampling=sampling, max_new_tokens=max_new_tokens, batch_size=self.batch_size,
-                                     device=self.device, bar=bar)
+                                     device=self.device, bar=bar, replies=self.replies)
 
 
 @contextlib.contextmanager
@@ -378,6 +478,18 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--dtype", choices=DTYPES, default="auto", help="auto = float32 on CPU, the model config's dtype on GPU"
+    )
+    parser.add_argument(
+        "--chat-settings", default=None, metavar="PARQUET",
+        help="a Parquet file sft/prepare_data.py wrote (e.g. the train.parquet the model was trained on): prompt with "
+        "its chat template settings (template kwargs, the thinking switch); default: those of the data file when "
+        "prepare_data wrote it, else the template's defaults",
+    )
+    parser.add_argument(
+        "--reasoning", choices=REASONING_CHOICES, default="auto",
+        help="prompt as training prompted replies with reasoning (on) or without (off), for templates with a thinking "
+        "switch (DeepSeek-V3.1, Nemotron, ...); auto: as most reference solutions of the data were trained, on when "
+        "there are none",
     )
     parser.add_argument(
         "--num-threads", type=int, default=0,

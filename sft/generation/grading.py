@@ -7,9 +7,10 @@ sample's `correct`). Usage (as a library):
     pass_at_k(n=8, c=2, k=4)                   # 1 - C(6, 4) / C(8, 4), Chen et al. (2021)
     majority_vote(["1/2", "0.5", "3"])         # -> (0, 2): answers grouped by math-verify equivalence
 
-Correctness is sft/text/math_answers.py's `grade` of what the output concludes (after a reasoning
-model's </think>); whether it states a final answer in a standard form is recorded apart
-(`has_final_answer`), so format never passes for correctness.
+Correctness is sft/text/math_answers.py's `grade` of what the output concludes after its reasoning
+(written in the model's own format: its tags, its analysis channel; see Generation.answer); whether
+it states a final answer in a standard form is recorded apart (`has_final_answer`), so format never
+passes for correctness.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def grade(sample: EvalSample, generation: Generation, strict: bool = False) -> d
     final answer in a standard form (`has_final_answer`), so format never passes for correctness."""
     from sft.text.chat_format import split_reasoning
 
-    answer_part = split_reasoning(generation.text)[1]  # a reasoning model's answer follows </think>
+    # The answer less the model's reasoning in its own format (split by the backend), else after </think>.
+    answer_part = generation.answer if generation.answer is not None else split_reasoning(generation.text)[1]
     verdict = grade_solution(answer_part, sample.reference_answer, sample.messages[-1]["content"], strict=strict)
     return {
         "index": sample.index,

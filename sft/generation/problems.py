@@ -60,6 +60,8 @@ class EvalSample:
     reference_answer: str | None
     """The final answer graded against; None when the row is skipped."""
     skip_reason: str | None = None
+    solution: str | None = None
+    """The row's reference solution (last assistant message, or the solution column), when it has one."""
 
 
 def _plain(value: Any) -> Any:
@@ -229,6 +231,7 @@ def samples_from_rows(
                 reference=reference,
                 reference_answer=ref_answer,
                 skip_reason=skip_reason,
+                solution=solution if isinstance(solution, str) else None,
             )
         )
     return samples

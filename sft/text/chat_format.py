@@ -16,14 +16,29 @@ What is trained, for every assistant turn of a conversation:
 - context (loss off): the template's rendering of the messages before the turn with
   add_generation_prompt=True, system and date headers included: the exact prompt the model is
   given at inference;
-- trained (loss on): the turn's content as given, reasoning included, in the template's own
-  format (its whitespace rules, an empty reasoning block it adds), then the template's
-  end-of-turn text up to and including its first special token (`<|im_end|>`, `<|eot_id|>`,
-  `<end_of_turn>`, `</s>`, ...). What the template writes after that (a newline, Phi-3.5's
-  final EOS) follows with loss off;
+- trained (loss on): the turn's content as given, reasoning included, in the model's own format
+  (its whitespace rules, an empty reasoning block it adds, its own reasoning delimiters or
+  channel), then the template's end-of-turn text up to and including its first special token
+  (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `</s>`, gpt-oss's `<|return|>`...). What the
+  template writes after that (a newline, Phi-3.5's final EOS) follows with loss off. A template
+  that closes replies with no special token (GLM-4.5/4.6, where the next role's `<|user|>`
+  follows) has the token the model must emit to stop trained after the reply: one of the
+  generation config's eos_token_id (the next turn's opening token when it is one), else the next
+  turn's opening token (`describe()["end_of_turn_source"]`);
 - where the generation prompt already opens the reasoning (`<|im_start|>assistant\\n<think>\\n`),
   the reply's own opening `<think>` is not repeated: the trained part starts right after the
   prompt, so no part of the reply is untrained and no token appears twice.
+
+The reasoning (`<think>...</think>` in the content, or a reasoning_content / thinking / reasoning
+key) is handed to the template the way the template reads it, found by probes in
+sft/text/reasoning_format.py: a message field (gpt-oss's `thinking`, written in its analysis
+channel; `reasoning_content` of Qwen3, GLM, Seed-OSS), content chunks (`[THINK]` of Mistral's
+reasoning models), or the content's own tags. Where the template has a thinking switch (a
+variable such as DeepSeek-V3.1's `thinking`, or a `/no_think` system-prompt toggle) and its
+default generation prompt contradicts a conversation (closes the reasoning of one that has some,
+opens it for one that has none), the conversation is rendered with the switch set the other way
+(`_setting`); `prompt()` gives evaluation the same prompt, `split_reply()` splits a generated reply
+in the model's format.
 
 How, with no table of model families: for each turn the template renders the prompt (with the
 generation prompt) and the prompt followed by the reply. When the second starts with the first
@@ -39,7 +54,9 @@ render with placeholders. Every text piece is tokenized on its own (sft.text.cha
 context tokens are exactly the tokens of the rendered prompt.
 
 A template that cannot render a conversation raises TemplateError with one line: which
-template, what it refused and what to do.
+template, what it refused and what to do; so does a generation prompt that closes the reasoning
+of a reply that has some (a forced --chat-template-kwargs). Variables a template needs and
+nothing passes (tools it iterates over) get neutral values (`render_defaults`).
 """
 
 from __future__ import annotations
@@ -49,7 +66,10 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
+
+from sft.text.reasoning_format import (CLOSES, OPENS, REASONING_FIELDS, common_prefix, split_at_tags,
+                                      token_boundary)
 
 REASONING_TAGS = ("<think>", "</think>")
 """The reasoning delimiters of Qwen3, QwQ, DeepSeek-R1 and their distills (configurable)."""
@@ -76,6 +96,9 @@ FLAG_OPENED_NO_CLOSE = "prompt_opens_reasoning_reply_never_closes_it"
 FLAG_UNCLOSED = "reasoning_never_closed"
 FLAG_HISTORY = "history_rendered_differently"
 FLAG_NO_END_TOKEN = "no_end_of_turn_token"
+FLAG_OWN_FORMAT = "reasoning_in_the_models_format"
+FLAG_SWITCH_ON = "reasoning_switch_on"
+FLAG_SWITCH_OFF = "reasoning_switch_off"
 
 FLAG_EXPLANATIONS = {
     OUTCOME_WHITESPACE: "the template changes whitespace of the reply (trimmed ends, newlines around the reasoning): "
@@ -93,6 +116,12 @@ FLAG_EXPLANATIONS = {
     FLAG_HISTORY: "the template renders earlier turns differently from the last one (it drops their reasoning, or "
     "moves the system prompt): earlier turns stay in the sequence as they were trained",
     FLAG_NO_END_TOKEN: "the template closes replies with no special token: the model may not learn to stop",
+    FLAG_OWN_FORMAT: "the model writes reasoning with its own delimiters or channel, not the data's tags: the "
+    "reasoning was handed to the template the way it reads it and trained as the template writes it",
+    FLAG_SWITCH_ON: "the template's default generation prompt closes the reasoning block: rows with reasoning were "
+    "rendered with the template's switch on (see chat_template.reasoning.switch)",
+    FLAG_SWITCH_OFF: "the template's default generation prompt opens the reasoning block: rows without reasoning "
+    "were rendered with the template's switch off (see chat_template.reasoning.switch)",
 }
 
 
@@ -123,18 +152,10 @@ def split_reasoning(content: str, tags: Sequence[str] = REASONING_TAGS) -> tuple
     """(reasoning, answer) of a reply: the answer is what follows the last closing tag (leading
     whitespace removed); a reply that opens reasoning and never closes it is all reasoning; a
     reply with neither tag is all answer (reasoning None)."""
-    opening, closing = tags
-    at = content.rfind(closing)
-    if at >= 0:
-        reasoning = content[:at]
-        start = reasoning.find(opening)
-        if start >= 0:
-            reasoning = reasoning[start + len(opening):]
-        return reasoning, content[at + len(closing):].lstrip()
-    start = content.find(opening)
-    if start >= 0:
-        return content[start + len(opening):], ""
-    return None, content
+    reasoning, answer, unclosed = split_at_tags(content, *tags)
+    if unclosed:
+        return content[content.find(tags[0]) + len(tags[0]):], ""
+    return reasoning, answer.lstrip() if reasoning is not None else answer
 
 
 def join_reasoning(reasoning: str | None, answer: str, tags: Sequence[str] = REASONING_TAGS) -> str:
@@ -146,13 +167,15 @@ def join_reasoning(reasoning: str | None, answer: str, tags: Sequence[str] = REA
 
 
 ROLES = ("system", "user", "assistant")
-MESSAGE_KEYS = ("role", "content", "reasoning_content")
+REASONING_KEYS = REASONING_FIELDS
+"""Message keys that hold an assistant's reasoning apart from its content (the same keys templates read)."""
+MESSAGE_KEYS = ("role", "content", *REASONING_KEYS)
 
 
 def conversation_problem(messages) -> str | None:
     """Why `messages` cannot be trained, in one line, or None when it can: an OpenAI-style list of
-    {role, content[, reasoning_content]} with roles system/user/assistant, the first message after
-    any system prompt from the user, the last an assistant reply, every reply non-empty. Other keys
+    {role, content[, reasoning_content | thinking | reasoning]} with roles system/user/assistant, the first
+    message after any system prompt from the user, the last an assistant reply, every reply non-empty. Other keys
     are refused unless null, so nothing a row carries (a per-turn weight, tool calls) is silently ignored."""
     if not isinstance(messages, list) or not messages:
         return "is not a non-empty list of messages"
@@ -165,15 +188,18 @@ def conversation_problem(messages) -> str | None:
                     "(human -> user, gpt -> assistant)")
         if extra:
             return (f"has message {index} with {', '.join(map(repr, extra))}, which training does not use (only "
-                    "role, content and reasoning_content); remove it from the row, or set it to null")
+                    f"role, content and one of {', '.join(REASONING_KEYS)}); remove it from the row, or set it to null")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
             return f"has message {index} with role {role!r}; the roles are system, user and assistant"
         if not isinstance(content, str):
             return f"has message {index} ({role}) whose content is a {type(content).__name__}, not a string"
-        reasoning = message.get("reasoning_content")
+        given = [k for k in REASONING_KEYS if message.get(k) is not None]
+        if len(given) > 1:
+            return f"has message {index} ({role}) with reasoning in both {given[0]!r} and {given[1]!r}; keep one"
+        reasoning = message.get(given[0]) if given else None
         if reasoning is not None and (role != "assistant" or not isinstance(reasoning, str)):
-            return f"has message {index} ({role}) with a reasoning_content that is not an assistant's string"
+            return f"has message {index} ({role}) with a {given[0]} that is not an assistant's string"
         if role == "assistant" and not content.strip() and not (reasoning or "").strip():
             return f"has message {index} (assistant) that is empty"
     roles = [m["role"] for m in messages]
@@ -188,18 +214,101 @@ def conversation_problem(messages) -> str | None:
 
 
 def canonical_messages(messages, tags: Sequence[str] = REASONING_TAGS) -> list[dict]:
-    """`messages` as {role, content} dicts, reasoning_content joined into the content; raises
-    ConversationError with conversation_problem's reason."""
+    """`messages` as {role, content} dicts, reasoning given apart (reasoning_content, thinking, reasoning)
+    joined into the content with the data's tags; raises ConversationError with conversation_problem's reason."""
     problem = conversation_problem(list(messages) if isinstance(messages, tuple) else messages)
     if problem is not None:
         raise ConversationError(f"the conversation {problem}")
     canon = []
     for message in messages:
         content = message["content"]
-        if message.get("reasoning_content") is not None:
-            content = join_reasoning(message["reasoning_content"], content, tags)
+        reasoning = next((message[k] for k in REASONING_KEYS if message.get(k) is not None), None)
+        if reasoning is not None:
+            content = join_reasoning(reasoning, content, tags)
         canon.append({"role": message["role"], "content": content})
     return canon
+
+
+def _placed(pieces: Sequence[str], text: str) -> str | None:
+    """OUTCOME_TEMPLATE when every piece stands in `text` unchanged, in order; OUTCOME_WHITESPACE when
+    only their non-space characters do; None when a piece is missing or moved."""
+    at, exact = 0, True
+    for piece in pieces:
+        found = text.find(piece, at)
+        if found < 0:
+            exact = False
+            break
+        at = found + len(piece)
+    if exact:
+        return OUTCOME_TEMPLATE
+    squashed, at = _squash(text), 0
+    for piece in pieces:
+        found = squashed.find(_squash(piece), at)
+        if found < 0:
+            return None
+        at = found + len(_squash(piece))
+    return OUTCOME_WHITESPACE
+
+
+def _freeze(value: Any):
+    """A hashable stand-in for a message or a dict of template variables (render cache keys)."""
+    if isinstance(value, dict):
+        return ("\0dict", tuple((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("\0list", tuple(_freeze(v) for v in value))
+    return value
+
+
+def _thaw(value: Any):
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "\0dict":
+        return {k: _thaw(v) for k, v in value[1]}
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "\0list":
+        return [_thaw(v) for v in value[1]]
+    return value
+
+
+def _generation_stop_tokens(tokenizer) -> list[str]:
+    """The added tokens that the generation_config.json beside the tokenizer (its directory, or the
+    Hugging Face cache for a hub id) lists as eos_token_id; [] where there is none."""
+    import json
+
+    source = str(getattr(tokenizer, "name_or_path", "") or "")
+    path = Path(source).expanduser() / "generation_config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "generation_config.json") if source.count("/") == 1 else None
+        except Exception:  # noqa: BLE001 - not a hub id, or no cache: no generation config
+            cached = None
+        if not isinstance(cached, str):
+            return []
+        path = Path(cached)
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return []
+    ids = [ids] if isinstance(ids, int) else [i for i in ids if isinstance(i, int)] if isinstance(ids, list) else []
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return [decoder[i].content for i in ids if i in decoder]
+
+
+def read_encoding_record(path) -> dict | None:
+    """The encoding record sft/prepare_data.py wrote into a Parquet file's schema metadata
+    (PARQUET_METADATA_KEY: template kwargs, reasoning tags, text encoder, stop token, the template's
+    reasoning mechanism), or None."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    raw = (pq.read_schema(path).metadata or {}).get(PARQUET_METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -213,14 +322,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _squash(text: str) -> str:
     return "".join(text.split())
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _roles(messages: Iterable[dict]) -> str:
@@ -257,7 +358,7 @@ class ChatFormat:
     """The model's chat template, turned into token ids and a loss mask (see the module docstring)."""
 
     def __init__(self, tokenizer, template_kwargs: dict | None = None, reasoning_tags: Sequence[str] = REASONING_TAGS,
-                 name: str | None = None, use_tiktoken: bool | None = None):
+                 name: str | None = None, use_tiktoken: bool | None = None, stop_token: str | None = None):
         from sft.text.chat_tokens import TextTokenizer
 
         self.tokenizer = tokenizer
@@ -280,8 +381,9 @@ class ChatFormat:
         # conversation were tokenized at once.
         self._rstrip = tuple(t.content for t in decoder.values() if getattr(t, "rstrip", False) and t.content)
         self._lstrip = tuple(t.content for t in decoder.values() if getattr(t, "lstrip", False) and t.content)
+        self.render_defaults: dict = {}
         self._render_cached = lru_cache(maxsize=8192)(self._render_key)
-        self._probe()
+        self._probe(stop_token)
 
     @classmethod
     def load(cls, name_or_path: str, **kwargs) -> "ChatFormat":
@@ -297,11 +399,12 @@ class ChatFormat:
         self._render_cached = lru_cache(maxsize=8192)(self._render_key)
 
     # -- rendering --------------------------------------------------------------------
-    def _render_key(self, key: tuple, generation_prompt: bool) -> str:
-        messages = [{"role": role, "content": content} for role, content in key]
+    def _render_key(self, key: tuple, generation_prompt: bool, extra: tuple) -> str:
+        messages = [_thaw(m) for m in key]
+        kwargs = {**self.template_kwargs, **self.render_defaults, **dict(_thaw(extra) if extra else {})}
         try:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
-                                                      **self.template_kwargs)
+                                                      **kwargs)
         except Exception as exc:  # noqa: BLE001 - a template can raise anything; each is the template's refusal
             message = _first_line(exc)
             raise TemplateError(f"the chat template of {self.name} refused the conversation {_roles(messages)}: "
@@ -310,12 +413,17 @@ class ChatFormat:
             raise TemplateError(f"the chat template of {self.name} returned {type(text).__name__}, not text")
         return text
 
-    def render(self, messages: Sequence[dict], generation_prompt: bool) -> str:
-        return self._render_cached(tuple((m["role"], m["content"]) for m in messages), generation_prompt)
+    def render(self, messages: Sequence[dict], generation_prompt: bool, extra: dict | None = None) -> str:
+        """The template's text for `messages` (with `extra` template variables on top of the settings)."""
+        return self._render_cached(tuple(_freeze(m) for m in messages), generation_prompt,
+                                   _freeze(extra) if extra else ())
 
     # -- the template's shape, found once ------------------------------------------------------
-    def _probe(self) -> None:
+    def _probe(self, stop_token: str | None) -> None:
+        from sft.text.reasoning_format import probe_reasoning
+
         user = [{"role": "user", "content": _PROBE_USER}]
+        self.render_defaults = self._neutral_variables(user)
         prompt = self.render(user, True)
         full = self.render(user + [{"role": "assistant", "content": _REPLY}], False)
         if full.count(_REPLY) != 1:
@@ -323,18 +431,49 @@ class ChatFormat:
                                 f"into its output ({_short(full, 120)}), so there is nothing to train")
         at = full.index(_REPLY)
         head, self.closing = full[:at], full[at + len(_REPLY):]
-        common = _common_prefix(prompt, head)
-        if common == len(prompt):
-            self.opening, self.scaffold = "", head[len(prompt):]
-        elif common == len(head):
-            self.opening, self.scaffold = prompt[len(head):], ""
-        else:
-            raise TemplateError(f"the chat template of {self.name} ends its generation prompt with "
-                                f"{prompt[common:]!r} but starts a reply with {head[common:]!r}; a model could not be "
-                                "prompted the way it is trained. Use a template whose generation prompt begins its replies")
-        self.end_of_turn, self.after_end_of_turn = self._split_closing(self.closing)
+        common = common_prefix(prompt, head)
+        diverges = common not in (len(prompt), len(head))
+        if diverges:  # the prompt opens a reasoning block where a reply writes its own (checked below)
+            common = token_boundary(prompt, common, self._added)
+        self.opening, self.scaffold = prompt[common:], head[common:]
         # What add_generation_prompt adds (Phi-3.5 ends the render without it with EOS instead).
-        self.generation_prompt = prompt[_common_prefix(prompt, self.render(user, False)):]
+        self.generation_prompt = prompt[common_prefix(prompt, self.render(user, False)):]
+        self.reasoning = probe_reasoning(self.render, user, prompt, self.scaffold, self.reasoning_tags, self._added,
+                                         self.tokenizer.chat_template, {**self.template_kwargs, **self.render_defaults})
+        if diverges and not (self._only_tags(self.opening) and self._only_tags(self.scaffold)):
+            raise TemplateError(f"the chat template of {self.name} ends its generation prompt with "
+                                f"{self.opening!r} but starts a reply with {self.scaffold!r}; a model could not be "
+                                "prompted the way it is trained. Use a template whose generation prompt begins its "
+                                "replies")
+        self.stop_token, self.end_of_turn_source = self._find_stop_token(user, stop_token)
+        self.end_of_turn, self.after_end_of_turn = self._end_of_turn(self.closing)
+
+    def _reply_start(self, prompt: str, rendered: str) -> int | None:
+        """Where a reply starts in `rendered` (a conversation ending with it, or a placeholder): after the
+        whole prompt, or, where the prompt ends with a reasoning opening or an empty block that the
+        render of a reply does not repeat (DeepSeek-V3.1's `<think>` before a reply rendered after
+        `</think>`, QwQ's `<think>\n`), where the two part. None when the prompt is not there."""
+        if rendered.startswith(prompt):
+            return len(prompt)
+        start = token_boundary(prompt, common_prefix(prompt, rendered), self._added)
+        return start if self._only_tags(prompt[start:]) else None
+
+    def _neutral_variables(self, user: list[dict]) -> dict:
+        """Template variables the template needs and nothing passes, with neutral values (tools=[] for a
+        template that iterates over the tools transformers passes as None); {} when it needs none."""
+        from sft.text.reasoning_format import neutral_variables
+
+        probe = user + [{"role": "assistant", "content": _REPLY}]
+
+        def render_ok(extra: dict) -> str | None:
+            try:
+                self.render(user, True, extra)
+                self.render(probe, False, extra)
+            except TemplateError as exc:
+                return str(exc)
+            return None
+
+        return neutral_variables(render_ok, self.tokenizer.chat_template, self.template_kwargs)
 
     def _split_closing(self, closing: str) -> tuple[str, str]:
         """(end of turn, what follows it): the closing text up to and including its first special token."""
@@ -348,127 +487,280 @@ class ChatFormat:
         end = best[0] + len(best[1])
         return closing[:end], closing[end:]
 
+    def _end_of_turn(self, closing: str) -> tuple[str, str]:
+        """(trained end of turn, untrained text after it) of a reply the template closes with `closing`:
+        up to its first special token, or, where it has none, followed by the stop token."""
+        end, after = self._split_closing(closing)
+        if self.stop_token is not None and not any(token in end for token in self._added):
+            return closing + self.stop_token, ""
+        return end, after
+
+    def _find_stop_token(self, user: list[dict], given: str | None) -> tuple[str | None, str]:
+        """(the token trained after replies the template closes with no special token, where it came from).
+        GLM-4.5/4.6 end a reply with nothing: the next role's token (`<|user|>`) follows, and the model's
+        generation config lists it as a stop token. The stop token is one of generation_config.json's
+        eos_token_id (the next turn's opening token when it is one of them, else the tokenizer's EOS or
+        the first); without a generation config, the next turn's opening token, else the tokenizer's EOS."""
+        if given is not None:
+            if given not in self._added:
+                raise TemplateError(f"the recorded stop token {given!r} is not a token of {self.name}; prepare the "
+                                    "data again with this tokenizer")
+            return given, "recorded"
+        end, _ = self._split_closing(self.closing)
+        if any(token in end for token in self._added):
+            return None, "template"
+        next_token = None
+        try:
+            rendered = self.render(user + [{"role": "assistant", "content": _REPLY},
+                                           {"role": "user", "content": _TURN.format(0)}], False)
+            after = rendered[rendered.index(_REPLY) + len(_REPLY): rendered.index(_TURN.format(0))]
+            found = [(after.find(t), t) for t in self._added if t in after]
+            next_token = min(found)[1] if found else None
+        except (TemplateError, ValueError):
+            pass
+        stops = _generation_stop_tokens(self.tokenizer)
+        if stops:
+            if next_token in stops:
+                return next_token, "generation_config.json eos_token_id (the next turn's opening token)"
+            eos = getattr(self.tokenizer, "eos_token", None)
+            return (eos if eos in stops else stops[0]), "generation_config.json eos_token_id"
+        if next_token is not None:
+            return next_token, "the next turn's opening token (no generation_config.json beside the tokenizer)"
+        eos = getattr(self.tokenizer, "eos_token", None)
+        if eos and eos in self._added:
+            return eos, "the tokenizer's eos_token (no generation_config.json beside the tokenizer)"
+        return None, "none"
+
     def describe(self) -> dict:
         """What the template does, for manifests and logs."""
         return {
             "tokenizer": str(self.name),
             "chat_template_sha256": hashlib.sha256(self.tokenizer.chat_template.encode()).hexdigest(),
             "template_kwargs": self.template_kwargs,
+            "render_defaults": self.render_defaults,
             "reasoning_tags": list(self.reasoning_tags),
             "generation_prompt": self.generation_prompt,
             "generation_prompt_opens": self.opening,
             "reply_scaffold": self.scaffold,
+            "reasoning": self.reasoning.describe(),
             "end_of_turn": self.end_of_turn,
+            "end_of_turn_source": self.end_of_turn_source,
             "after_end_of_turn": self.after_end_of_turn,
             "text_encoder": self.text.text_encoder,
         }
+
+    def recorded_settings(self) -> dict:
+        """What prepare_data records beside the template kwargs so that training and evaluation encode and
+        prompt the same way (sft/verl_plugins/sft_dataset.py passes `stop_token` back and compares the rest)."""
+        return {"stop_token": self.stop_token, "render_defaults": self.render_defaults,
+                "reasoning_format": self.reasoning.describe()}
+
+    # -- per conversation: the reasoning switch ----------------------------------------------
+    def _setting(self, reasoning: bool) -> tuple[dict | None, str | None, str | None]:
+        """(template variables, system-prompt toggle, flag) for a conversation with or without reasoning:
+        the template's switch where its default generation prompt contradicts the conversation (closes the
+        reasoning of a reply that has some, opens it for a reply that has none); else nothing."""
+        fmt = self.reasoning
+        switch = fmt.switch
+        if switch is None:
+            return None, None, None
+        if reasoning and fmt.prompt == CLOSES and switch.on is not None:
+            value, flag = switch.on, FLAG_SWITCH_ON
+        elif not reasoning and fmt.prompt == OPENS and switch.off is not None:
+            value, flag = switch.off, FLAG_SWITCH_OFF
+        else:
+            return None, None, None
+        if switch.kind == "variable":
+            return {switch.name: value}, None, flag
+        return None, value, flag
+
+    @staticmethod
+    def _with_toggle(messages: list[dict], toggle: str) -> list[dict]:
+        if messages and messages[0]["role"] == "system":
+            first = messages[0]["content"]
+            return [dict(messages[0], content=f"{first}\n{toggle}" if first.strip() else toggle)] + messages[1:]
+        return [{"role": "system", "content": toggle}] + messages
+
+    def prompt(self, messages: Sequence[dict], reasoning: bool = True) -> str:
+        """The generation prompt for `messages` (a conversation ending before the reply) with the setting
+        training uses for a reply with (or without) reasoning: what evaluation and generation prompt with."""
+        extra, toggle, _ = self._setting(reasoning)
+        canon = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return self.render(self._with_toggle(canon, toggle) if toggle else canon, True, extra)
+
+    def split_reply(self, text: str) -> tuple[str | None, str]:
+        """(reasoning, answer) of a generated reply in the model's own format (its delimiters, channels;
+        see ReasoningFormat.split): what evaluation grades is the answer."""
+        return self.reasoning.split(text)
 
     # -- one conversation ---------------------------------------------------------------
     def _without_opening(self, text: str, opening: str) -> str:
         """`text` less the reasoning opening that the generation prompt already wrote."""
         if text.startswith(opening):
             return text[len(opening):]
-        tag = opening.strip()
-        stripped = text.lstrip()
-        if tag and stripped.startswith(tag):
-            return stripped[len(tag):].lstrip()
+        for tag in dict.fromkeys((opening.strip(), self.reasoning_tags[0].strip())):
+            stripped = text.lstrip()
+            if tag and stripped.startswith(tag):
+                return stripped[len(tag):].lstrip()
         return text
 
-    def _reply(self, history: list[dict], prompt: str, content: str) -> tuple[str, str, str, str, set[str]]:
+    def _only_tags(self, text: str) -> bool:
+        """Whether `text` holds nothing but reasoning delimiters and whitespace (an empty reasoning block)."""
+        for tag in (*self.reasoning.tags, *self.reasoning_tags):
+            text = text.replace(tag.strip(), "")
+        return not text.strip()
+
+    def _reply(self, history: list[dict], prompt: str, content: str,
+               extra: dict | None) -> tuple[str, str, str, str, set[str]]:
         """(reply text, end of turn, untrained text after it, outcome, flags) of one assistant turn after
         `prompt`; the trained text is the reply text followed by the end of turn."""
         flags: set[str] = set()
-        opening_tag, closing_tag = self.reasoning_tags
-        if opening_tag in content and closing_tag not in content:
+        fmt = self.reasoning
+        reasoning, answer, unclosed = split_at_tags(content, *self.reasoning_tags)
+        if unclosed:
             flags.add(FLAG_UNCLOSED)
-        full = self.render(history + [{"role": "assistant", "content": content}], False)
-        opened = ""
-        body = None
-        if full.startswith(prompt):
-            body = full[len(prompt):]
-        elif self.opening and prompt.endswith(self.opening) and full.startswith(prompt[: -len(self.opening)]):
-            body, opened = full[len(prompt) - len(self.opening):], self.opening
-        expected = self._without_opening(content, opened) if opened else content
-        if body is not None and body.endswith(self.closing):
-            inner = body[: len(body) - len(self.closing)]
+        state = fmt.state(prompt)
+        if reasoning is not None and not unclosed and state == CLOSES:
+            raise TemplateError(self._closed_prompt_refusal(history))
+        opened = fmt.opened(prompt)
+        carrier = fmt.carrier if (reasoning is not None and not unclosed and fmt.carrier is not None
+                                  and fmt.carrier.kind != "inline") else None
+        if carrier is not None:  # the template reads the reasoning apart and writes it its own way
+            message = carrier.message(reasoning, answer, self.reasoning_tags)
+            pieces = [reasoning.strip(), answer.strip()]
+            if fmt.own_tags():
+                flags.add(FLAG_OWN_FORMAT)
+        else:
+            message = {"role": "assistant", "content": content}
+            pieces = [self._without_opening(content, opened) if opened else content]
+        full = self.render(history + [message], False, extra)
+        start = self._reply_start(prompt, full)
+        if start is not None and full.endswith(self.closing):
+            inner = full[start: len(full) - len(self.closing)]
+            lead = prompt[start:]  # in the prompt, not in the render of the reply
+            if lead.strip():
+                inner = self._without_opening(inner, lead)
             if opened:
                 inner = self._without_opening(inner, opened)
-            if _squash(expected) in _squash(inner):
-                end_of_turn, after = self.end_of_turn, self.after_end_of_turn
-                if expected in inner:
-                    outcome = OUTCOME_TEMPLATE
-                    if inner != expected:
-                        flags.add(FLAG_TEMPLATE_TEXT)
-                else:
-                    outcome = OUTCOME_WHITESPACE
-                return self._finish(inner, end_of_turn, after, outcome, flags, opened, expected)
+            placed = _placed(pieces, inner)
+            if placed is not None and carrier is None and reasoning is not None and not unclosed:
+                lead = inner[: inner.find(pieces[0])] if placed == OUTCOME_TEMPLATE else ""
+                if lead and self._only_tags(lead):  # an empty block the template writes before every reply
+                    inner = inner[len(lead):]
+            if placed is not None:
+                if placed == OUTCOME_TEMPLATE and carrier is None and inner != pieces[0]:
+                    flags.add(FLAG_TEMPLATE_TEXT)
+                return self._finish(inner, self.end_of_turn, self.after_end_of_turn, placed, flags, opened)
         # The template dropped or rewrote part of the reply: place it where a placeholder reply goes.
-        placeholder = self.render(history + [{"role": "assistant", "content": _REPLY}], False)
+        placeholder = self.render(history + [{"role": "assistant", "content": _REPLY}], False, extra)
         if placeholder.count(_REPLY) != 1:
             raise TemplateError(f"the chat template of {self.name} does not write the assistant content of "
                                 f"{_roles(history + [{'role': 'assistant'}])}")
         at = placeholder.index(_REPLY)
         head, closing = placeholder[:at], placeholder[at + len(_REPLY):]
-        if head.startswith(prompt):
-            scaffold, opened = head[len(prompt):], ""
-        elif self.opening and prompt.endswith(self.opening) and head == prompt[: -len(self.opening)]:
-            scaffold, opened = "", self.opening
+        start = self._reply_start(prompt, head)
+        if start is not None:
+            scaffold = head[start:]  # where the prompt opened the block, the template may close an empty one
         else:
-            raise TemplateError(f"the chat template of {self.name} renders the prompt of {_roles(history)} differently "
-                                "when a reply follows than with the generation prompt, so the reply's place is unknown")
-        expected = self._without_opening(content, opened) if opened else content
-        if opening_tag in scaffold and closing_tag in expected:
-            scaffold = ""  # the template's empty reasoning block gives way to the reply's own reasoning
-        end_of_turn, after = self._split_closing(closing)
-        return self._finish(scaffold + expected, end_of_turn, after, OUTCOME_INSERTED, flags, opened, expected)
+            from sft.text.reasoning_format import template_variables
 
-    def _finish(self, inner, end_of_turn, after, outcome, flags, opened, expected):
-        if inner != expected and outcome == OUTCOME_INSERTED:
+            part = token_boundary(prompt, common_prefix(prompt, head), self._added)
+            variables = ", ".join(template_variables(self.tokenizer.chat_template)[:8]) or "none"
+            raise TemplateError(f"the chat template of {self.name} renders the prompt of {_roles(history)} differently "
+                                f"when a reply follows (ending {head[part:][-40:]!r}) than with the generation prompt "
+                                f"(ending {prompt[part:][-40:]!r}), so the reply's place is unknown; set the template "
+                                f"variable that makes them agree with --chat-template-kwargs (it reads: {variables})")
+        if carrier is not None:
+            text = fmt.opening + reasoning.strip() + fmt.closing + answer.lstrip()
+            text = self._without_opening(text, opened) if opened else text
+        else:
+            text = pieces[0]
+        if reasoning is not None and self._only_tags(scaffold):
+            scaffold = ""  # the template's empty reasoning block gives way to the reply's own reasoning
+        elif opened and self._only_tags(scaffold):
+            scaffold = ""
+        if scaffold:
             flags.add(FLAG_TEMPLATE_TEXT)
+        end_of_turn, after = self._end_of_turn(closing)
+        return self._finish(scaffold + text, end_of_turn, after, OUTCOME_INSERTED, flags, opened)
+
+    def _closed_prompt_refusal(self, history: list[dict]) -> str:
+        forced = False
+        if self.template_kwargs:  # would the template's own default let the model reason?
+            try:
+                default = self.tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True,
+                                                             **self.render_defaults)
+                forced = self.reasoning.state(default) != CLOSES
+            except Exception:  # noqa: BLE001 - the template needs the user's settings to render at all
+                forced = False
+        if forced:
+            why = f"--chat-template-kwargs sets {', '.join(f'{k}={v!r}' for k, v in self.template_kwargs.items())}"
+            fix = "drop it from --chat-template-kwargs, or remove the reasoning (prepare_data --answers-only)"
+        else:
+            why = "and it has no setting that opens it"
+            fix = "remove the reasoning (prepare_data --answers-only), or use a template that lets the model reason"
+        return (f"the chat template of {self.name} closes the reasoning block in the generation prompt ({why}), "
+                f"but the reply after {_roles(history)} has reasoning, which the model would never be prompted to "
+                f"write; {fix}")
+
+    def _finish(self, inner, end_of_turn, after, outcome, flags, opened):
         if opened:
             flags.add(FLAG_OPENED)
-            if self.reasoning_tags[1] not in expected:
+            if not any(tag and tag in inner for tag in (self.reasoning.tags[1], self.reasoning_tags[1])):
                 flags.add(FLAG_OPENED_NO_CLOSE)
         if not any(token in end_of_turn for token in self._added):
             flags.add(FLAG_NO_END_TOKEN)
         return inner, end_of_turn, after, outcome, flags
 
-    def _bridge(self, messages: list[dict], turn: int, earlier: list[int], end_of_turn: str) -> str:
+    def _bridge(self, messages: list[dict], turn: int, earlier: list[int], end_of_turn: str,
+                extra: dict | None) -> str:
         """Text between the end of the previous assistant turn and the reply of `turn`, from a render
         whose earlier replies are placeholders (for templates that render history differently)."""
         history = list(messages[:turn])
         for j in earlier:
             history[j] = {"role": "assistant", "content": _TURN.format(j)}
-        rendered = self.render(history, True)
+        rendered = self.render(history, True, extra)
         mark = _TURN.format(earlier[-1])
         if rendered.count(mark) != 1:
             raise TemplateError(f"the chat template of {self.name} does not write earlier assistant turns of "
                                 f"{_roles(history)} into the prompt")
         after = rendered[rendered.index(mark) + len(mark):]
-        if not after.startswith(end_of_turn):
-            raise TemplateError(f"the chat template of {self.name} closes earlier assistant turns with "
-                                f"{after[:40]!r}, not with {end_of_turn!r} as it closes the last one")
-        return after[len(end_of_turn):]
+        if after.startswith(end_of_turn):
+            return after[len(end_of_turn):]
+        if self.end_of_turn_source == "template":
+            # Earlier turns end with another special token (gpt-oss: <|end|>, the last one <|return|>).
+            ending, rest = self._split_closing(after)
+            if any(token in ending for token in self._added):
+                return rest
+        elif after.startswith(self.closing):  # the stop token was trained; the template's next turn follows
+            return after[len(self.closing):]
+        raise TemplateError(f"the chat template of {self.name} closes earlier assistant turns with "
+                            f"{after[:40]!r}, not with {end_of_turn!r} as it closes the last one")
 
     def segments(self, messages: Sequence[dict]) -> Encoding:
         """The conversation as text segments: context (untrained) and every assistant turn (trained)."""
         canon = canonical_messages(messages, self.reasoning_tags)
+        reasoning = any(split_at_tags(m["content"], *self.reasoning_tags)[0] is not None
+                        for m in canon if m["role"] == "assistant")
+        extra, toggle, setting_flag = self._setting(reasoning)
+        if toggle is not None:
+            canon = self._with_toggle(canon, toggle)
         turns = [i for i, m in enumerate(canon) if m["role"] == "assistant"]
         pieces: list[Segment] = []
         outcomes: list[str] = []
-        flags: set[str] = set()
+        flags: set[str] = {setting_flag} if setting_flag else set()
         text = ""
         after = ""
         end_of_turn = self.end_of_turn
         for n, turn in enumerate(turns):
             history = canon[:turn]
-            prompt = self.render(history, True)
+            prompt = self.render(history, True, extra)
             if prompt.startswith(text):
                 context = prompt[len(text):]
             else:
-                context = self._bridge(canon, turn, turns[:n], end_of_turn)
+                context = self._bridge(canon, turn, turns[:n], end_of_turn, extra)
                 flags.add(FLAG_HISTORY)
-            reply, end_of_turn, after, outcome, turn_flags = self._reply(history, prompt, canon[turn]["content"])
+            reply, end_of_turn, after, outcome, turn_flags = self._reply(history, prompt, canon[turn]["content"], extra)
             trained = reply + end_of_turn
             pieces += [Segment(context, False), Segment(trained, True)]
             outcomes.append(outcome)
@@ -577,6 +869,10 @@ def main(argv: list[str] | None = None) -> int:
         print(chat.explain(messages, limit=1 << 30 if args.full else 200))
         ids, mask = chat.encode(messages)
         print(f"{len(ids):,} tokens, {sum(mask):,} trained; turns: {', '.join(encoding.outcomes)}")
+        reasoning = chat.reasoning.describe()
+        print(f"reasoning: {reasoning['carrier']}; generation prompt {reasoning['generation_prompt']}"
+              + (f"; switch {reasoning['switch']}" if reasoning["switch"] else "")
+              + f"; end of turn {chat.end_of_turn!r} ({chat.end_of_turn_source})")
         for flag in sorted(encoding.flags):
             print(f"note: {FLAG_EXPLANATIONS.get(flag, flag)}")
     except (TemplateError, ConversationError, OSError, ValueError) as exc:

@@ -9,7 +9,9 @@ depends on context (Qwen3, DeepSeek-R1 distills, QwQ, Gemma, Mistral, Phi-3.5; s
 sft/text/chat_format.py). Each row's `messages` are encoded by `ChatFormat.encode`, the function
 prepare_data's `--tokenizer` counts with, so `sft_num_tokens` is each item's length by
 construction. The template settings prepare_data recorded in the Parquet file (its
-`verl_sft` schema metadata: template kwargs, reasoning tags, text encoder) are used; a
+`verl_sft` schema metadata: template kwargs, reasoning tags, text encoder, the stop token trained
+after replies the template closes with no special token) are used, and the template's reasoning
+mechanism (sft/text/reasoning_format.py), found again here, must be the recorded one; a
 `data.apply_chat_template_kwargs` that contradicts them is refused. Items are what verl's
 trainer expects from its own dataset: `input_ids`, `position_ids`, `loss_mask` (and
 `attention_mask` with `data.pad_mode=right`); `data.max_length`, `data.truncation` and
@@ -26,24 +28,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # loaded by file path (verl's load_extern_object): make `import sft.x` work
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sft.text.chat_format import PARQUET_METADATA_KEY as METADATA_KEY
 from sft.text.chat_format import ChatFormat, ConversationError, TemplateError
+from sft.text.chat_format import read_encoding_record as read_encoding_metadata
 from sft.text.chat_tokens import TEXT_ENCODER_TIKTOKEN
-
-
-def read_encoding_metadata(path: str | os.PathLike) -> dict | None:
-    """The encoding record prepare_data wrote into a Parquet file, or None."""
-    import pyarrow.parquet as pq
-
-    metadata = pq.read_schema(path).metadata or {}
-    raw = metadata.get(METADATA_KEY)
-    if raw is None:
-        return None
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def _plain(value):
@@ -105,6 +92,31 @@ class ChatTemplateSFTDataset:
                 f"--chat-template-kwargs '{json.dumps(asked)}', or drop the override")
         return dict(kept), recorded
 
+    @staticmethod
+    def chat_format(tokenizer, kwargs: dict, recorded: dict | None, where: str) -> ChatFormat:
+        """The ChatFormat that encodes as prepare_data counted: its reasoning tags, text encoder and stop
+        token from the record; the template's reasoning mechanism, found again here, must be the recorded one."""
+        options: dict = {}
+        if recorded:
+            if recorded.get("reasoning_tags"):
+                options["reasoning_tags"] = recorded["reasoning_tags"]
+            if recorded.get("text_encoder") not in (None, TEXT_ENCODER_TIKTOKEN):
+                options["use_tiktoken"] = False
+            if recorded.get("stop_token"):
+                options["stop_token"] = recorded["stop_token"]
+        try:
+            chat = ChatFormat(tokenizer, template_kwargs=kwargs, name=getattr(tokenizer, "name_or_path", None),
+                              **options)
+        except TemplateError as exc:
+            raise ValueError(str(exc)) from None
+        for key, found in (("reasoning_format", chat.reasoning.describe()), ("render_defaults", chat.render_defaults)):
+            if recorded and key in recorded and recorded[key] != found:
+                raise ValueError(f"{where} was prepared with the chat template's {key.replace('_', ' ')} "
+                                 f"{recorded[key]}, but the tokenizer training loads gives {found}: the token counts and the trained "
+                                 "format would differ. Prepare the data again with the model's tokenizer "
+                                 "(sft/prepare_data.py --tokenizer MODEL)")
+        return chat
+
     def __init__(self, parquet_files, tokenizer, config=None, processor=None, max_samples: int = -1):
         import numpy as np
         import pyarrow as pa
@@ -126,16 +138,7 @@ class ChatTemplateSFTDataset:
             raise ValueError("no Parquet files given")
         self.files = files
         kwargs, recorded = self.check_config(config, files)
-        tags = None
-        use_tiktoken = None
-        if recorded:
-            tags = recorded.get("reasoning_tags")
-            use_tiktoken = False if recorded.get("text_encoder") not in (None, TEXT_ENCODER_TIKTOKEN) else None
-        try:
-            self.chat = ChatFormat(tokenizer, template_kwargs=kwargs, name=getattr(tokenizer, "name_or_path", None),
-                                   use_tiktoken=use_tiktoken, **({"reasoning_tags": tags} if tags else {}))
-        except TemplateError as exc:
-            raise ValueError(str(exc)) from None
+        self.chat = self.chat_format(tokenizer, kwargs, recorded, files[0])
 
         tables = []
         for path in files:
