@@ -50,10 +50,10 @@ def is_choice(reference: str) -> bool:
     return re.fullmatch(r"\s*(?:\\text\{)?\(?[A-J]\)?\}?\s*", reference) is not None
 
 
-def mismatched_references(rows: list[dict]) -> list[str]:
+def mismatched_references(rows: list[dict]) -> list[str | None]:
     """For each row, the reference of the next row (cyclically, stepping 37 rows at a time) of another
     problem whose reference is a different value of the same kind (a letter for a multiple-choice
-    row): a wrong answer for this row."""
+    row): a wrong answer for this row; None when the set has no such row (a lone multiple-choice row)."""
     from sft.text.math_answers import answers_match
 
     others = []
@@ -65,6 +65,8 @@ def mismatched_references(rows: list[dict]) -> list[str]:
                     and not answers_match(row["reference"], other["reference"]):
                 others.append(other["reference"])
                 break
+        else:
+            others.append(None)
     return others
 
 
@@ -93,14 +95,15 @@ def measure(rows: list[dict], strict: bool = False) -> SetFigures:
     human = [r for r in correct if r["label_by"] == "human"]
     wrong = [r for r in rows if r["label"] == "incorrect"]
     accepted = {r["id"]: accepts(r, r["reference"], strict) for r in rows}
-    others = [accepts(r, other, strict) for r, other in zip(rows, mismatched_references(rows))]
+    paired = [(r, other) for r, other in zip(rows, mismatched_references(rows)) if other is not None]
+    others = [accepts(r, other, strict) for r, other in paired]
     return SetFigures(
         rows=len(rows), correct=len(correct), human=len(human),
         recall=sum(accepted[r["id"]] for r in correct) / max(1, len(correct)),
         human_recall=sum(accepted[r["id"]] for r in human) / max(1, len(human)),
         wrong=len(wrong), wrong_accepted=sum(accepted[r["id"]] for r in wrong),
-        false_acceptance=sum(others) / max(1, len(rows)),
-        misread=sum(a for a, r in zip(others, rows) if r["label"] == "correct"),
+        false_acceptance=sum(others) / max(1, len(paired)),
+        misread=sum(a for a, (r, _) in zip(others, paired) if r["label"] == "correct"),
         misses=[r for r in correct if not accepted[r["id"]]])
 
 
