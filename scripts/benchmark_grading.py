@@ -1,10 +1,13 @@
-"""Grading of real model-written solutions: recall and false acceptance per labelled set. Prints
-figures; asserts nothing (tests/test_grading.py holds the goals).
+"""Grading of real model-written solutions: recall and false acceptance per labelled set, and grading
+speed per kind of answer against an earlier grader. Prints figures; asserts nothing
+(tests/test_grading.py holds the goals).
 
 Usage:
     python scripts/benchmark_grading.py                  # every set in tests/assets/graded_solutions
     python scripts/benchmark_grading.py --sets frozen    # one set (file name without .jsonl)
     python scripts/benchmark_grading.py --misses 20      # also list up to 20 rejected correct solutions per set
+    python scripts/benchmark_grading.py --speed          # gradings/s per answer kind, this grader and --baseline
+    python scripts/benchmark_grading.py --record-verdicts   # math-verify's own verdicts on the labelled pairs
 
 Per set (a `*.jsonl` file of tests/assets/graded_solutions, README.md there): recall = the share of the
 `correct` rows whose conclusion `sft.text.math_answers.grade` accepts against their own reference
@@ -12,6 +15,12 @@ Per set (a `*.jsonl` file of tests/assets/graded_solutions, README.md there): re
 reference; false acceptance = the share of all rows accepted against another problem's reference of
 a different value (`mismatched_references`), and how many of those were correct solutions (the
 grader's own misreading).
+
+--record-verdicts compares `answers_match` (numbers decided exactly, the common LaTeX forms parsed by
+sft/text/latex_sympy.py) with math-verify parsing both answers itself, on every answer pair grading the
+labelled sets compares that neither the same spelling nor plain-number arithmetic decides, prints the
+disagreements, and records math-verify's verdicts in tests/assets/graded_solutions/math_verify/verdicts.jsonl
+(tests/test_grading.py checks today's verdicts against them; pairs missing there it asks math-verify).
 """
 
 from __future__ import annotations
@@ -25,6 +34,11 @@ if __package__ in (None, ""):  # run as `python scripts/benchmark_grading.py`: m
 import argparse
 import json
 import re
+import statistics
+import subprocess
+import sys as _sys
+import time
+import types
 from dataclasses import dataclass
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,14 +135,184 @@ def print_sets(sets: dict[str, list[dict]], misses: int) -> None:
             print(f"    miss {row['id']}: reference {row['reference']!r}, found {found.answer!r} ({found.rule})")
 
 
+VERDICTS = GRADED_DIR / "math_verify" / "verdicts.jsonl"  # not a labelled set: in a folder of its own
+
+
+def compared_pairs(sets: dict[str, list[dict]]) -> set[tuple[str, str]]:
+    """(answer found, reference value) for every comparison grading each row against its own and a
+    mismatched reference makes, less those decided by spelling or plain-number arithmetic alone."""
+    from sft.text.answer_equivalence import _exact_numbers, _normalise
+    from sft.text.math_answers import find_conclusion, read_reference, reference_answer
+
+    pairs = set()
+    for rows in sets.values():
+        for row, other in zip(rows, mismatched_references(rows)):
+            found = find_conclusion(row["solution"], row["problem"]).answer
+            for reference in (row["reference"], other):
+                if found and reference:
+                    pairs |= {(found.strip(), value.strip()) for value in read_reference(reference_answer(reference)).values}
+    return {(p, r) for p, r in pairs if p and r and _normalise(p) != _normalise(r) and _exact_numbers(p, r) is None}
+
+
+def math_verify_verdict(predicted: str, reference: str, parsed: dict) -> bool:
+    """math-verify's own verdict: both answers parsed by its parser (`parsed` remembers parses), then verify."""
+    from math_verify import parse, verify
+
+    for text in (predicted, reference):
+        if text not in parsed:
+            parsed[text] = parse(f"${text}$", parsing_timeout=1) or parse(text, parsing_timeout=1)
+    gold, target = parsed[reference], parsed[predicted]
+    try:
+        return bool(gold and target and verify(gold, target, timeout_seconds=1))
+    except Exception:  # noqa: BLE001 - as answers_match: an error is no match
+        return False
+
+
+def record_verdicts(sets: dict[str, list[dict]]) -> None:
+    import math_verify
+
+    from sft.text.answer_equivalence import answers_match
+
+    pairs, parsed, records, disagree = sorted(compared_pairs(sets)), {}, [], 0
+    for predicted, reference in pairs:
+        theirs = math_verify_verdict(predicted, reference, parsed)
+        records.append({"predicted": predicted, "reference": reference, "math_verify": theirs})
+        if answers_match(predicted, reference) != theirs:
+            disagree += 1
+            print(f"disagree: {predicted!r} against {reference!r}: math-verify {theirs}")
+    version = getattr(math_verify, "__version__", None) or _installed_version("math-verify")
+    with open(VERDICTS, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"math_verify_version": version, "pairs": len(records)}) + "\n")
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    print(f"{len(pairs)} answer pairs compared, {disagree} verdicts differ from math-verify's; recorded in {VERDICTS}")
+
+
+def _installed_version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+BASELINE = "0d9b8cc"
+"""The grader before prose references, verdicts, several values and the LaTeX fast path (2026-12-05)."""
+
+KINDS = ("number", "fraction", "tuple", "interval", "several values", "expression", "yes/no", "prose", "choice")
+MATH_STYLE = ("tuple", "interval", "several values", "expression")
+
+
+def answer_kind(reference: str) -> str:
+    """The kind of a reference answer, from its text: what the speed table is split by."""
+    text = re.sub(r"^\s*\$|\$\s*$|\\boxed\{|\\left|\\right|\\[,!; $]", "", reference.strip()).strip()
+    text = re.sub(r"(?<=\d)\s*\\(?:text|mbox)\{\s*[A-Za-z][A-Za-z ]*\}\S*$", "", text)  # a unit: 162\text{ minutes}
+    words = re.findall(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", " ", text))
+    if is_choice(text):
+        return "choice"
+    if "matrix" in text:
+        return "tuple"
+    if re.fullmatch(r"(?i)(?:\\text\{)?\s*(?:yes|no|true|false)\s*\}?\.?", text):
+        return "yes/no"
+    if words or "\\text" in text:
+        return "prose"
+    if re.fullmatch(r"[-+]?(?:\d{1,3}(?:,\s?\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+", text):
+        return "number"
+    if "\\infty" in text or "\\cup" in text or re.fullmatch(r"(?:[a-z]\s*\\in\s*)?[\[(].*,.*[\])]", text) \
+            and "]" in text + text[0]:
+        return "interval"
+    if re.fullmatch(r"\(.*,.*\)", text):
+        return "tuple"
+    if "," in re.sub(r"\{[^{}]*\}", "", text) or "\\{" in text:
+        return "several values"
+    if re.search(r"[a-zA-Z]|!", re.sub(r"\\(?:frac|dfrac|tfrac|sqrt|pi|circ|cdot|times)", "", text)):
+        return "expression"
+    return "fraction"
+
+
+def load_grader(commit: str | None):
+    """sft.text.math_answers as it is now (commit None), or as it was at `commit` (read with git show)."""
+    if commit is None:
+        from sft.text import math_answers
+
+        return math_answers
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:sft/text/math_answers.py"],
+                            capture_output=True, text=True)
+    if source.returncode != 0:
+        raise SystemExit(f"cannot read sft/text/math_answers.py at {commit}: {source.stderr.strip()} "
+                         "(run in a git clone with that commit, or pass --baseline with another one)")
+    module = types.ModuleType(f"math_answers_{commit}")
+    _sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source.stdout, f"{commit}:sft/text/math_answers.py", "exec"), module.__dict__)
+    return module
+
+
+def _empty_caches(grader) -> None:
+    """Every cache a grading fills (ours and math-verify's parser's), so a repeat costs what new data costs."""
+    import math_verify.parser
+
+    for owner in (grader, _sys.modules.get("sft.text.answer_equivalence"), math_verify.parser):
+        for value in vars(owner or types.ModuleType("none")).values():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
+
+
+def time_kind(grader, rows: list[dict], gradings: int) -> float:
+    """Gradings per second of `rows` (each against its own reference), cycled to `gradings`, caches emptied
+    on every pass."""
+    start, done = time.perf_counter(), 0
+    while done < gradings:
+        _empty_caches(grader)
+        for row in rows[: gradings - done]:
+            grader.grade(row["solution"], grader.reference_answer(row["reference"]), row["problem"])
+        done += min(len(rows), gradings - done)
+    return gradings / (time.perf_counter() - start)
+
+
+def print_speed(sets: dict[str, list[dict]], baseline: str, gradings: int, repeats: int) -> None:
+    rows = [row for name in sorted(sets) for row in sets[name]]
+    by_kind = {kind: [r for r in rows if answer_kind(r["reference"]) == kind] for kind in KINDS}
+    by_kind["MATH-style (tuples, intervals, several values, expressions)"] = [
+        r for r in rows if answer_kind(r["reference"]) in MATH_STYLE]
+    for dataset in ("MATH", "GSM8K"):  # every kind of answer, as a data set has them
+        by_kind[f"all {dataset} rows"] = [r for r in rows if r["dataset"].split(" (")[0] == dataset]
+    graders = {"before": load_grader(baseline), "now": load_grader(None)}
+    for grader in graders.values():
+        grader.warm_up()  # imports math-verify and sympy: once per process, not timed
+    print(f"| answer kind (reference) | solutions | before ({baseline}) /s | now /s | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for kind, subset in by_kind.items():
+        if not subset:
+            continue
+        figures = {name: [] for name in graders}
+        for _ in range(repeats):  # alternating, so both see the same machine load
+            for name, grader in graders.items():
+                figures[name].append(time_kind(grader, subset, gradings))
+        before, now = statistics.median(figures["before"]), statistics.median(figures["now"])
+        print(f"| {kind} | {len(subset)} | {before:,.0f} | {now:,.0f} | {now / before:.1f}x |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", default=None,
                         help="labelled sets to measure (file names without .jsonl; default: all)")
     parser.add_argument("--misses", type=int, default=0,
                         help="list up to this many rejected correct solutions per set (0 = none)")
+    parser.add_argument("--speed", action="store_true",
+                        help="instead of the set figures, time grading per answer kind, now and at --baseline")
+    parser.add_argument("--record-verdicts", action="store_true",
+                        help=f"compare answers_match with math-verify's own parsing and record its verdicts in {VERDICTS.name}")
+    parser.add_argument("--baseline", default=BASELINE,
+                        help=f"git commit whose sft/text/math_answers.py is timed beside today's (default {BASELINE})")
+    parser.add_argument("--gradings", type=int, default=400,
+                        help="gradings timed per kind and grader in each repeat (the kind's rows cycled)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats; the median counts")
     args = parser.parse_args(argv)
-    print_sets(load_sets(args.sets), args.misses)
+    sets = load_sets(args.sets)
+    if args.record_verdicts:
+        record_verdicts(sets)
+    elif args.speed:
+        print_speed(sets, args.baseline, args.gradings, args.repeats)
+    else:
+        print_sets(sets, args.misses)
     return 0
 
 
