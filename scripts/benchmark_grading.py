@@ -6,6 +6,7 @@ Usage:
     python scripts/benchmark_grading.py                  # every set in tests/assets/graded_solutions
     python scripts/benchmark_grading.py --sets frozen    # one set (file name without .jsonl)
     python scripts/benchmark_grading.py --misses 20      # also list up to 20 rejected correct solutions per set
+    python scripts/benchmark_grading.py --before         # the same figures for the grader at --baseline too
     python scripts/benchmark_grading.py --speed          # gradings/s per answer kind, this grader and --baseline
     python scripts/benchmark_grading.py --record-verdicts   # math-verify's own verdicts on the labelled pairs
 
@@ -84,10 +85,13 @@ def mismatched_references(rows: list[dict]) -> list[str | None]:
     return others
 
 
-def accepts(row: dict, reference: str, strict: bool = False) -> bool:
-    from sft.text.math_answers import grade, reference_answer
-
-    return grade(row["solution"], reference_answer(reference), row["problem"], strict=strict).outcome == "correct"
+def accepts(row: dict, reference: str, strict: bool = False, grader=None) -> bool:
+    """Does `grader` (sft.text.math_answers, or an earlier one from load_grader) accept the row's solution
+    against `reference`?"""
+    if grader is None:
+        from sft.text import math_answers as grader
+    graded = grader.grade(row["solution"], grader.reference_answer(reference), row["problem"], strict=strict)
+    return graded.outcome == "correct"
 
 
 @dataclass
@@ -104,13 +108,15 @@ class SetFigures:
     misses: list
 
 
-def measure(rows: list[dict], strict: bool = False) -> SetFigures:
+def measure(rows: list[dict], strict: bool = False, grader=None, mismatched: list | None = None) -> SetFigures:
+    """The set's figures with `grader` (today's by default); `mismatched`: the pairing, when computed already."""
     correct = [r for r in rows if r["label"] == "correct"]
     human = [r for r in correct if r["label_by"] == "human"]
     wrong = [r for r in rows if r["label"] == "incorrect"]
-    accepted = {r["id"]: accepts(r, r["reference"], strict) for r in rows}
-    paired = [(r, other) for r, other in zip(rows, mismatched_references(rows)) if other is not None]
-    others = [accepts(r, other, strict) for r, other in paired]
+    accepted = {r["id"]: accepts(r, r["reference"], strict, grader) for r in rows}
+    mismatched = mismatched_references(rows) if mismatched is None else mismatched
+    paired = [(r, other) for r, other in zip(rows, mismatched) if other is not None]
+    others = [accepts(r, other, strict, grader) for r, other in paired]
     return SetFigures(
         rows=len(rows), correct=len(correct), human=len(human),
         recall=sum(accepted[r["id"]] for r in correct) / max(1, len(correct)),
@@ -121,18 +127,22 @@ def measure(rows: list[dict], strict: bool = False) -> SetFigures:
         misses=[r for r in correct if not accepted[r["id"]]])
 
 
-def print_sets(sets: dict[str, list[dict]], misses: int) -> None:
+def print_sets(sets: dict[str, list[dict]], misses: int, baseline: str | None) -> None:
+    """The figures table; with `baseline`, a row for that commit's grader above today's, on the same pairs."""
     from sft.text.math_answers import grade
 
-    print("| set | rows | recall on correct (human-verified) | wrong accepted | false acceptance (correct ones) |")
-    print("|---|---:|---:|---:|---:|")
+    graders = {"now": None} if baseline is None else {f"before ({baseline})": load_grader(baseline), "now": None}
+    print("| set | rows | grader | recall on correct (human-verified) | wrong accepted | false acceptance (correct ones) |")
+    print("|---|---:|---|---:|---:|---:|")
     for name, rows in sets.items():
-        f = measure(rows)
-        print(f"| {name} | {f.rows} | {f.recall:.1%} of {f.correct} ({f.human_recall:.1%} of {f.human}) | "
-              f"{f.wrong_accepted} of {f.wrong} | {f.false_acceptance:.2%} ({f.misread} of {f.correct}) |")
-        for row in f.misses[:misses]:
-            found = grade(row["solution"], row["reference"], row["problem"])
-            print(f"    miss {row['id']}: reference {row['reference']!r}, found {found.answer!r} ({found.rule})")
+        mismatched = mismatched_references(rows)
+        for label, grader in graders.items():
+            f = measure(rows, grader=grader, mismatched=mismatched)
+            print(f"| {name} | {f.rows} | {label} | {f.recall:.1%} of {f.correct} ({f.human_recall:.1%} of {f.human}) | "
+                  f"{f.wrong_accepted} of {f.wrong} | {f.false_acceptance:.2%} ({f.misread} of {f.correct}) |")
+            for row in f.misses[:misses] if grader is None else []:
+                found = grade(row["solution"], row["reference"], row["problem"])
+                print(f"    miss {row['id']}: reference {row['reference']!r}, found {found.answer!r} ({found.rule})")
 
 
 VERDICTS = GRADED_DIR / "math_verify" / "verdicts.jsonl"  # not a labelled set: in a folder of its own
@@ -158,9 +168,12 @@ def math_verify_verdict(predicted: str, reference: str, parsed: dict) -> bool:
     """math-verify's own verdict: both answers parsed by its parser (`parsed` remembers parses), then verify."""
     from math_verify import parse, verify
 
+    from sft.text.answer_equivalence import PARSE_TIMEOUT_S
+
     for text in (predicted, reference):
         if text not in parsed:
-            parsed[text] = parse(f"${text}$", parsing_timeout=1) or parse(text, parsing_timeout=1)
+            parsed[text] = parse(f"${text}$", parsing_timeout=PARSE_TIMEOUT_S) \
+                or parse(text, parsing_timeout=PARSE_TIMEOUT_S)
     gold, target = parsed[reference], parsed[predicted]
     try:
         return bool(gold and target and verify(gold, target, timeout_seconds=1))
@@ -246,13 +259,16 @@ def load_grader(commit: str | None):
 
 
 def _empty_caches(grader) -> None:
-    """Every cache a grading fills (ours and math-verify's parser's), so a repeat costs what new data costs."""
+    """Every cache of answers a grading fills (ours, and math-verify's parses; not its compiled patterns),
+    so a repeat costs what new data costs."""
     import math_verify.parser
 
-    for owner in (grader, _sys.modules.get("sft.text.answer_equivalence"), math_verify.parser):
+    for owner in (grader, _sys.modules.get("sft.text.answer_equivalence")):
         for value in vars(owner or types.ModuleType("none")).values():
             if callable(getattr(value, "cache_clear", None)):
                 value.cache_clear()
+    for name in ("parse_latex_cached", "parse_expr_cached", "extract_latex"):
+        getattr(math_verify.parser, name).cache_clear()
 
 
 def time_kind(grader, rows: list[dict], gradings: int) -> float:
@@ -296,12 +312,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="labelled sets to measure (file names without .jsonl; default: all)")
     parser.add_argument("--misses", type=int, default=0,
                         help="list up to this many rejected correct solutions per set (0 = none)")
+    parser.add_argument("--before", action="store_true",
+                        help="also the set figures of the grader at --baseline, on the same pairs")
     parser.add_argument("--speed", action="store_true",
                         help="instead of the set figures, time grading per answer kind, now and at --baseline")
     parser.add_argument("--record-verdicts", action="store_true",
                         help=f"compare answers_match with math-verify's own parsing and record its verdicts in {VERDICTS.name}")
     parser.add_argument("--baseline", default=BASELINE,
-                        help=f"git commit whose sft/text/math_answers.py is timed beside today's (default {BASELINE})")
+                        help=f"git commit whose sft/text/math_answers.py is timed (--speed) or measured (--before) beside today's "
+                             f"(default {BASELINE}: the grader before prose references and the LaTeX fast path)")
     parser.add_argument("--gradings", type=int, default=400,
                         help="gradings timed per kind and grader in each repeat (the kind's rows cycled)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats; the median counts")
@@ -312,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.speed:
         print_speed(sets, args.baseline, args.gradings, args.repeats)
     else:
-        print_sets(sets, args.misses)
+        print_sets(sets, args.misses, args.baseline if args.before else None)
     return 0
 
 

@@ -23,8 +23,11 @@ from sft.text.latex_sympy import parse_latex_answer
 
 
 VERIFY_TIMEOUT_S = 1
-"""math-verify's limit on parsing or comparing one answer, in whole seconds (its default is 5): an
-equivalence sympy cannot settle that fast (a trigonometric identity) counts as no match."""
+"""math-verify's limit on comparing two answers, in whole seconds (its default is 5): an equivalence
+sympy cannot settle that fast (a trigonometric identity) counts as no match."""
+PARSE_TIMEOUT_S = 5
+"""math-verify's limit on parsing one answer (its default): a long answer can take over a second on a
+busy machine, and a parse cut short reads something else (the last number), so this one is generous."""
 
 
 @lru_cache(maxsize=65536)
@@ -37,8 +40,8 @@ def _parse(answer: str):
 
     # Wrapping in $...$ lets math-verify's LaTeX extractor read bare LaTeX such as \frac{1}{2};
     # its expression extractor still reads plain forms such as 1/2 and 0.5.
-    parsed = parse(f"${answer}$", parsing_timeout=VERIFY_TIMEOUT_S)
-    return parsed if parsed else parse(answer, parsing_timeout=VERIFY_TIMEOUT_S)
+    parsed = parse(f"${answer}$", parsing_timeout=PARSE_TIMEOUT_S)
+    return parsed if parsed else parse(answer, parsing_timeout=PARSE_TIMEOUT_S)
 
 
 def _normalise(answer: str) -> str:
@@ -103,6 +106,8 @@ def _answers_match(predicted: str, reference: str) -> bool:
         return False
     if _certainly_different(gold[0], pred[0]):
         return False  # what math-verify's comparison would conclude, without its simplification (10-1000 ms)
+    if _same_polynomial(gold[0], pred[0]):
+        return True  # likewise: its simplification would find the difference 0
     try:
         # An equivalence sympy cannot settle in a couple of seconds (trigonometric identities) is no match.
         return bool(verify(gold, pred, timeout_seconds=VERIFY_TIMEOUT_S))
@@ -120,9 +125,7 @@ def _certainly_different(gold, pred) -> bool:
     import sympy
 
     try:
-        if not (isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr)) or gold.free_symbols != pred.free_symbols \
-                or isinstance(gold, sympy.Symbol) or isinstance(pred, sympy.Symbol) \
-                or gold.has(sympy.UnevaluatedExpr) or pred.has(sympy.UnevaluatedExpr):
+        if not _plain_expressions(gold, pred):
             return False
         symbols = sorted(gold.free_symbols, key=str)
         point = {s: sympy.Float(0.5772156649 + 0.3183098862 * (i + 1)) for i, s in enumerate(symbols)}
@@ -131,6 +134,33 @@ def _certainly_different(gold, pred) -> bool:
             return False
         return abs(a.real - b.real) > 1e-5 * (1 + max(abs(a.real), abs(b.real)))
     except Exception:  # noqa: BLE001 - anything sympy cannot evaluate is left to math-verify
+        return False
+
+
+def _plain_expressions(gold, pred) -> bool:
+    """Both are sympy expressions math-verify compares by value alone: not an equation, set, tuple, lone
+    symbol (a word answer) or percentage, with the same variables."""
+    import sympy
+
+    return isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr) and gold.free_symbols == pred.free_symbols \
+        and not isinstance(gold, sympy.Symbol) and not isinstance(pred, sympy.Symbol) \
+        and not gold.has(sympy.UnevaluatedExpr) and not pred.has(sympy.UnevaluatedExpr)
+
+
+def _same_polynomial(gold, pred) -> bool:
+    """True when two plain expressions without floats are polynomials in their variables whose expanded
+    difference is 0 ("7x(x-1)(x-2)" and "7x^3-21x^2+14x"): math-verify's symbolic test then answers True;
+    False when unsure."""
+    import sympy
+
+    try:
+        if not _plain_expressions(gold, pred) or gold.has(sympy.Float) or pred.has(sympy.Float):
+            return False
+        symbols = sorted(gold.free_symbols, key=str)
+        if not (gold.is_polynomial(*symbols) and pred.is_polynomial(*symbols)):
+            return False
+        return sympy.expand(gold - pred) == 0
+    except Exception:  # noqa: BLE001 - anything sympy cannot expand is left to math-verify
         return False
 
 

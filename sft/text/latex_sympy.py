@@ -8,13 +8,13 @@ Usage (as a library):
     parse_latex_answer("\\\\text{east}")          # -> None: not in the subset, math-verify parses it
 
 The subset: numbers, letters (real symbols, `a_1`, `x_{10}`, Greek), + - * / ^, \\cdot, \\times,
-implicit multiplication, parentheses, \\frac, \\sqrt, \\binom, !, \\pi, \\infty, \\sin and its kin with a
-bracketed argument, \\ln, \\log, \\log_b, a degree sign, comma lists (sets), \\{...\\}, tuples and
-intervals, \\cup, one `=` or `\\in`. Everything else (text, units, %, matrices, inequalities, e, i,
-capital letters, a letter applied to one argument like f(x)) gives None, and the caller uses
-math-verify's own parser. Conventions follow latex2sympy2_extended (math-verify's parser): symbols
-are real, a comma list is its FiniteSet, `(a, b)` is an open interval when a < b and a tuple
-otherwise, `\\ln` is log base e, `\\log` base 10. tests/test_grading.py checks that math-verify's
+implicit multiplication, parentheses, \\frac, \\sqrt, \\binom, !, \\lfloor, \\lceil, \\pi, \\infty, \\sin and
+its kin with a bracketed argument, \\ln, \\log, \\log_b, a degree sign, comma lists (sets), \\{...\\}, tuples
+and intervals, \\cup, one `=`, `\\in`, `<` or `\\le`. Everything else (text, units, matrices, chains of
+inequalities, e, i, capital letters, a letter applied to one argument like f(x)) gives None, and the
+caller uses math-verify's own parser. Conventions follow latex2sympy2_extended (math-verify's parser): symbols
+are real, a comma list is its FiniteSet, `(a, b)` is an interval unless it would be empty (a pair),
+`\\ln` is log base e, `\\log` base 10. tests/test_grading.py checks that math-verify's
 verdicts are the same with either parser on every answer pair of the labelled set.
 """
 
@@ -23,10 +23,13 @@ from __future__ import annotations
 import re
 
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?|\.\d+)|(?P<word>\\text\{[A-Za-z]+\})|(?P<cmd>\\[A-Za-z]+|\\[{}])"
-                    r"|(?P<letter>[A-Za-z])|(?P<op>[-+*/^()\[\]{},=!_%]))")
+                    r"|(?P<letter>[A-Za-z])|(?P<op>[-+*/^()\[\]{},=!_%<>]))")
 _GREEK = {"alpha", "beta", "gamma", "delta", "theta", "lambda", "mu", "sigma", "phi", "omega", "rho", "tau", "psi",
           "eta", "zeta", "kappa", "nu", "xi", "chi", "epsilon", "varepsilon", "varphi"}
 _TRIG = {"sin", "cos", "tan", "cot", "sec", "csc"}
+_RELATIONS = {"<": "StrictLessThan", "\\lt": "StrictLessThan", ">": "StrictGreaterThan", "\\gt": "StrictGreaterThan",
+              "\\le": "LessThan", "\\leq": "LessThan", "\\leqslant": "LessThan", "\\ge": "GreaterThan",
+              "\\geq": "GreaterThan", "\\geqslant": "GreaterThan"}
 _DROP = re.compile(r"\\left\b|\\right\b|\\[,;!: ]|\\displaystyle|\\limits")
 _DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?")
 
@@ -90,6 +93,13 @@ class _Parser:
             return self.sp.Eq(left, right, evaluate=False)
         if self.accept("\\in"):
             return self.sp.Eq(left, self.union(), evaluate=False)
+        relation = _RELATIONS.get(self.peek()[1])
+        if relation:  # x \le 3, k \geqslant 2 (a chain, 1 < x < 2, is math-verify's)
+            self.take()
+            right = self.union()
+            if self.peek()[1] in _RELATIONS or self.peek()[1] == "=":
+                raise _Unsupported("a chain of relations")
+            return getattr(self.sp, relation)(left, right)
         return left
 
     def union(self):
@@ -129,7 +139,7 @@ class _Parser:
 
     def starts_atom(self, kind, token) -> bool:
         return kind in ("num", "letter") or token in ("(", "{") or (kind == "cmd" and token not in (
-            "\\cdot", "\\times", "\\cup", "\\in", "\\}"))
+            "\\cdot", "\\times", "\\cup", "\\in", "\\}", "\\rfloor", "\\rceil") and token not in _RELATIONS)
 
     def unary(self):
         if self.accept("-"):
@@ -179,6 +189,13 @@ class _Parser:
     def atom(self):
         kind, token = self.take()
         if kind == "num":
+            if self.accept("_"):  # 2516_8: math-verify reads the digits and drops the base
+                sub_kind, sub = self.take()
+                if sub == "{":
+                    sub_kind, sub = self.take()
+                    self.take("}")
+                if sub_kind != "num":
+                    raise _Unsupported("number subscript")
             return self.number(token)
         if kind == "letter":
             return self.letter(token)
@@ -214,7 +231,8 @@ class _Parser:
                         raise _Unsupported("subscript")
                     inner.append(sub)
                 self.take("}")
-                name += "_" + "".join(inner)
+                subscript = "".join(inner)  # latex2sympy keeps the braces of a longer subscript: x_{10}, a_n
+                name += "_" + (subscript if len(subscript) == 1 else "{" + subscript + "}")
             elif kind == "letter":
                 name += "_" + token
             else:
@@ -239,11 +257,13 @@ class _Parser:
                 raise _Unsupported("brackets around a tuple")
             return self.sp.Tuple(*items)
         start, end = items
-        if start.free_symbols or end.free_symbols:
-            raise _Unsupported("interval or pair with variables")
-        if not (start < end) == self.sp.true:
-            return self.sp.Tuple(start, end)
-        return self.sp.Interval(start, end, left_open=opening == "(", right_open=closing == ")")
+        left_open, right_open = opening == "(", closing == ")"
+        try:  # latex2sympy's rule: an "interval" that would be empty is a pair
+            if left_open and right_open and bool(end <= start) or not left_open and not right_open and bool(end < start):
+                return self.sp.Tuple(start, end)
+        except TypeError:  # undecidable with variables: an interval, as latex2sympy makes it
+            pass
+        return self.sp.Interval(start, end, left_open=left_open, right_open=right_open)
 
     def braced_set(self):
         items = [self.expr()]
@@ -253,12 +273,9 @@ class _Parser:
         return self.finite_set(items)
 
     def finite_set(self, items: list):
-        """latex2sympy's FiniteSet of `items`; a set of pairs or intervals is left to math-verify, whose
-        reading of "(0, 0), (0, 1)" differs from element-wise reading."""
+        """latex2sympy's FiniteSet of `items` ("(0, 0), (0, 1)": each pair read on its own, as it does)."""
         from latex2sympy2_extended.sets import FiniteSet
 
-        if any(isinstance(item, (self.sp.Tuple, self.sp.Interval)) for item in items):
-            raise _Unsupported("a set of tuples or intervals")
         return FiniteSet(*items)
 
     def group(self):
@@ -288,6 +305,10 @@ class _Parser:
             return sp.binomial(self.group(), self.group())
         if name in _TRIG or name in ("ln", "log", "exp"):
             return self.function(name)
+        if name in ("lfloor", "lceil"):
+            inner = self.expr()
+            self.take("\\rfloor" if name == "lfloor" else "\\rceil")
+            return (sp.floor if name == "lfloor" else sp.ceiling)(inner)
         raise _Unsupported("\\" + name)
 
     def fraction_part(self):
@@ -345,7 +366,8 @@ def parse_latex_answer(answer: str):
 
         digits = re.sub(r",|\s|\\!", "", thousands.group(1))
         return sympy.Float(digits + thousands.group(2)) if thousands.group(2) else sympy.Integer(digits)
-    if re.search(r"\d,(?:\s*\\!\s*)?\d{3}(?!\d)", answer):  # thousands inside more, or a list? math-verify decides
+    outside_brackets = re.sub(r"\([^()]*\)|\[[^\[\]]*\]|\\\{.*?\\\}", "", answer)  # "(12,102)" is a pair
+    if re.search(r"\d,(?:\s*\\!\s*)?\d{3}(?!\d)", outside_brackets):  # thousands inside more? math-verify decides
         return None
     text = _DEGREE.sub("", _DROP.sub(" ", answer.strip()))
     text = re.sub(r"\\[dt]frac\b", r"\\frac", text).strip().rstrip(".").strip()

@@ -494,6 +494,7 @@ def read_reference(reference: str) -> ReferenceAnswer:
             values.append(_clean(form))
             values.append(_stated_list(form) or "")
     found_verdict = verdicts.pop() if len(verdicts) == 1 else None
+    values = values[1:] + values[:1]  # the forms read first, the reference as written last (often unparseable)
     return ReferenceAnswer(tuple(dict.fromkeys(v for v in values if v)), found_verdict, nonexistence, prose)
 
 

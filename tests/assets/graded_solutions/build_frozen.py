@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.dont_write_bytecode = True  # importing the sibling build script must not leave __pycache__ here
 sys.path.insert(0, str(HERE))
-import build_freeform as ff  # noqa: E402  (spread_sample only; its main() is not run)
+import build_freeform as ff  # noqa: E402  (spread_sample and Stats only; its main() is not run)
 
 MAX_CHARS = 8000
 
@@ -103,13 +103,12 @@ def src(repo, path, row, **extra):
     return d
 
 
-class Stats:
-    def __init__(self):
-        self.skipped = Counter()
-        self.seen = Counter()
+class Stats(ff.Stats):
+    """build_freeform's skip counter, and how many rows of each source were read."""
 
-    def skip(self, short, why):
-        self.skipped[(short, why)] += 1
+    def __init__(self):
+        super().__init__()
+        self.seen = Counter()
 
 
 def references(reader: Reader) -> dict:
