@@ -296,8 +296,10 @@ def test_strict_grading_ignores_prose_rules():
         ("\\lfloor \\frac{n}{2} \\rfloor", "floor(n/2)"),
         ("2516_8", "2516"),  # math-verify drops a base
         # not in the subset: math-verify parses these itself
-        ("f(x)", None),
-        ("e^{x}", None),
+        ("e^{x}", "exp(x)"),
+        ("f(x)=x^2+1", "Eq(f(x), x**2 + 1)"),
+        ("x(x+1)", "x*(x + 1)"),
+        ("even", None),
         ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", None),
         ("1 < x < 2", None),
         ("sqrt(2)", None),

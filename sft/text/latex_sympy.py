@@ -11,9 +11,10 @@ The subset: numbers, letters (real symbols, `a_1`, `x_{10}`, Greek), + - * / ^, 
 implicit multiplication, parentheses, \\frac, \\sqrt, \\binom, !, \\lfloor, \\lceil, \\pi, \\infty, \\sin and
 its kin with a bracketed argument, \\ln, \\log, \\log_b, a degree sign, comma lists (sets), \\{...\\}, tuples
 and intervals, \\cup, one `=`, `\\in`, `<` or `\\le`. Everything else (text, units, matrices, chains of
-inequalities, e, i, capital letters, a letter applied to one argument like f(x)) gives None, and the
-caller uses math-verify's own parser. Conventions follow latex2sympy2_extended (math-verify's parser): symbols
-are real, a comma list is its FiniteSet, `(a, b)` is an interval unless it would be empty (a pair),
+inequalities, i, capital letters, \\pm) gives None, and the caller uses math-verify's own parser.
+Conventions follow latex2sympy2_extended (math-verify's parser): symbols are real, a comma list is
+its FiniteSet, `(a, b)` is an interval unless it would be empty (a pair), a letter before parentheses
+holding letters or numbers is a function (`f(x)`, but `x(x+1)` is a product), `e` is Euler's number,
 `\\ln` is log base e, `\\log` base 10. tests/test_grading.py checks that math-verify's
 verdicts are the same with either parser on every answer pair of the labelled set.
 """
@@ -216,8 +217,10 @@ class _Parser:
         raise _Unsupported(token)
 
     def letter(self, letter: str):
+        if letter == "e" and self.peek()[1] != "_":
+            return self.sp.E  # latex2sympy reads e as Euler's number: e^{2} is exp(2)
         if letter in "ei" or letter.isupper():
-            raise _Unsupported("e, i and capital letters have their own readings")
+            raise _Unsupported("i and capital letters have their own readings")
         name = letter
         if self.accept("_"):
             kind, token = self.take()
@@ -237,9 +240,31 @@ class _Parser:
                 name += "_" + token
             else:
                 raise _Unsupported("subscript")
-        if self.peek()[1] == "(" and self.peek(2)[1] == ")" and self.peek(1)[0] in ("num", "letter"):
-            raise _Unsupported("f(x): a function, not a product")
+        arguments = self.function_arguments()
+        if arguments is not None:  # f(x), g(2), f(x, y): a function applied, as latex2sympy reads it
+            if "_" in name:
+                raise _Unsupported("a function with a subscript")
+            return self.sp.Function(name)(*arguments)
         return self.sp.Symbol(name, real=True)
+
+    def function_arguments(self) -> list | None:
+        """The arguments when "(" follows a letter and holds only single letters or numbers separated by
+        commas ("f(x)", "f(x, y)", "g(2)"; latex2sympy's function application), else None ("x(x+1)"
+        is a product)."""
+        if self.peek()[1] != "(":
+            return None
+        offset, arguments = 1, []
+        while True:
+            kind, token = self.peek(offset)
+            nxt = self.peek(offset + 1)[1]
+            if kind not in ("num", "letter") or nxt not in (",", ")") or kind == "letter" and (token in "ei"
+                                                                                                 or token.isupper()):
+                return None
+            arguments.append(self.number(token) if kind == "num" else self.sp.Symbol(token, real=True))
+            offset += 2
+            if nxt == ")":
+                self.at += offset
+                return arguments
 
     def bracketed(self, opening: str):
         items = [self.expr()]
@@ -375,8 +400,8 @@ def parse_latex_answer(answer: str):
     text = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", text)  # \frac43
     if not text or "\\\\" in text:  # a matrix row break
         return None
-    if re.search(r"(?<![\\A-Za-z])(?:sqrt|pi|sin|cos|tan|cot|sec|csc|log|ln|exp)(?![A-Za-z])", text):
-        return None  # a function name without its backslash: not a product of letters
+    if re.search(r"(?<![\\A-Za-z])(?:[A-Za-z]{3,}|ln)(?![A-Za-z])", re.sub(r"\\text\{[A-Za-z]+\}", "", text)):
+        return None  # a word ("even"), or a function name without its backslash: math-verify reads words its way
     try:
         return _Parser(text).answer()
     except (_Unsupported, TypeError, ValueError, ZeroDivisionError, RecursionError):
