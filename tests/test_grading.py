@@ -311,3 +311,15 @@ def test_the_latex_fast_path_reads_the_common_forms_and_leaves_the_rest(latex, e
 
     parsed = parse_latex_answer(latex)
     assert (None if parsed is None else str(parsed)) == expected
+
+
+def test_every_rule_grade_records_is_one_prepare_data_counts():
+    """manifest.grading.rules counts the rules of RULES (plus strict and none): a rule outside it would go uncounted."""
+    from sft.text.math_answers import RULES
+
+    cases = [("Therefore, it's impossible.", "No", YES_NO_PROBLEM), ("So the answer is 3.", "Prove that ...", None),
+             ("The answer is (C).", "C", None), ("Thus x = 2.", "2", None), ("", "2", None), ("Hmm.", None, None)]
+    rules = {grade(solution, reference, problem).rule for solution, reference, problem in cases}
+    assert {"verdict", "unreadable_reference", "choice", "concluding_sentence", "none"} <= rules
+    assert rules <= {*RULES, "none"} and grade("\\boxed{2}", "2", strict=True).rule == "strict"
+

@@ -105,8 +105,9 @@ def extract_final_answer(text: str | None) -> str | None:
 # What a free-form solution concludes (lenient): for grading correctness, not format.
 
 RULES = ("boxed", "gsm8k", "answer_line", "answer_phrase", "bold", "display", "closing_value", "concluding_sentence",
-         "choice", "verdict")
-"""How `find_conclusion` found an answer (`none` when it found none)."""
+         "choice", "verdict", "unreadable_reference")
+"""How `grade` found the answer it judged (`none` when it found none, `strict` with strict=True);
+`unreadable_reference`: a prose reference gave no answer to compare with."""
 
 _CALCULATOR = re.compile(r"<<[^<>\n]*>>")  # GSM8K's calculator annotations: 40-4 = <<40-4=36>>36
 _GSM8K_ANYWHERE = re.compile(r"(?:^|\s)####\s*(?P<answer>[^\n#]+)")
