@@ -20,7 +20,7 @@ Two questions, answered apart:
   a closing display, a concluding sentence, with units and trailing words removed) and
   `answers_match` compares it with the reference (prepare_data --answer-key/--answers,
   evaluation's accuracy; `strict=True` uses the standard forms only).
-Equivalence is math-verify's (https://github.com/huggingface/Math-Verify): `1/2`, `0.5`,
+Equivalence is math-verify's (sft/text/answer_equivalence.py): `1/2`, `0.5`,
 `\\frac{1}{2}` and `\\dfrac12` all match; `12` and `13` do not. Plain numbers are compared
 exactly without sympy (the common case, far faster).
 """
@@ -30,7 +30,19 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python sft/text/math_answers.py`: make `import sft.x` work
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sft.text.answer_equivalence import (  # noqa: F401  (_answers_match, _parse: the caches benchmarks empty)
+    _answers_match,
+    _parse,
+    answers_match,
+    warm_up,
+)
+from sft.text.prose_answers import NO, alternatives, asks_yes_no, equation_values, main_clause, states_nonexistence, \
+    verdict
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_PHRASE = re.compile(
@@ -93,8 +105,9 @@ def extract_final_answer(text: str | None) -> str | None:
 # What a free-form solution concludes (lenient): for grading correctness, not format.
 
 RULES = ("boxed", "gsm8k", "answer_line", "answer_phrase", "bold", "display", "closing_value", "concluding_sentence",
-         "choice")
-"""How `find_conclusion` found an answer (`none` when it found none)."""
+         "choice", "verdict", "unreadable_reference")
+"""How `grade` found the answer it judged (`none` when it found none, `strict` with strict=True);
+`unreadable_reference`: a prose reference gave no answer to compare with."""
 
 _CALCULATOR = re.compile(r"<<[^<>\n]*>>")  # GSM8K's calculator annotations: 40-4 = <<40-4=36>>36
 _GSM8K_ANYWHERE = re.compile(r"(?:^|\s)####\s*(?P<answer>[^\n#]+)")
@@ -127,7 +140,9 @@ _CONCLUDING = re.compile(
 _ANCHOR = re.compile(
     r"\b(?:is given by the (?:expression|formula)|is given by|is equal to|are equal to|equal to|equals|comes to|"
     r"amounts to|totals|a total of|results in|giving us|gives us|giving|will be|would be|there (?:are|is|were|was|"
-    r"will be)|has|have|had|is|are|was|were)\b\s*[:=]?\s*|:\s+",
+    r"will be)|factors? (?:as|into)|factorizes as|simplifies to|reduces to|(?:written|expressed|rewritten) as|"
+    r"evaluates to|converges to|tends to|gives|yields|"
+    r"has|have|had|is|are|was|were)\b\s*[:=]?\s*|:\s+",
     re.IGNORECASE,
 )
 _FILLER = re.compile(r"^(?:(?:approximately|about|exactly|only|just|roughly|around|simply|now|then|still|also|a|an|the)"
@@ -169,7 +184,7 @@ def _unwrap(value: str) -> str:
 
 def _clean(value: str) -> str:
     """A stated answer without markup, currency, units and degree signs (math-verify compares the rest)."""
-    value = _unwrap(value).replace("\\$", "").replace("\\%", "%").replace("−", "-").replace("\\!", "")
+    raw, value = value, _unwrap(value).replace("\\$", "").replace("\\%", "%").replace("−", "-").replace("\\!", "")
     value = re.sub(r"\\[\])]\s*$|^\s*\\[\[(]", "", value).strip()  # a delimiter left by a cut display
     value = re.sub(r"^\$\s*(?=\d)", "", value)
     # a unit after a value ("12 \text{ cm}"), not a value that is text ("\text{even}")
@@ -178,7 +193,20 @@ def _clean(value: str) -> str:
     value = re.sub(r"^\\(?:text|textbf|mathrm)\{(?P<t>[^{}]*)\}$", r"\g<t>", value).strip()
     value = re.sub(r"(?<![\\A-Za-z])pi(?![A-Za-z])", r"\\pi", value)  # 12*pi as math-verify reads 12\pi
     value = re.sub(r"(?:\^\{\\circ\}|\^\\circ|°)\s*$", "", value).strip()  # a degree unit, not sin 80°
-    return value.rstrip(_TRAILING).strip()
+    value = re.sub(r"\\[dt]binom\b", r"\\binom", value)
+    value = re.sub(r"\{\s*([^{}]+?)\s*\\choose\s*([^{}]+?)\s*\}", r"\\binom{\1}{\2}", value)  # {n \choose 4}
+    value = re.sub(r"(?<![A-Za-z\\])C\s*\(\s*([^(),]+?)\s*,\s*([^(),]+?)\s*\)", r"\\binom{\1}{\2}", value)  # C(n, 4)
+    value = re.sub(r"(?<![\\A-Za-z])sqrt\s*\(([^()]+)\)", r"\\sqrt{\1}", value)  # sqrt(2) as \sqrt{2}
+    return _keep_factorial(raw, value.rstrip(_TRAILING).strip())
+
+
+def _keep_factorial(raw: str, value: str) -> str:
+    """`value` with the factorial sign that ends `raw` ("n!", "(n-1)!"), which stripping a sentence's "!"
+    removed; a "!" after a digit stays an exclamation mark ("the count is 5!")."""
+    factorial = re.search(r"[A-Za-z)}](!+)[\s.;,$]*$", raw)
+    if factorial and value and (value[-1].isalpha() or value[-1] in ")}"):
+        return value + factorial.group(1)
+    return value
 
 
 def _words(text: str) -> list[str]:
@@ -210,16 +238,20 @@ def _leading_value(phrase: str) -> str | None:
     first = phrase.split(maxsplit=1)[0].strip(".,;:!?").lower() if phrase.split() else ""
     if first in _NUMBER_WORDS:
         return _NUMBER_WORDS[first]
-    taken = []
-    for token in phrase.split():
+    taken, depth = [], 0
+    tokens = phrase.split()
+    for index, token in enumerate(tokens):
         core = token.strip(".,;:!?*")
-        # a word of prose or a unit (cubic, inches, km/h, cm^2) ends the value
-        if re.fullmatch(r"[A-Za-z][a-z]+(?:[/^·][A-Za-z0-9²³]+)*|[A-Za-z]{1,3}/[A-Za-z0-9]{1,3}", core) \
+        # a word of prose or a unit (cubic, inches, km/h, cm^2) ends the value, unless a bracket is open
+        if depth <= 0 and re.fullmatch(r"[A-Za-z][a-z]+(?:[/^·][A-Za-z0-9²³]+)*|[A-Za-z]{1,3}/[A-Za-z0-9]{1,3}", core) \
                 and core.split("/")[0].lower() not in _MATH_NAMES:
             break
         taken.append(token)
-        if token.endswith((".", ";", "!", "?")) and not re.fullmatch(r"[\d.]+", token):
+        depth += sum(token.count(c) for c in "([{") - sum(token.count(c) for c in ")]}")
+        if depth <= 0 and token.endswith((".", ";", "!", "?")) and not re.fullmatch(r"[\d.]+", token):
             break
+        if token.endswith(".") and index + 1 < len(tokens) and tokens[index + 1][:1].isupper():
+            break  # "7. I hope it is correct"
     value = _clean(_rhs(" ".join(taken).strip().rstrip(",")))
     return value if value and re.search(r"[\w\\]", value) else None
 
@@ -235,21 +267,31 @@ def _sentence_value(sentence: str, problem_numbers: set[str], concludes: bool = 
     sentence = _CALCULATOR.sub("", sentence)
     marker = _CONCLUDING.search(sentence)
     tail = sentence[marker.end():] if marker and sentence[marker.end():].strip(" .,") else sentence
+    tail = main_clause(tail)  # "... is 2, and it occurs when x = 0": not the 0
     anchors = [m.end() for m in _ANCHOR.finditer(tail)]
     for anchor in sorted(anchors, reverse=True):
-        verdict = _VERDICTS.match(_FILLER.sub("", tail[anchor:].lstrip()))
-        if verdict:
-            return verdict.group().lower()
+        stated_verdict = _VERDICTS.match(_FILLER.sub("", tail[anchor:].lstrip()))
+        if stated_verdict:
+            return stated_verdict.group().lower()
         phrase = tail[anchor:]
+        listed = _stated_list(phrase)
+        if listed:
+            return listed
         if "=" in phrase and not _INLINE_MATH.search(phrase):  # ": 800 gallons - 250 gallons = 550 gallons."
             phrase = _rhs(phrase)
         value = _leading_value(phrase)
         if value:
             return value
     if marker is None and not concludes:
+        listed = _stated_list(sentence)
+        if listed:
+            return listed
         if "=" in sentence and not _INLINE_MATH.search(sentence):  # "... 1+2+...+12 = 78 chimes."
             return _leading_value(_rhs(sentence))
         return None  # "Step 1", a truncated output's last words: no conclusion
+    listed = _stated_list(tail)
+    if listed:
+        return listed
     spans = [m.group("m") or m.group("n") for m in _INLINE_MATH.finditer(tail)]
     fresh = [span for span in spans if _clean(_rhs(span)) not in problem_numbers]
     if fresh:
@@ -263,8 +305,28 @@ def _sentence_value(sentence: str, problem_numbers: set[str], concludes: bool = 
     numbers = [n for n in _numbers(tail) if n.rstrip("%") not in problem_numbers] \
         or [n for n in _numbers(sentence) if n.rstrip("%") not in problem_numbers] \
         or _numbers(tail)  # "... 679 words in total"; "Therefore, Elly needs 2 bookcases" when 2 is a given too
+    if tail.strip(" ,:.") and not _words(tail):  # "We get n!.", "Thus, x^2 + 1.": the whole tail is math
+        value = _leading_value(tail.strip(" ,:"))
+        if value:
+            return value
     if numbers:
         return _clean(numbers[0])
+    return None
+
+
+def _stated_list(phrase: str) -> str | None:
+    """Several equations stated as the answer ("$x = 1$ or $x = 2$", "a = 3 and b = -4", "Solving the
+    system, a = 3 and b = -4": the phrase or what follows one of its commas), as one answer
+    (equation_values); None for anything else."""
+    math = _INLINE_MATH.sub(lambda m: m.group("m") or m.group("n"), phrase).strip().rstrip(".;,!").strip()
+    starts = [0] + [m.end() for m in re.finditer(r"[,:]\s+", math)]
+    first_equation = re.search(r"(?<![\w\\])[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?\s*=", math)
+    if first_equation:  # "the solutions x = 1 and x = 2"
+        starts.append(first_equation.start())
+    for start in starts:
+        listed = equation_values(math[start:])
+        if listed:
+            return ", ".join(_clean(part) for part in listed.split(", "))
     return None
 
 
@@ -274,10 +336,13 @@ def _statement_value(stated: str, problem_numbers: set[str], concludes: bool = F
     stated = _CALCULATOR.sub("", stated).strip()
     if not stated:
         return None
-    unwrapped = _unwrap(stated)
+    unwrapped = _keep_factorial(stated, _unwrap(stated))
     choice = _CHOICE.match(unwrapped)  # a multiple-choice letter: "(C) Plane", "D)", "\\text{(C)}"
     if choice and (len(unwrapped.strip()) <= 4 or re.match(r"^\s*(?:\\text\{)?\([A-J]\)", unwrapped)):
         return f"({choice.group(1)})"
+    listed = _stated_list(unwrapped)
+    if listed:
+        return listed
     if len(_words(unwrapped)) >= 2:
         return _sentence_value(stated, problem_numbers, concludes)
     if re.match(r"^[-+$(\[\\{\d.]", unwrapped):
@@ -299,22 +364,9 @@ def _closing_paragraph(text: str) -> str:
     return paragraphs[-1] if paragraphs else ""
 
 
-def find_conclusion(text: str | None, problem: str | None = None) -> Conclusion:
-    """The answer a free-form solution concludes with, wherever and however it states it.
-
-    First the explicit statements: `\\boxed{}`, GSM8K's `#### X`, answer lines ("Answer: X",
-    "**Final answer:** X", "# Answer" then X on the next lines, "A: X" at the end) and "the
-    answer is X"; the one written last counts (a model that corrects itself ends with the
-    correction). Without one, the closing paragraph (a closing pleasantry skipped): its last bold
-    value, a closing display or lone equation's right-hand side, a value alone on the last line,
-    or a concluding sentence ("Therefore/Thus/So/Hence ... is/are/equals X", "there are X ...",
-    "... a total of X", else its last math span, else its first number that `problem`, when
-    given, does not already contain). Units, currency and trailing words are removed.
-    """
-    if not text or not text.strip():
-        return Conclusion(None, "none")
-    text = _CALCULATOR.sub("", text)
-    problem_numbers = {n.rstrip("%") for n in _numbers(problem)} if problem else set()
+def _explicit_statements(text: str) -> list[tuple[str, str]]:
+    """(rule, stated text) of every explicit answer statement, the one written last first: `\\boxed{}`,
+    `#### X`, answer lines ("Answer: X", "# Answer" then X, "A: X" at the end), "the answer is X"."""
     statements: list[tuple[int, int, str, str]] = []  # (end, priority, rule, stated text)
     for match in _BOXED.finditer(text):
         boxed = _last_boxed(text[match.start():].split("\n\n", 1)[0]) or _last_boxed(text[match.start():])
@@ -337,7 +389,26 @@ def find_conclusion(text: str | None, problem: str | None = None) -> Conclusion:
     for match in _LENIENT_PHRASE.finditer(text):
         stated = re.split(r"(?<=[^\d\s])\.\s|\.$|\.(?=\s*[A-Z])", match.group("answer"), maxsplit=1)[0]
         statements.append((match.start("answer") + len(stated), 3, "answer_phrase", stated))
-    for _, _, rule, stated in sorted(statements, key=lambda s: (-s[0], s[1])):
+    return [(rule, stated) for _, _, rule, stated in sorted(statements, key=lambda s: (-s[0], s[1]))]
+
+
+def find_conclusion(text: str | None, problem: str | None = None) -> Conclusion:
+    """The answer a free-form solution concludes with, wherever and however it states it.
+
+    First the explicit statements: `\\boxed{}`, GSM8K's `#### X`, answer lines ("Answer: X",
+    "**Final answer:** X", "# Answer" then X on the next lines, "A: X" at the end) and "the
+    answer is X"; the one written last counts (a model that corrects itself ends with the
+    correction). Without one, the closing paragraph (a closing pleasantry skipped): its last bold
+    value, a closing display or lone equation's right-hand side, a value alone on the last line,
+    or a concluding sentence ("Therefore/Thus/So/Hence ... is/are/equals X", "there are X ...",
+    "... a total of X", else its last math span, else its first number that `problem`, when
+    given, does not already contain). Units, currency and trailing words are removed.
+    """
+    if not text or not text.strip():
+        return Conclusion(None, "none")
+    text = _CALCULATOR.sub("", text)
+    problem_numbers = {n.rstrip("%") for n in _numbers(problem)} if problem else set()
+    for rule, stated in _explicit_statements(text):
         value = _statement_value(stated, problem_numbers, concludes=True)
         if value:
             return Conclusion(value, "boxed" if _BOXED.search(stated) else rule)
@@ -355,6 +426,8 @@ def find_conclusion(text: str | None, problem: str | None = None) -> Conclusion:
     elif re.fullmatch(r"\s*(?:\$[^$\n]+\$|\\\(.+?\\\))[\s.,;]*", closing):  # a lone inline equation
         body = closing.strip().rstrip(".,; ")
         math = body[1:-1] if body.startswith("$") else body[2:-2]
+    if math is not None and _stated_list(math):
+        return Conclusion(_stated_list(math), "display")
     if math is not None:
         rhs, equation = _split_equation(math)
         value = _clean(rhs)
@@ -376,13 +449,105 @@ def find_conclusion(text: str | None, problem: str | None = None) -> Conclusion:
     return Conclusion(None, "none")
 
 
-def warm_up() -> None:
-    """Import math-verify and sympy and exercise its LaTeX grammar once (a second or two): done before
-    prepare_data forks its workers, every worker starts warm instead of paying for it."""
-    for answer, reference in (("\\frac{1}{2}", "0.5"), ("(1, 2)", "(1,2)"), ("[0, 1)", "x \\in [0,1)"),
-                              ("\\{1, 2\\}", "1, 2"), ("x^2 + 1", "1 + x^2"), ("2\\sqrt{3}", "\\sqrt{12}")):
-        answers_match(answer, reference)
-    _answers_match.cache_clear()
+def _as_prose(text: str) -> str:
+    """`text` with `\\text{...}` wrappers opened and math delimiters removed: "\\text{No such } n \\text{ exists}"
+    -> "No such n exists"."""
+    text = re.sub(r"\\(?:text|textbf|textit|mathrm|mbox)\s*\{([^{}]*)\}", r"\1", text)
+    return re.sub(r"\s+", " ", text.replace("$", "").replace("\\(", "").replace("\\)", "")).strip()
+
+
+@dataclass(frozen=True)
+class ReferenceAnswer:
+    """A reference answer as read: the values it accepts (the reference as written, the value a prose
+    reference states, each equivalent form it gives: any one counts), the verdict it gives to a yes/no
+    question, and whether it says that no such value exists."""
+
+    values: tuple[str, ...]
+    verdict: str | None = None
+    nonexistence: bool = False
+    prose: bool = False
+
+
+def read_reference(reference: str) -> ReferenceAnswer:
+    """Read a reference the way `find_conclusion` reads a solution: "The limit exists and is equal to 3"
+    -> 3; "98 values" -> 98; "-3 is the only possible value" -> -3; "a=3, b=-4" and "f(x)=0 or f(x)=1"
+    as sets; "2*C(10, 5), or equivalently 504" -> both; "Yes", "\\text{No}" -> a verdict; "No such
+    values", "The limit does not exist" -> nonexistence."""
+    raw = str(reference).strip()
+    values, verdicts, nonexistence = [raw], set(), False
+    text = _unwrap(raw)
+    prose = False
+    for form in alternatives(text):
+        plain = _as_prose(form)
+        words = _words(plain)
+        if words:
+            prose = prose or len(words) >= 2
+            if states_nonexistence(plain):
+                nonexistence = True
+            value = _reference_value(form)
+            values.append(value or "")
+            stated = verdict(plain)
+            leading = re.match(r"^\W*(?:yes|no|true|false)\b|.*\b(?:answer|statement|assertion|claim|conjecture)s? "
+                               r"(?:is|are) (?:yes|no|true|false)\b", plain, re.IGNORECASE)
+            if stated and (leading or len(words) <= 6 and not value):
+                verdicts.add(stated)  # "Yes, S must contain ...", "It is impossible"; not "-3 is the only value"
+        else:
+            values.append(_clean(form))
+            values.append(_stated_list(form) or "")
+    found_verdict = verdicts.pop() if len(verdicts) == 1 else None
+    values = values[1:] + values[:1]  # the forms read first, the reference as written last (often unparseable)
+    return ReferenceAnswer(tuple(dict.fromkeys(v for v in values if v)), found_verdict, nonexistence, prose)
+
+
+def _reference_value(form: str) -> str | None:
+    """The value a prose reference states, read strictly (a wrong reading would accept wrong
+    solutions): a number it starts with ("98 values", "-3 is the only possible value"), else the value
+    right after its first "is/are/equals/is equal to/evaluates to" that has one ("The limit exists and is
+    equal to 3", "Show that the answer is $25$"), else the right-hand side of the one equation it states
+    ("Show that $f(1) = 101^{99}$"); several values or equations as one; None otherwise."""
+    form = re.sub(r"\\(?:text|textbf|textit|mathrm|mbox)\s*\{([^{}]*)\}", r"\1", form).strip()
+    if re.match(r"^(?:\$|\\\()?\s*[-−+]?\(?\d", form):
+        value = _leading_value(form)
+        if value:
+            return value
+    tail = main_clause(form)
+    for anchor in (m.end() for m in _ANCHOR.finditer(tail)):
+        phrase = _FILLER.sub("", tail[anchor:].lstrip())
+        stated = _VERDICTS.match(phrase)
+        if stated and stated.group().lower() not in ("yes", "no", "true", "false", "none", "no solution",
+                                                     "no solutions", "impossible"):
+            return stated.group().lower()
+        value = _stated_list(phrase) or (_leading_value(phrase) if re.match(r"^[-−+(\\\d$]", phrase) else None)
+        if value:
+            return value
+    alone = re.fullmatch(r"(?:(?:show|prove|verify) that\s+)?(\$[^$]+\$|\\\(.+?\\\))[\s.]*", form, re.IGNORECASE)
+    if alone and "=" in alone.group(1):
+        return _clean(_rhs(alone.group(1).strip("$").removeprefix("\\(").removesuffix("\\)"))) or None
+    return None
+
+
+_PLEASANTRY = re.compile(r"(?:I hope|Hope this|Let me know|Feel free|If you have|Please let)", re.IGNORECASE)
+
+
+def find_verdict(text: str | None) -> tuple[str, str] | None:
+    """("yes" / "no" / "none", rule) when the solution answers with a verdict or says that no such
+    value exists: its last explicit statement ("\\boxed{\\text{No}}", "The answer is yes"), else a
+    closing sentence ("Therefore, it is impossible to ...", "Hence no such n exists"); None otherwise."""
+    if not text or not text.strip():
+        return None
+    statements = _explicit_statements(_CALCULATOR.sub("", text))
+    candidates = [(_as_prose(_unwrap(statements[0][1])), statements[0][0])] if statements else []
+    if not candidates:
+        paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip() and not _PLEASANTRY.match(p.strip())]
+        sentences = [s for s in _SENTENCES.split(paragraphs[-1] if paragraphs else "") if s.strip()]
+        candidates = [(_as_prose(s), "verdict") for s in reversed(sentences[-3:])]
+    for sentence, rule in candidates:
+        if states_nonexistence(sentence):
+            return "none", "verdict"
+        stated = verdict(sentence)
+        if stated:
+            return stated, "verdict"
+    return None
 
 
 @dataclass(frozen=True)
@@ -390,180 +555,68 @@ class Grade:
     """The verdict on one solution against a reference answer."""
 
     outcome: str
-    """correct, wrong, no_answer (find_conclusion found none) or no_reference."""
+    """correct, wrong, no_answer (find_conclusion found none) or no_reference (none given, or a prose
+    reference from which no answer could be read: rule `unreadable_reference`)."""
     rule: str
     answer: str | None
 
 
 def grade(solution: str | None, reference: str | None, problem: str | None = None, strict: bool = False) -> Grade:
     """Is the solution's conclusion the reference answer? `problem` helps to tell a concluding
-    sentence's answer from the givens it repeats. `strict`: only the standard final-answer forms
-    count (extract_final_answer), as before the lenient rules existed."""
+    sentence's answer from the givens it repeats, and whether a yes/no reference answers a yes/no
+    question. `strict`: only the standard final-answer forms count (extract_final_answer), as before
+    the lenient rules existed."""
     if reference is None or not str(reference).strip():
         return Grade("no_reference", "none", None)
-    letter = _CHOICE.fullmatch(_clean(str(reference))) if len(_clean(str(reference))) <= 8 else None
+    reference = str(reference)
+    cleaned = _clean(reference)
+    letter = _CHOICE.fullmatch(cleaned) if len(cleaned) <= 8 else None
+    if strict or letter:
+        return _grade_standard(solution, reference, problem, strict, letter)
+    read = read_reference(reference)
+    if read.verdict or read.nonexistence:
+        stated = find_verdict(solution)
+        yes_no_question = read.verdict and (problem is None or asks_yes_no(problem))
+        said = NO if stated and stated[0] == "none" else stated[0] if stated else None  # "no such P exists": no
+        if stated and (yes_no_question and said == read.verdict or read.nonexistence and stated[0] == "none"):
+            return Grade("correct", stated[1], stated[0])
+    found = find_conclusion(solution, problem)
+    if found.answer is None:
+        if read.verdict or read.nonexistence:
+            stated = find_verdict(solution)
+            return Grade("wrong", stated[1], stated[0]) if stated else Grade("no_answer", found.rule, None)
+        return Grade("no_answer", found.rule, None)
+    if any(answers_match(found.answer, value) for value in read.values) \
+            or found.equation and "=" in reference and answers_match(found.equation, reference):
+        return Grade("correct", found.rule, found.answer)
+    if read.prose and len(read.values) == 1 and not (read.verdict or read.nonexistence):
+        return Grade("no_reference", "unreadable_reference", found.answer)
+    return Grade("wrong", found.rule, found.answer)
+
+
+def _grade_standard(solution: str | None, reference: str, problem: str | None, strict: bool, letter) -> Grade:
+    """grade() for --strict-grading (the standard forms only, the reference as written) and for a
+    multiple-choice reference (the letter the solution picks last)."""
     if strict:
         answer = extract_final_answer(solution)
         found = Conclusion(answer, "strict" if answer else "none")
-    elif letter and solution:  # a multiple-choice problem: the letter the solution picks last
+    elif solution:
         picks = [next(g for g in m.groups() if g) for m in _CHOICE_STATEMENT.finditer(solution)]
         found = Conclusion(f"({picks[-1].upper()})", "choice") if picks else find_conclusion(solution, problem)
     else:
         found = find_conclusion(solution, problem)
     if found.answer is None:
         return Grade("no_answer", found.rule, None)
-    cleaned = _clean(str(reference))
     if letter:
         chosen = _CHOICE.fullmatch(found.answer)
         return Grade("correct" if chosen and chosen.group(1).upper() == letter.group(1).upper() else "wrong",
                      found.rule, found.answer)
-    matched = answers_match(found.answer, reference) or (cleaned != str(reference).strip()
+    cleaned = _clean(reference)
+    matched = answers_match(found.answer, reference) or (cleaned != reference.strip()
                                                          and answers_match(found.answer, cleaned))
-    if not matched and found.equation and "=" in str(reference):  # the reference is the equation itself
+    if not matched and found.equation and "=" in reference:  # the reference is the equation itself
         matched = answers_match(found.equation, reference)
     return Grade("correct" if matched else "wrong", found.rule, found.answer)
-
-
-VERIFY_TIMEOUT_S = 1
-"""math-verify's limit on parsing or comparing one answer, in whole seconds (its default is 5): an
-equivalence sympy cannot settle that fast (a trigonometric identity) counts as no match."""
-
-
-_NUMERIC_LATEX = re.compile(r"[\d\s+\-*/^().{}]*")
-_PARSE_TRANSFORMS = None
-
-
-def _braced(text: str, start: int) -> tuple[str | None, int]:
-    """The content of the {...} group that opens at text[start], and the position after it."""
-    depth = 0
-    for position in range(start, len(text)):
-        if text[position] == "{":
-            depth += 1
-        elif text[position] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : position], position + 1
-    return None, start
-
-
-def _numeric_expression(answer: str):
-    """A sympy expression for a number written with digits, + - * / ^, parentheses, \\frac, \\sqrt,
-    \\pi, \\cdot and \\times (no variable, no comma but thousands separators), parsed without
-    math-verify's LaTeX grammar (30-100x faster); None for anything else, which math-verify parses."""
-    global _PARSE_TRANSFORMS
-    text = re.sub(r"\\left|\\right|\\[,;!]", "", answer.strip().rstrip("."))
-    text = re.sub(r"(?<=\d),(?=\d{3}(?:\D|$))", "", text)  # 25,000
-    text = re.sub(r"\\[dt]frac", r"\\frac", text)
-    for command, pattern in (("frac", "(({})/({}))"), ("sqrt", "sqrt({})")):
-        while (match := re.search(rf"\\{command}\s*(?=\{{)", text)) is not None:
-            first, end = _braced(text, match.end())
-            if first is None:
-                return None
-            if command == "frac":
-                if end >= len(text) or text[end] != "{":
-                    return None
-                second, end = _braced(text, end)
-                if second is None:
-                    return None
-                replacement = pattern.format(first, second)
-            else:
-                replacement = pattern.format(first)
-            text = text[: match.start()] + replacement + text[end:]
-    text = re.sub(r"\\sqrt\s*(\d)", r"sqrt(\1)", text)
-    text = text.replace("\\pi", " pi ").replace("\\cdot", "*").replace("\\times", "*")
-    if not _NUMERIC_LATEX.fullmatch(text.replace("sqrt", "").replace("pi", "")) or not re.search(r"\d", text):
-        return None
-    text = text.replace("{", "(").replace("}", ")").replace("^", "**")
-    try:
-        from sympy.parsing.sympy_parser import (implicit_multiplication_application, parse_expr,
-                                                standard_transformations)
-
-        if _PARSE_TRANSFORMS is None:
-            _PARSE_TRANSFORMS = standard_transformations + (implicit_multiplication_application,)
-        return parse_expr(text, transformations=_PARSE_TRANSFORMS)
-    except Exception:  # noqa: BLE001 - anything sympy cannot read goes to math-verify
-        return None
-
-
-@lru_cache(maxsize=65536)
-def _parse(answer: str):
-    from math_verify import parse
-
-    numeric = _numeric_expression(answer)
-    if numeric is not None:
-        return [numeric, answer]  # the form math-verify's parse returns: [sympy expression, text]
-
-    # Wrapping in $...$ lets math-verify's LaTeX extractor read bare LaTeX such as \frac{1}{2};
-    # its expression extractor still reads plain forms such as 1/2 and 0.5.
-    parsed = parse(f"${answer}$", parsing_timeout=VERIFY_TIMEOUT_S)
-    return parsed if parsed else parse(answer, parsing_timeout=VERIFY_TIMEOUT_S)
-
-
-def _normalise(answer: str) -> str:
-    """A spelling-only canonical form: the same string means the same answer (no math needed)."""
-    answer = re.sub(r"\\left\b|\\right\b|\\[,;!: ]|\\displaystyle", "", answer)
-    answer = re.sub(r"\\[dt]frac", r"\\frac", answer)
-    answer = re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", answer)
-    answer = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", answer)
-    return re.sub(r"\s+", "", answer).rstrip(".")
-
-
-_PLAIN_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+|[-+]?\d+\s*/\s*\d+|"
-                           r"[-+]?\\d?frac\{\d+\}\{\d+\}")
-
-
-def _exact_numbers(predicted: str, reference: str) -> bool | None:
-    """For two plain numbers (integers, decimals, a/b, \\frac{a}{b}): True when they are equal; False when
-    both are integers and differ (math-verify agrees on both); None otherwise (math-verify decides)."""
-    from fractions import Fraction
-
-    values = []
-    for text in (predicted, reference):
-        text = text.strip().rstrip(".")
-        if not _PLAIN_NUMBER.fullmatch(text):
-            return None
-        text = text.replace(",", "").replace(" ", "")
-        fraction = re.fullmatch(r"([-+]?)\\d?frac\{(\d+)\}\{(\d+)\}", text)
-        try:
-            value = Fraction(int(fraction.group(2)), int(fraction.group(3))) * (-1 if fraction.group(1) == "-" else 1) \
-                if fraction else Fraction(text)
-        except (ValueError, ZeroDivisionError):
-            return None
-        values.append((value, value.denominator == 1 and "/" not in text and "frac" not in text and "." not in text))
-    (a, a_int), (b, b_int) = values
-    if a == b:
-        return True
-    return False if a_int and b_int else None
-
-
-def answers_match(predicted: str | None, reference: str | None) -> bool:
-    """True when `predicted` and `reference` are mathematically equivalent (math-verify)."""
-    if predicted is None or reference is None:
-        return False
-    return _answers_match(predicted, reference)
-
-
-@lru_cache(maxsize=65536)
-def _answers_match(predicted: str, reference: str) -> bool:
-    """answers_match, remembered: the solutions of one problem often share an answer."""
-    predicted, reference = predicted.strip(), reference.strip()
-    if not predicted or not reference:
-        return False
-    if _normalise(predicted) == _normalise(reference):
-        return True
-    exact = _exact_numbers(predicted, reference)
-    if exact is not None:  # plain numbers: decided without sympy (the common case, and 100x faster)
-        return exact
-    from math_verify import verify
-
-    gold, pred = _parse(reference), _parse(predicted)
-    if not gold or not pred:
-        return False
-    try:
-        # An equivalence sympy cannot settle in a couple of seconds (trigonometric identities) is no match.
-        return bool(verify(gold, pred, timeout_seconds=VERIFY_TIMEOUT_S))
-    except Exception:  # math-verify raises on expressions sympy cannot compare; that is "no match"
-        return False
 
 
 def reference_answer(value: str | None) -> str | None:
@@ -588,8 +641,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"conclusion: {found.answer!r} (rule: {found.rule})")
     print(f"final answer in a standard form: {extract_final_answer(args.solution)!r}")
     if args.reference is not None:
-        verdict = grade(args.solution, reference_answer(args.reference), args.problem)
-        print(f"grade: {verdict.outcome}")
+        read = read_reference(reference_answer(args.reference))
+        print(f"reference read as: values {list(read.values)}, verdict {read.verdict}, "
+              f"says none exists: {read.nonexistence}")
+        graded = grade(args.solution, reference_answer(args.reference), args.problem)
+        print(f"grade: {graded.outcome} (rule: {graded.rule}, answer: {graded.answer!r})")
     return 0
 
 
