@@ -43,7 +43,7 @@ LORA_RANK, LORA_ALPHA = 8, 16
 def _env() -> dict:
     env = dict(os.environ)
     env.update(
-        VERL_USE_EXTERNAL_MODULES="sft.verl_plugins.cpu_runtime",
+        VERL_USE_EXTERNAL_MODULES="sft.verl_plugins.cpu.runtime",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
         PYTHONWARNINGS="ignore",
         OMP_NUM_THREADS="1",

@@ -11,17 +11,23 @@ previous output (or nothing) in place:
 
 Temporary names start with "." and live beside the final path (same file system, so the
 final `os.replace` is atomic); they are removed on any error, KeyboardInterrupt included.
+
+A full disk or a missing permission while writing is the user's situation, not a bug:
+`with writing("the export", "Free some space ..."):` turns it into one OutputError line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from sft.common.errors import UserError
 
 
 def _umask() -> int:
@@ -114,3 +120,57 @@ def staging_directory(final: str | os.PathLike) -> Iterator[Path]:
         built.mkdir()
         yield built
         publish_directory(built, final)
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk or a missing permission: one line for the user, never a traceback.
+
+_WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                 errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                 errno.EROFS: "the file system is read-only", errno.ENOTDIR: "a part of the path is a file",
+                 errno.EEXIST: "a file is in the way", errno.EISDIR: "a directory is in the way"}
+
+
+class OutputError(UserError):
+    """An output cannot be written (full disk, permissions); the message names the path and the fix."""
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """Why a write failed, in words, when the cause is the user's disk or permissions (else None).
+
+    torch.save reports a full disk as RuntimeError("... file write failed"), not as OSError.
+    """
+    if isinstance(exc, OSError):
+        return _WRITE_ERRNOS.get(exc.errno)
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and ("write failed" in text or "No space left" in text):
+        return "the disk is full (the write failed)"
+    return None
+
+
+@contextlib.contextmanager
+def writing(what: str, fix: str) -> Iterator[None]:
+    """Turn a full disk or a permission error inside the block into OutputError("cannot write {what}: ... {fix}")."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        why = write_failure(exc)
+        if why is None:
+            raise
+        where = getattr(exc, "filename", None)
+        raise OutputError(f"cannot write {what}: {why}{f' ({where})' if where else ''}. {fix}") from None
+
+
+def directory_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be (made into) a directory this process writes to, or None."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a directory"
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, so {path} cannot be created"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
+    return None
