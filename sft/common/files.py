@@ -135,17 +135,22 @@ class OutputError(UserError):
     """An output cannot be written (full disk, permissions); the message names the path and the fix."""
 
 
+_WRITE_ERROR_TEXTS = (("No space left", errno.ENOSPC), ("StorageFull", errno.ENOSPC), ("os error 28", errno.ENOSPC),
+                      ("write failed", errno.ENOSPC), ("Disk quota exceeded", errno.EDQUOT),
+                      ("Permission denied", errno.EACCES), ("Read-only file system", errno.EROFS))
+
+
 def write_failure(exc: BaseException) -> str | None:
     """Why a write failed, in words, when the cause is the user's disk or permissions (else None).
 
-    torch.save reports a full disk as RuntimeError("... file write failed"), not as OSError.
+    Not every writer raises OSError: torch.save reports a full disk as RuntimeError("... file write
+    failed"), safetensors as SafetensorError("... StorageFull ..."); their texts are recognised.
     """
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and exc.errno is not None:
         return _WRITE_ERRNOS.get(exc.errno)
     text = str(exc)
-    if isinstance(exc, RuntimeError) and ("write failed" in text or "No space left" in text):
-        return "the disk is full (the write failed)"
-    return None
+    code = next((code for marker, code in _WRITE_ERROR_TEXTS if marker in text), None)
+    return None if code is None else _WRITE_ERRNOS[code]
 
 
 @contextlib.contextmanager
@@ -153,7 +158,7 @@ def writing(what: str, fix: str) -> Iterator[None]:
     """Turn a full disk or a permission error inside the block into OutputError("cannot write {what}: ... {fix}")."""
     try:
         yield
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:  # writers raise their own types (see write_failure); anything else re-raises
         why = write_failure(exc)
         if why is None:
             raise

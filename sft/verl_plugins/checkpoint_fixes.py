@@ -137,7 +137,7 @@ compat.replace(f"{_HANDLER}._find_latest_checkpoint", _find_latest_checkpoint, _
 def _save_checkpoint(self, step):
     try:
         _original_save_checkpoint(self, step)
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:  # writers raise their own types for a full disk (sft/common/files.py write_failure)
         why = write_failure(exc)
         if why is None:
             raise

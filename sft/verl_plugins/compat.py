@@ -34,6 +34,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,9 +271,11 @@ def installed_version(package: str, root: Path | None) -> str | None:
         except OSError:
             return None
     try:
-        return (root / "version.py").read_text(encoding="utf-8").split("__version__", 1)[1].split("'")[1]
-    except (OSError, IndexError):
+        found = re.search(r"^__version__\s*=\s*['\"]([^'\"+]+)", (root / "version.py").read_text(encoding="utf-8"),
+                          re.MULTILINE)
+    except OSError:
         return None
+    return found.group(1) if found else None  # without a local part such as +cpu
 
 
 def _how_to_run_without(internal: Internal) -> str:
