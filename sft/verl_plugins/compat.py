@@ -194,8 +194,17 @@ def _definition(tree: ast.Module, qualname: str) -> ast.AST | None:
     return node
 
 
-@functools.lru_cache(maxsize=64)
 def _parsed(path: str) -> ast.Module | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _parse(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(path: str, _mtime: int, _size: int) -> ast.Module | None:
+    """A source file parsed once per version of it (the launcher and a plugin each check several functions)."""
     try:
         return ast.parse(Path(path).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, ValueError):
@@ -287,12 +296,16 @@ def _how_to_run_without(internal: Internal) -> str:
     return f"Run without it: {switches[0]}, or {pin}." if switches else f"To run, {pin}."
 
 
+_PHRASES = {"replaces": "replaces it", "replaces while it runs": "replaces it during a call", "relies on": "relies on it",
+            "overrides": "overrides it in a subclass"}
+
+
 def problem(internal: Internal, root: Path | None, version: str | None) -> str | None:
     """One line when `internal` is not what its user was written for, else None."""
     package = internal.package
     where = f"{package} {version or '(unknown version)'} at {root}"
     _, qualname = _split(internal.defined_at)
-    used = f"{internal.used_by.replace('.', '/')}.py {internal.use} it"
+    used = f"{internal.used_by.replace('.', '/')}.py {_PHRASES[internal.use]}"
     if root is None:
         return f"{package} is not installed, and {used}. Run scripts/setup_env.sh."
     found = source_fingerprint(root, internal.defined_at)
@@ -305,7 +318,7 @@ def problem(internal: Internal, root: Path | None, version: str | None) -> str |
         change = f"no longer uses {qualname} at {_split(internal.target)[1]} ({_split(internal.target)[0]})"
     else:
         return None
-    return (f"{where} {change}, which {used}; it was written for {package} {TESTED[package]}. "
+    return (f"{where} {change}; {used} and was written for {package} {TESTED[package]}. "
             f"{_how_to_run_without(internal)}")
 
 
@@ -429,7 +442,33 @@ def relies_on(target: str, used_by: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The command: every check, with the fingerprints a maintainer compares after reviewing an upgrade.
+# The tables sft/README.md shows (tests/test_compat.py keeps them equal), and the command.
+
+
+def _devices(plugin_module: str) -> str:
+    plugin = next((p for p in PLUGINS if p.module == plugin_module), None)
+    return "export" if plugin is None else ("CPU only" if plugin.devices == CPU_ONLY else "GPU and CPU")
+
+
+def plugin_table() -> str:
+    """The plugins a run loads, as a Markdown table."""
+    lines = ["| Plugin | Needed on | Loaded | What it changes | Replaces in verl |", "|---|---|---|---|---|"]
+    for plugin in PLUGINS:
+        replaced = [f"`{_split(i.target)[1]}`" for i in INTERNALS if i.used_by == plugin.module and i.use != "relies on"]
+        lines.append(f"| `{plugin.path}` | {_devices(plugin.module)} | {plugin.loaded_when()} | {plugin.does} | "
+                     f"{', '.join(replaced)} |")
+    return "\n".join(lines)
+
+
+def internals_table() -> str:
+    """Every verl (and torch) internal replaced or relied on, as a Markdown table."""
+    lines = ["| Internal (file: name) | Used by | How | Needed on |", "|---|---|---|---|"]
+    for internal in INTERNALS:
+        path, qualname = _split(internal.target)
+        shown = f"`{path}: {qualname}`" + (f" (defined in `{_split(internal.source)[0]}`)" if internal.source else "")
+        switch = f" (not with {internal.switch})" if internal.switch else ""
+        lines.append(f"| {shown} | `{internal.used_by}` | {internal.use}{switch} | {_devices(internal.used_by)} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,7 +477,11 @@ def main(argv: list[str] | None = None) -> int:
                                                  "against the installed packages (or a verl checkout).")
     parser.add_argument("--verl-dir", type=Path, default=None, help="a verl checkout (as VERL_DIR) instead of the "
                         "installed package")
+    parser.add_argument("--tables", action="store_true", help="print the plugin and internals tables of sft/README.md")
     args = parser.parse_args(argv)
+    if args.tables:
+        print(plugin_table() + "\n\n" + internals_table())
+        return 0
     bad = 0
     for internal in INTERNALS:
         root = package_root(internal.package, args.verl_dir)
