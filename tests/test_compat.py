@@ -55,20 +55,13 @@ def fake_checkout(tmp_path: Path, edits: dict[str, tuple[str, str]], version: st
 
 
 @pytest.fixture
-def launch(monkeypatch, tmp_path, capsys, tiny_model_dir, chat_data_dir):
-    """Run the launcher in this process up to its exec of torchrun: (exit code, output, the command or None)."""
-    started = []
-    monkeypatch.setattr(launcher.os, "execve", lambda path, argv, env: started.append(argv))
-    monkeypatch.chdir(tmp_path)
+def launch(launch_until_exec, tmp_path, tiny_model_dir, chat_data_dir):
+    """The launcher in this process up to its exec of torchrun: (exit code, output, the command or None)."""
 
-    def run(mode: str = "full", *overrides: str, **settings) -> tuple[int, str, list[str] | None]:
-        started.clear()
+    def run(mode: str = "full", *overrides: str, **settings):
         env = launcher_env(MODEL_NAME=tiny_model_dir, TRAIN_FILE=chat_data_dir / "train.parquet",
                            OUTPUT_DIR=tmp_path / "out", **settings)
-        capsys.readouterr()
-        rc = launcher.main(["--", *overrides], env={**env, "SFT_MODE": mode})
-        captured = capsys.readouterr()
-        return rc, captured.out + captured.err, (started[0] if started else None)
+        return launch_until_exec(env, *overrides, mode=mode)
 
     return run
 

@@ -109,13 +109,14 @@ def resume_point(output_dir: str | os.PathLike, names: list[str]) -> tuple[Path 
         return None, None
     newest = output_dir / f"global_step_{tracked}" if tracked is not None else steps[-1]
     why = _why_not(newest, tracked is not None, names)
-    if tracked is not None and why is None:
-        return newest, None
+    if why is None:
+        return newest, (None if tracked is not None else f"resuming from {newest.name}: {TRACKER_FILE} is missing")
     if tracked is None:
-        why = f"{TRACKER_FILE} is missing" + (f" and {why}" if why else "")
-    for step_dir in reversed(steps):
-        if (tracked is None or step_number(step_dir) <= tracked) and not damaged_files(step_dir, names):
+        why = f"{TRACKER_FILE} is missing and {why}"
+    older = [p for p in reversed(steps) if p != newest and (tracked is None or step_number(p) <= tracked)]
+    for step_dir in older:
+        if not damaged_files(step_dir, names):
             return step_dir, f"resuming from {step_dir.name}: {why}"
-    raise ValueError(f"no complete checkpoint to resume from in {output_dir}: {why}, and no earlier global_step_N is "
-                     "whole. Move the global_step_* directories away (or delete them) to start over, or set another "
-                     "OUTPUT_DIR.")
+    also = "".join(f"; {_why_not(p, False, names)}" for p in older[:2])
+    raise ValueError(f"no complete checkpoint to resume from in {output_dir}: {why}{also}. Move the global_step_* "
+                     "directories away (or delete them) to start over, or set another OUTPUT_DIR.")

@@ -22,6 +22,7 @@ import contextlib
 import errno
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,14 +92,37 @@ def scratch_directory(beside: str | os.PathLike, prefix: str | None = None) -> I
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_cwd, rename_exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without the flag
+        return False
+    raise OSError(error, os.strerror(error), str(second))
+
+
 def publish_directory(built: str | os.PathLike, final: str | os.PathLike) -> None:
     """Move the finished directory `built` to `final`, replacing what is there.
 
-    Two renames: the old `final` is moved aside and deleted only once the new one is in place,
-    so an interruption leaves either the old or the new directory, never a mix.
+    An existing `final` is swapped with `built` in one atomic step where the system can (Linux),
+    then deleted; elsewhere it is moved aside first and deleted only once the new one is in
+    place. A kill at any point leaves the old or the new directory at `final`, never a mix.
     """
     built, final = Path(built), Path(final)
     make_world_readable(built)
+    if final.is_dir() and not final.is_symlink() and _exchange(built, final):
+        shutil.rmtree(built, ignore_errors=True)  # the old directory, now at `built`
+        return
     previous = built.parent / f".{final.name}.previous-{os.getpid()}"
     if final.exists():
         os.replace(final, previous)

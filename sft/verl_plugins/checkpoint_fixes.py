@@ -37,7 +37,7 @@ import os
 
 import torch
 
-from sft.common.checkpoints import expected_files, resume_point, step_directories, step_number, tracked_step
+from sft.common.checkpoints import expected_files, resume_point, step_directories, step_number
 from sft.common.files import write_failure
 from sft.verl_plugins import compat
 
@@ -141,7 +141,10 @@ def _save_checkpoint(self, step):
         why = write_failure(exc)
         if why is None:
             raise
-        kept = tracked_step(self.default_local_dir)
+        try:
+            kept = step_number(resume_point(self.default_local_dir, resume_files(self))[0] or "")
+        except ValueError:
+            kept = None
         print(f"[verl-sft] error (rank {self.rank}): checkpoint global_step_{step} could not be written: {why} "
               f"({getattr(exc, 'filename', None) or self.default_local_dir}). "
               + (f"global_step_{kept} is the newest whole checkpoint; " if kept is not None else "")
