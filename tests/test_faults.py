@@ -463,3 +463,57 @@ def test_a_failed_training_process_ends_the_launch_in_one_line(tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 3 and "Traceback" not in output, output
     assert "[verl-sft] training failed: rank 0 ended with status 3 (its output above says why)" in output
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: misleading references, rows without a usable prompt, an output location that is a file.
+
+
+def test_a_reference_whose_final_answer_only_points_elsewhere_is_skipped_not_graded():
+    from sft.generation.problems import samples_from_rows
+
+    rows = [("data.jsonl:1", {"prompt": "What is 2 + 2?", "generated_solution": "Let me explain. The answer is here."}),
+            ("data.jsonl:2", {"prompt": "Which option?", "generated_solution": "Comparing them, the answer is B."}),
+            ("data.jsonl:3", {"prompt": "Is 7 odd?", "generated_solution": "7 = 2 * 3 + 1, so the answer is yes."}),
+            ("data.jsonl:4", {"prompt": "What is 2 + 2?", "answer": "We add the numbers as usual and then we write "
+                              "down what we get at the end of it all."})]
+    graded = samples_from_rows(rows[:3])
+    assert graded[0].reference_answer is None and "reads 'here', prose rather than a value" in graded[0].skip_reason
+    assert [s.reference_answer for s in graded[1:]] == ["B", "yes"]
+    (keyed,) = samples_from_rows(rows[3:], answer_key="answer")
+    assert keyed.reference_answer is None and "holds a solution that states no final answer" in keyed.skip_reason
+
+
+@pytest.mark.parametrize(("row", "expected"), [
+    ({"prompt": None, "generated_solution": "4"}, "'prompt' is null: the row has no problem"),
+    ({"prompt": 42, "generated_solution": "4"}, "'prompt' is int 42, not the problem's text"),
+    ({"messages": None}, "'messages' is null"),
+    ({"prompt": {"text": "hi"}}, "'prompt' is dict"),
+])
+def test_a_null_or_non_text_prompt_is_named_as_such(row, expected):
+    from sft.generation.problems import ProblemsError, samples_from_rows
+
+    with pytest.raises(ProblemsError, match=re.escape(expected)):
+        samples_from_rows([("problems.jsonl:3", row)])
+
+
+def test_evaluation_checks_its_output_location_and_model_before_generating(tmp_path, tiny_model_dir, monkeypatch,
+                                                                          capsys):
+    from sft import evaluate
+    from sft.generation import backend
+
+    data = tmp_path / "problems.jsonl"
+    data.write_text(json.dumps({"prompt": "What is 2 + 2?", "generated_solution": "The answer is \\boxed{4}."}) + "\n")
+    (tmp_path / "a file").write_text("")
+    generated = []
+    monkeypatch.setattr(evaluate.Generator, "generate", lambda *a, **k: generated.append(1) or [])
+    assert evaluate.main([str(tiny_model_dir), str(data), "-o", str(tmp_path / "a file")]) == 1
+    err = capsys.readouterr().err
+    assert "--output-dir" in err and "is a file, not a directory" in err and "Traceback" not in err and not generated
+    no_tokenizer = _model_copy(tiny_model_dir, tmp_path, "no-tokenizer")
+    with pytest.raises(backend.GenerationError, match="encodes text to no tokens at all"):
+        evaluate.evaluate(no_tokenizer, data, tmp_path / "out", progress=False)
+    truncated = _model_copy(tiny_model_dir, tmp_path, "truncated-weights")
+    with pytest.raises(Exception, match="model.safetensors is truncated"):
+        evaluate.evaluate(truncated, data, tmp_path / "out", progress=False)
+    assert not generated and not (tmp_path / "out").exists()
