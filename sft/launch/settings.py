@@ -590,17 +590,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PYTHON", None, "", BEHAVIOUR, None, listed_default=".venv/bin/python if present, else python3",
             read_by="scripts/lib/python.sh"),
     Setting("SFT_STOP_FILE", None, "a path: once that file exists, the run saves a checkpoint at the end of\n"
-            "the current step and exits 0 (sft/verl_plugins/verl_fixes.py; slurm/ batch files set it)", BEHAVIOUR, None,
-            listed_default="(unset)", read_by="sft/verl_plugins/verl_fixes.py"),
+            "the current step and exits 0 (sft/verl_plugins/stop_file.py; slurm/ batch files set it)", BEHAVIOUR, None,
+            listed_default="(unset)", read_by="sft/verl_plugins/stop_file.py"),
     Setting("SFT_SHARDED_LOADING", None, "0: load the model as verl does (rank 0 reads it whole, then broadcasts);\n"
             "default: each rank reads only its shard from the safetensors files", BEHAVIOUR, None,
             listed_default="(unset)", read_by="sft/verl_plugins/sharded_loading.py"),
-    Setting("SFT_FROZEN_UPCAST", None, "0: a CPU LoRA run gathers its frozen bf16 base in fp32 as verl does;\n"
-            "default: gathered in bf16, computed in fp32 block by block", BEHAVIOUR, None,
-            listed_default="(unset)", read_by="sft/verl_plugins/frozen_upcast.py"),
+    Setting("SFT_FROZEN_UPCAST", None, "0: a CPU LoRA run gathers its frozen bf16 base in fp32 as verl does (and\n"
+            "its embedding and LM head whole); default: gathered in bf16, computed in fp32 block by block",
+            BEHAVIOUR, None, listed_default="(unset)", read_by="sft/verl_plugins/cpu/lora_wrapping.py"),
     Setting("SFT_VOCAB_PARALLEL", None, "0: a CPU LoRA run on several processes all-gathers its frozen embedding\n"
             "and LM head (FSDP2); default: each process keeps its rows, computed vocabulary-parallel", BEHAVIOUR, None,
-            listed_default="(unset)", read_by="sft/verl_plugins/vocab_parallel.py"),
+            listed_default="(unset)", read_by="sft/verl_plugins/cpu/vocab_parallel.py"),
     Setting("SFT_LORA_INPUT_GRADS", None, "1: keep verl's enable_input_require_grads hook (LoRA); default: removed\n"
             "(only reentrant checkpointing needs it; FSDP2 re-gathers the embedding for it)", BEHAVIOUR, None,
             listed_default="(unset)", read_by="sft/verl_plugins/lora_precision.py"),
