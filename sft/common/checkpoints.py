@@ -105,8 +105,9 @@ def resume_point(output_dir: str | os.PathLike, names: list[str]) -> tuple[Path 
     """
     output_dir = Path(output_dir)
     tracked, steps = tracked_step(output_dir), step_directories(output_dir)
-    if tracked is None and not steps:
-        return None, None
+    if not steps:  # nothing a fresh start could overwrite
+        return None, (f"{TRACKER_FILE} names global_step_{tracked}, and no global_step_N is left: starting from the "
+                      "beginning" if tracked is not None else None)
     newest = output_dir / f"global_step_{tracked}" if tracked is not None else steps[-1]
     why = _why_not(newest, tracked is not None, names)
     if why is None:
