@@ -194,6 +194,14 @@ def test_an_override_hydra_cannot_parse_or_of_the_wrong_type_is_named(tmp_path, 
     assert expected in _one_clean_error(rc, output)
 
 
+def test_overrides_of_the_kind_verl_reads_pass(tmp_path, tiny_model_dir, chat_data_dir, launch_until_exec):
+    env = launcher_env(MODEL_NAME=tiny_model_dir, TRAIN_FILE=chat_data_dir / "train.parquet", OUTPUT_DIR=tmp_path / "o")
+    overrides = ("trainer.logger=console", "optim.lr=2e-5", "optim.clip_grad=1", "trainer.test_freq=after_each_epoch",
+                 "optim.betas=[0.9,0.95]", "trainer.max_ckpt_to_keep=2")
+    rc, output, command = launch_until_exec(env, *overrides)
+    assert rc == 0 and command[-len(overrides):] == list(overrides), output[-2000:]
+
+
 def test_output_dir_that_is_a_file_unwritable_or_on_a_full_disk_is_one_line(tmp_path, tiny_model_dir, chat_data_dir,
                                                                              launch_until_exec, monkeypatch):
     env = launcher_env(MODEL_NAME=tiny_model_dir, TRAIN_FILE=chat_data_dir / "train.parquet")

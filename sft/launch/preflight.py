@@ -138,13 +138,15 @@ def _check_types(base, config, overrides: list[str]) -> None:
         key, sep, _ = override.lstrip("+").partition("=")
         if not sep or override.startswith("~") or key.startswith("hydra."):
             continue
-        before = OmegaConf.select(base, key, default=None)
+        before = OmegaConf.select(base, key, default=None, throw_on_resolution_failure=False)
         expected = _kind(before)
-        value = OmegaConf.select(config, key, default=None)
+        value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
         if expected is None or value is None or value in _WORDS_ALSO.get(key, ()):
             continue
         got = _kind(value)
-        if got != expected and not (expected == "a number" and got == "an integer"):
+        # verl reads one text where it reads a list of texts (trainer.logger, data.train_files, model.target_modules)
+        one_for_many = expected.startswith("a list") and isinstance(value, str)
+        if got != expected and not (expected == "a number" and got == "an integer") and not one_for_many:
             shown = OmegaConf.to_container(before) if OmegaConf.is_config(before) else before
             raise LaunchError(f"{override}: {key} takes {expected} (it was {shown!r}), got {value!r}. "
                               f"Example: {key}={_as_override(shown)}")
