@@ -16,9 +16,13 @@ verl's Hydra overrides with every value quoted for Hydra, and prints the setting
 launch, sft/launch/preflight.py translates the user's overrides (verl's older key names and this
 project's original ones: sft/launch/verl_keys.py; each translation is printed once), composes
 verl's config with all of them and loads the dataset class, so a bad override stops in about a
-second with one line ("did you mean ..."). It prints the exact command, appends the launch to
-OUTPUT_DIR/run_record.json (sft/launch/run_record.py) and replaces itself with torchrun. User
-overrides go last, so they win. DRY_RUN=1 also builds verl's typed config sections, prints the
+second with one line ("did you mean ..."); it also checks the training files, the model's weights
+and tokenizer, the verl functions the run's plugins replace (sft/verl_plugins/compat.py) and what
+a resume will load. It prints the exact command, takes OUTPUT_DIR's lock (sft/launch/output_lock.py:
+one training per OUTPUT_DIR), appends the launch to OUTPUT_DIR/run_record.json
+(sft/launch/run_record.py) and replaces itself with torchrun (sft/launch/agent.py), whose
+processes start in sft/launch/worker.py so that they die with it. User overrides go last, so they
+win. DRY_RUN=1 also builds verl's typed config sections, prints the
 composed values and exits without training.
 The settings themselves (defaults, parsing, auto rules, verl keys, help) are one table:
 sft/launch/settings.py.
