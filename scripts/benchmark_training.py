@@ -9,7 +9,7 @@ Usage:
     # One GPU, real shapes (random weights, Qwen's real vocabulary; no downloads):
     .venv/bin/python scripts/benchmark_training.py --shape qwen2.5-1.5b --steps 10 --rows 4000
     .venv/bin/python scripts/benchmark_training.py --shape qwen2.5-0.5b --configs original,ours,ours-liger
-    # CPU: verl's row-by-row log-probs against the CPU runtime's blocks (sft/verl_plugins/cpu_runtime.py):
+    # CPU: verl's row-by-row log-probs against the CPU runtime's blocks (sft/verl_plugins/cpu/runtime.py):
     .venv/bin/python scripts/benchmark_training.py --logprobs
 
 It builds a model of the chosen architecture from its config values with random weights, a
@@ -503,7 +503,7 @@ def format_memory_table(results: list[RunResult], processes: int, device: str) -
 
 
 # ---------------------------------------------------------------------------------------------
-# --logprobs: verl's row-by-row log-probs against sft/verl_plugins/cpu_runtime.py's blocks of rows.
+# --logprobs: verl's row-by-row log-probs against sft/verl_plugins/cpu/runtime.py's blocks of rows.
 
 
 def _time_forward_backward(function, logits, labels) -> float:
@@ -522,7 +522,7 @@ def logprobs_benchmark(tokens: int, vocabs: list[int], repeats: int = 3) -> list
 
     verl_rows = verl_functional.logprobs_from_logits_v2
     verl_rows = getattr(verl_rows, "keywords", {}).get("_fallback", verl_rows)  # verl's own, not the patch
-    from sft.verl_plugins.cpu_runtime import _logprobs_by_blocks  # (installs the CPU runtime here: harmless)
+    from sft.verl_plugins.cpu.runtime import _logprobs_by_blocks  # (installs the CPU runtime here: harmless)
 
     results = []
     for vocab in vocabs:
@@ -546,7 +546,7 @@ def logprobs_benchmark(tokens: int, vocabs: list[int], repeats: int = 3) -> list
 def logprobs_main(args: argparse.Namespace) -> int:
     """--logprobs: print (and write to --work-dir/logprobs_results.json) the log-probs timings."""
     print(f"[benchmark] log-probs forward+backward on {args.logprobs_tokens:,} tokens, fp32, CPU: "
-          "verl logprobs_from_logits_v2 vs sft/verl_plugins/cpu_runtime.py _logprobs_by_blocks", flush=True)
+          "verl logprobs_from_logits_v2 vs sft/verl_plugins/cpu/runtime.py _logprobs_by_blocks", flush=True)
     results = logprobs_benchmark(args.logprobs_tokens, [QWEN_VOCAB_SIZE, 512])
     for r in results:
         print(f"[benchmark]   {r['tokens']:,} tokens x {r['vocab']:,} vocab ({r['threads']} threads): "
@@ -584,7 +584,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", default=str(REPO_ROOT / "outputs" / "benchmark_training"),
                         help="where the model, data and results go")
     parser.add_argument("--logprobs", action="store_true",
-                        help="only time verl's log-probs against sft/verl_plugins/cpu_runtime.py's, forward and "
+                        help="only time verl's log-probs against sft/verl_plugins/cpu/runtime.py's, forward and "
                         "backward on CPU (vocabularies of 151,936 and 512), and exit")
     parser.add_argument("--logprobs-tokens", type=int, default=4096,
                         help="tokens in the --logprobs micro batch (4096: one MAX_LENGTH sample)")

@@ -78,7 +78,7 @@ from typing import Any
 
 from sft.common.cli import HelpFormatter
 from sft.common.errors import UserError
-from sft.common.files import write_text_atomic
+from sft.common.files import directory_problem, write_text_atomic, writing
 from sft.generation.backend import (
     GREEDY,
     Generation,
@@ -181,6 +181,9 @@ def evaluate(
     """
     model_dir, data_path, output_dir = Path(model_dir), Path(data_path), Path(output_dir)
     check_setup(model_dir, backend, dtype, max_new_tokens, batch_size)
+    if directory_problem(output_dir):  # before any generation: the outputs must have somewhere to go
+        raise EvaluationError(f"--output-dir {output_dir}: {directory_problem(output_dir)}. Choose a directory you "
+                              "can write to.")
     sampling = _sampling(num_samples, temperature, top_p, seed)
     samples, to_generate = _graded_samples(data_path, answer_key=answer_key, prompt_key=prompt_key,
                                            solution_key=solution_key, system_prompt=system_prompt, limit=limit)
@@ -223,7 +226,8 @@ def evaluate(
                        top_p=sampling.top_p, seed=sampling.seed, sampling_seconds=round(sampling_seconds, 3),
                        sampled_output_tokens_per_second=round(sampled_tokens / sampling_seconds, 1)
                        if sampling_seconds > 0 else None)
-    _write_outputs(output_dir, records, summary, sampled)
+    with writing(f"the evaluation's results to {output_dir}", "Free some space there, or choose another -o."):
+        _write_outputs(output_dir, records, summary, sampled)
     return summary
 
 

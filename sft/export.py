@@ -36,7 +36,19 @@ splits off the LoRA adapter. Two of its behaviours are corrected here, both chec
 
 The export is built in a temporary sibling directory and renamed into place at the end
 (sft/common/files.py's publish_directory), so an interrupted export never leaves a
-half-written model at OUTPUT_DIR.
+half-written model at OUTPUT_DIR. With --force it replaces only an earlier export (a directory
+with export_info.json) or an empty directory, never one that holds the checkpoint or its run.
+
+Loading the shards: verl writes them with torch.save, i.e. as Python pickles, and a pickle can
+run code when it is loaded. The shards are read with torch.load(weights_only=True) and only the
+classes a verl 0.9.1 FSDP2 shard holds allowed (SHARD_CLASSES: DTensor, its spec and placements,
+the device mesh), so a crafted checkpoint stops the export instead of running code.
+
+verl's merger is subclassed, not patched; the methods overridden and those relied on are checked
+against verl's source by sft/verl_plugins/compat.py before anything is read.
+
+Exit status: 0 exported; 2 a problem with the checkpoint, the output or the installed verl (one
+line on stderr naming the path and the fix).
 """
 
 from __future__ import annotations
@@ -58,13 +70,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
+from sft.common.checkpoints import TRACKER_FILE, step_number
 from sft.common.cli import HelpFormatter
 from sft.common.dtypes import DTYPES, torch_dtype
-from sft.common.errors import UserError
-from sft.common.files import publish_directory, scratch_directory
+from sft.common.errors import UserError, exit_on_user_error
+from sft.common.files import publish_directory, scratch_directory, writing
+from sft.common.model_files import ModelFilesError, check_tokenizer_dir, checked_tokenizer
 from sft.launch.run_record import copy_into_export
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
 LORA_META_FILE = "lora_train_meta.json"
 HF_CONFIG_SUBDIR = "huggingface"
 ADAPTER_SUBDIR = "lora_adapter"
@@ -98,11 +111,6 @@ class CheckpointInfo:
 # --------------------------------------------------------------------------- checkpoint checks
 
 
-def _step_number(path: Path) -> int | None:
-    match = re.fullmatch(r"global_step_(\d+)", path.name)
-    return int(match.group(1)) if match else None
-
-
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """The step directory to export: `path` itself, or the latest step of an output directory."""
     path = Path(path)
@@ -114,13 +122,13 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise ExportError(f"checkpoint is not a directory: {path}. Pass OUTPUT_DIR or OUTPUT_DIR/global_step_N.")
     if (
-        _step_number(path) is not None
+        step_number(path) is not None
         or (path / "fsdp_config.json").exists()
         or any(_SHARD_RE.match(p.name) for p in path.iterdir())
     ):
         return path  # a step directory; inspect_checkpoint() says what, if anything, is missing
     tracker = path / TRACKER_FILE
-    steps = sorted((p for p in path.glob("global_step_*") if _step_number(p) is not None), key=_step_number)
+    steps = sorted((p for p in path.glob("global_step_*") if step_number(p) is not None), key=step_number)
     if not tracker.is_file():
         if steps:
             names = ", ".join(p.name for p in steps)
@@ -197,7 +205,7 @@ def inspect_checkpoint(step_dir: str | os.PathLike) -> CheckpointInfo:
             )
     return CheckpointInfo(
         step_dir=step_dir,
-        global_step=_step_number(step_dir),
+        global_step=step_number(step_dir),
         world_size=world_size,
         shard_files=expected,
         lora=lora,
@@ -214,22 +222,63 @@ def _quiet_device_mesh_warning() -> None:
     logging.getLogger("torch.distributed.device_mesh").setLevel(logging.ERROR)
 
 
+def shard_classes() -> list:
+    """The classes a verl 0.9.1 FSDP2 model shard pickles, beside tensors (found with
+    torch.serialization.get_unsafe_globals_in_checkpoint on its checkpoints)."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._dtensor_spec import DTensorSpec, ShardOrderEntry, TensorMeta
+    from torch.distributed.tensor.placement_types import Replicate, Shard
+
+    return [DTensor, DTensorSpec, TensorMeta, ShardOrderEntry, DeviceMesh, Shard, Replicate]
+
+
 def _load_shard(path: Path) -> dict:
     import torch
 
+    allowed = shard_classes()
     try:
-        # weights_only=False: the shards pickle DTensors and their device mesh, as verl's merger loads them.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch.load raises many types for a truncated or corrupt pickle
+        names = {f"{cls.__module__}.{cls.__qualname__}" for cls in allowed}
+        unsafe = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - names)
+        if not unsafe:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a truncated or corrupt file
         raise ExportError(
-            f"cannot read {path}: {type(exc).__name__}: {exc}. The file is corrupt or truncated; "
-            "export an earlier global_step_N, or resume training to save again."
-        ) from exc
+            f"cannot read {path}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}. The file is corrupt or "
+            "truncated; export an earlier global_step_N, or resume training to save again."
+        ) from None
+    raise ExportError(
+        f"{path} holds more than model weights ({', '.join(unsafe[:3])}): loading it could run code, so it is not "
+        "loaded. A verl FSDP shard holds only tensors and DTensors; export checkpoints from a source you trust."
+    )
+
+
+def _check_verl_merger() -> None:
+    """verl's merger methods this export overrides or relies on are the ones it was written for (compat.py)."""
+    from sft.verl_plugins.compat import EXPORT, INTERNALS, check
+
+    for internal in INTERNALS:
+        if internal.used_by == EXPORT:
+            check(internal.target, EXPORT)
+
+
+def _lora_without_meta(info: CheckpointInfo, state: dict) -> None:
+    """A shard with LoRA weights needs lora_train_meta.json: without it verl's merger uses alpha 0 (the base model)."""
+    if info.is_lora or not any(".lora_A." in key or ".lora_B." in key for key in state):
+        return
+    shape = next(tuple(value.shape) for key, value in state.items() if ".lora_A." in key)
+    raise ExportError(
+        f"{info.step_dir} holds LoRA adapter weights (rank {shape[0]}) but no {LORA_META_FILE}: without it verl's "
+        f"merger merges them with lora_alpha 0 and exports the base model unchanged. Write {info.step_dir / LORA_META_FILE} "
+        f'with the run\'s settings, e.g. {{"r": {shape[0]}, "lora_alpha": <LORA_ALPHA>, "task_type": "CAUSAL_LM"}} '
+        "(LORA_RANK and LORA_ALPHA are in the run's run_record.json), then export again."
+    )
 
 
 def _make_merger(info: CheckpointInfo, target_dir: Path):
     """verl's FSDPModelMerger, joining shards in the dtype they were saved in (not bfloat16)."""
-    import torch
+    _check_verl_merger()
     from tqdm import tqdm
     from verl.model_merger.base_model_merger import ModelMergerConfig
     from verl.model_merger.fsdp_model_merger import DTensor, FSDPModelMerger, merge_non_dtensor_shards
@@ -246,6 +295,7 @@ def _make_merger(info: CheckpointInfo, target_dir: Path):
 
         def _load_rank_zero_state_dict(self, world_size):
             self._rank_zero = _load_shard(info.shard_files[0])
+            _lora_without_meta(info, self._rank_zero)
             return self._rank_zero
 
         def _load_and_merge_state_dicts(self, world_size, total_shards, mesh_shape, mesh_dim_names):
@@ -476,7 +526,8 @@ def _write_model(model, info: CheckpointInfo, staging: Path, final: Path, target
     from verl.model_merger.output_validation import validate_hf_model_output
 
     model.save_pretrained(str(final), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(staging)).save_pretrained(str(final))
+    tokenizer = checked_tokenizer(AutoTokenizer.from_pretrained(str(staging)), str(staging), ExportError)
+    tokenizer.save_pretrained(str(final))
     if info.is_lora:
         shutil.copytree(staging / ADAPTER_SUBDIR, final / ADAPTER_SUBDIR)
     export_info = _export_info(info, target_dtype)
@@ -503,28 +554,57 @@ def export_checkpoint(
     step_dir = resolve_checkpoint(checkpoint)
     info = inspect_checkpoint(step_dir)
     output_dir = Path(output_dir) if output_dir is not None else step_dir / DEFAULT_EXPORT_SUBDIR
-    if output_dir.exists() and not force:
-        raise ExportError(f"{output_dir} already exists. Pass --force (force=True) to replace it, or choose another -o.")
+    _check_output_dir(output_dir, info, force)
+    try:
+        check_tokenizer_dir(step_dir / HF_CONFIG_SUBDIR)
+    except ModelFilesError as exc:
+        raise ExportError(f"the checkpoint's tokenizer: {exc}") from None
     target_dtype = _resolve_dtype(dtype, info)
     kind = f"LoRA r={info.lora['r']} alpha={info.lora['lora_alpha']}" if info.is_lora else "full fine-tune"
     log(f"exporting {step_dir} ({kind}, {info.world_size} FSDP shards) -> {output_dir} [{str(target_dtype)[6:]}]")
 
     # Built in a scratch directory beside output_dir, then swapped in whole (publish_directory).
-    with scratch_directory(output_dir) as tmp_dir:
-        staging, final = tmp_dir / "verl_merge", tmp_dir / "model"
-        log("[1/3] joining FSDP shards with verl.model_merger")
-        _join_shards(info, staging)
-        log("[2/3] " + ("merging the LoRA adapter into the weights" if info.is_lora else "loading merged weights"))
-        model = _load_merged_model(info, staging, target_dtype)
-        log(f"[3/3] writing the Hugging Face model ({str(target_dtype)[6:]} safetensors, tokenizer, generation config)")
-        _write_model(model, info, staging, final, target_dtype, log)
-        publish_directory(final, output_dir)
+    with writing(f"the export to {output_dir}", "Free some space there (the export needs about twice the model's "
+                 "size while it is built), or choose another -o."):
+        with scratch_directory(output_dir) as tmp_dir:
+            staging, final = tmp_dir / "verl_merge", tmp_dir / "model"
+            log("[1/3] joining FSDP shards with verl.model_merger")
+            _join_shards(info, staging)
+            log("[2/3] " + ("merging the LoRA adapter into the weights" if info.is_lora else "loading merged weights"))
+            model = _load_merged_model(info, staging, target_dtype)
+            log(f"[3/3] writing the Hugging Face model ({str(target_dtype)[6:]} safetensors, tokenizer, generation "
+                "config)")
+            _write_model(model, info, staging, final, target_dtype, log)
+            publish_directory(final, output_dir)
     log(
         f"exported global_step_{info.global_step} to {output_dir} ({_dir_size_mb(output_dir):.1f} MiB"
         + (f", LoRA merged, adapter in {ADAPTER_SUBDIR}/" if info.is_lora else "")
         + f") in {time.time() - started:.1f}s"
     )
     return output_dir
+
+
+def _check_output_dir(output_dir: Path, info: CheckpointInfo, force: bool) -> None:
+    """Refuse an output that would replace the checkpoint, its run, or anything that is not an earlier export."""
+    target = output_dir.resolve()
+    step_dir = info.step_dir.resolve()
+    run_dir = step_dir.parent if (step_dir.parent / TRACKER_FILE).exists() or step_number(step_dir) is not None \
+        else step_dir
+    for protected, what in ((run_dir, "the training run"), (step_dir, "the checkpoint")):
+        if protected.is_relative_to(target):
+            raise ExportError(f"-o {output_dir} holds {what} {protected}: the export replaces its output directory "
+                              "whole, which would delete the checkpoints. Choose an output outside it, e.g. "
+                              f"{step_dir / DEFAULT_EXPORT_SUBDIR} (the default) or outputs/{run_dir.name}-export.")
+    if not output_dir.exists():
+        return
+    if not force:
+        raise ExportError(f"{output_dir} already exists. Pass --force (force=True) to replace it, or choose another "
+                          "-o.")
+    if not output_dir.is_dir():
+        raise ExportError(f"{output_dir} is a file; --force replaces only an earlier export. Choose another -o.")
+    if not (output_dir / EXPORT_INFO_FILE).is_file() and any(output_dir.iterdir()):
+        raise ExportError(f"{output_dir} is not an earlier export (no {EXPORT_INFO_FILE}), and --force replaces only "
+                          "an export or an empty directory: everything in it would be deleted. Choose another -o.")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -554,13 +634,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0 exported, 2 a problem with the checkpoint, the output or verl (one line on stderr)."""
     args = parse_args(argv)
-    try:
-        export_checkpoint(args.checkpoint, args.output_dir, dtype=args.dtype, force=args.force)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_on_user_error(
+        lambda: export_checkpoint(args.checkpoint, args.output_dir, dtype=args.dtype, force=args.force) and 0, "error")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,13 @@ verl's Hydra overrides with every value quoted for Hydra, and prints the setting
 launch, sft/launch/preflight.py translates the user's overrides (verl's older key names and this
 project's original ones: sft/launch/verl_keys.py; each translation is printed once), composes
 verl's config with all of them and loads the dataset class, so a bad override stops in about a
-second with one line ("did you mean ..."). It prints the exact command, appends the launch to
-OUTPUT_DIR/run_record.json (sft/launch/run_record.py) and replaces itself with torchrun. User
-overrides go last, so they win. DRY_RUN=1 also builds verl's typed config sections, prints the
+second with one line ("did you mean ..."); it also checks the training files, the model's weights
+and tokenizer, the verl functions the run's plugins replace (sft/verl_plugins/compat.py) and what
+a resume will load. It prints the exact command, takes OUTPUT_DIR's lock (sft/launch/output_lock.py:
+one training per OUTPUT_DIR), appends the launch to OUTPUT_DIR/run_record.json
+(sft/launch/run_record.py) and replaces itself with torchrun (sft/launch/agent.py), whose
+processes start in sft/launch/worker.py so that they die with it. User overrides go last, so they
+win. DRY_RUN=1 also builds verl's typed config sections, prints the
 composed values and exits without training.
 The settings themselves (defaults, parsing, auto rules, verl keys, help) are one table:
 sft/launch/settings.py.
@@ -34,8 +38,12 @@ import time
 from pathlib import Path
 
 from sft.common.errors import exit_on_user_error
+from sft.common.files import writing
+from sft.launch.output_lock import held_by_another, lock_output_dir
 from sft.launch.preflight import Preflight, build_typed_sections, check_overrides, config_dir_for, memory_plan_for
 from sft.launch.run_record import append_launch, launch_entry
+from sft.launch.worker import AGENT_PID_VARIABLE
+from sft.verl_plugins.compat import plugins_for
 from sft.launch.settings import (  # noqa: F401  (LaunchError, resolve_settings: this module's interface)
     SETTINGS,
     LaunchError,
@@ -100,7 +108,8 @@ def hydra_overrides(s: Settings) -> list[str]:
 
 
 def torchrun_args(s: Settings) -> list[str]:
-    args = ["-m", "torch.distributed.run", f"--nnodes={s['NNODES']}", f"--nproc-per-node={s['NPROC_PER_NODE']}"]
+    # torchrun's own agent (sft/launch/agent.py: its failures end in one line, not a traceback).
+    args = ["-m", "sft.launch.agent", f"--nnodes={s['NNODES']}", f"--nproc-per-node={s['NPROC_PER_NODE']}"]
     addr, port = s["MASTER_ADDR"], s["MASTER_PORT"]
     if s["RDZV_ID"]:
         args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={addr}:{port}", f"--rdzv-id={s['RDZV_ID']}"]
@@ -108,7 +117,8 @@ def torchrun_args(s: Settings) -> list[str]:
         args += ["--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", "--rdzv-id=standalone"]
     else:
         args += [f"--node-rank={s['NODE_RANK']}", f"--master-addr={addr}", f"--master-port={port}"]
-    return args + ["-m", "verl.trainer.sft_trainer"]
+    # Each worker starts in sft/launch/worker.py, which makes it die with torchrun, then runs verl's trainer.
+    return args + ["-m", "sft.launch.worker", "verl.trainer.sft_trainer"]
 
 
 def child_environment(s: Settings, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -122,15 +132,10 @@ def child_environment(s: Settings, env: dict[str, str] | None = None) -> dict[st
     # verl warns once per optional engine it cannot import (megatron, torchtitan, ...) on every rank.
     warning_filters = [f for f in env.get("PYTHONWARNINGS", "").split(",") if f]
     env["PYTHONWARNINGS"] = ",".join(warning_filters + ["ignore::UserWarning:verl.workers.engine"])
-    # verl imports these at the end of `import verl` (its external-module extension point).
+    # verl imports these at the end of `import verl` (its external-module extension point); which
+    # plugins a run loads is sft/verl_plugins/compat.py's PLUGINS table.
     modules = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-    modules += ["sft.verl_plugins.verl_fixes", "sft.verl_plugins.sharded_loading"]
-    if s.mode == "lora":
-        modules.append("sft.verl_plugins.lora_precision")
-    if s["DEVICE"] == "cpu":
-        modules.append("sft.verl_plugins.cpu_runtime")
-        if s.mode == "lora":
-            modules.append("sft.verl_plugins.frozen_upcast")
+    modules += [plugin.module for plugin in plugins_for(s.mode, s["DEVICE"], env)]
     env["VERL_USE_EXTERNAL_MODULES"] = ",".join(dict.fromkeys(modules))
     if s["DEVICE"] == "cpu":
         # torchrun gives each process one thread when it starts several; share the cores instead.
@@ -305,7 +310,10 @@ def launch(user_overrides: list[str], env: dict[str, str] | None = None) -> int:
     """Resolve, print the settings, check every override, print the command, then dry-run or exec torchrun."""
     settings = resolve_settings(env)
     print(format_settings(settings), flush=True)
-    checked = check_overrides(settings, hydra_overrides(settings), user_overrides)
+    busy = held_by_another(settings["OUTPUT_DIR"]) if _locks(settings) else None
+    if busy and not settings["DRY_RUN"]:
+        raise LaunchError(busy)
+    checked = check_overrides(settings, hydra_overrides(settings), user_overrides, env)
     for note in checked.notes:
         print(f"[verl-sft] note: {note}", flush=True)
     command, child_env = build_launch(settings, checked.overrides, env)
@@ -315,16 +323,37 @@ def launch(user_overrides: list[str], env: dict[str, str] | None = None) -> int:
           f"{checked.config.data.custom_cls.name} loads and accepts the data.", flush=True)
     _print_memory_plan(settings, checked.config)
     if settings["DRY_RUN"]:
+        if busy:
+            print(f"[verl-sft] note: {busy}", flush=True)
         build_typed_sections(checked.config, settings["VERL_DIR"])
         print(format_effective_config(checked.config, config_dir_for(settings)))
         print("[verl-sft] DRY_RUN=1: verl's Hydra config composes with all overrides and its typed sections "
               "build; not training.")
         return 0
-    settings["OUTPUT_DIR"].mkdir(parents=True, exist_ok=True)
-    _record_launch(settings, user_overrides, checked, command)
+    with writing(f"OUTPUT_DIR {settings['OUTPUT_DIR']}", "Free some space there, or set OUTPUT_DIR to a directory "
+                 "you can write to."):
+        settings["OUTPUT_DIR"].mkdir(parents=True, exist_ok=True)
+        _lock_output_dir(settings)
+        _record_launch(settings, user_overrides, checked, command)
+    child_env[AGENT_PID_VARIABLE] = str(os.getpid())  # torchrun keeps this pid: the exec replaces this process
     sys.stdout.flush()
     os.execve(command[0], command, child_env)
     return 0  # not reached
+
+
+def _locks(s: Settings) -> bool:
+    """Whether this launch takes OUTPUT_DIR's lock (sft/launch/output_lock.py): single-node runs, and node 0 of a
+    static multi-node rendezvous. Every node of an elastic (RDZV_ID) multi-node run has NODE_RANK 0 and shares
+    OUTPUT_DIR, so those rely on their scheduler's lock (slurm/lib/sft_slurm.sh)."""
+    return s["NNODES"] == 1 or (not s["RDZV_ID"] and s["NODE_RANK"] == 0)
+
+
+def _lock_output_dir(s: Settings) -> None:
+    if not _locks(s):
+        return
+    _fd, note = lock_output_dir(s["OUTPUT_DIR"])  # held open across the exec, by torchrun
+    if note:
+        print(f"[verl-sft] note: {note}", flush=True)
 
 
 def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:

@@ -144,6 +144,24 @@ def launch_in_process(monkeypatch, capsys, tmp_path):
     return run
 
 
+@pytest.fixture
+def launch_until_exec(monkeypatch, capsys, tmp_path):
+    """Like launch_in_process, but a launch that gets as far as torchrun records its command instead:
+    (exit code, output, the command or None). The OUTPUT_DIR lock it took is let go by the next launch."""
+    started = []
+    monkeypatch.setattr(launcher.os, "execve", lambda path, argv, env: started.append(argv))
+    monkeypatch.chdir(tmp_path)
+
+    def run(env: dict[str, str], *overrides: str, mode: str = "full"):
+        started.clear()
+        capsys.readouterr()
+        rc = launcher.main(["--", *overrides], env={**env, "SFT_MODE": mode})
+        captured = capsys.readouterr()
+        return rc, captured.out + captured.err, (started[0] if started else None)
+
+    return run
+
+
 def composed_values(output: str) -> dict[str, str]:
     """The `key = value` lines a dry run prints after composing verl's config."""
     section = output.split("composed config", 1)[1]
@@ -164,7 +182,8 @@ def train_losses(output: str) -> dict[int, float]:
 
 from dataclasses import dataclass  # noqa: E402  (kept with the code that uses it)
 
-_LAUNCHER_VARIABLES.extend(["SFT_STOP_FILE", "MAX_REQUEUES", "STOP_TIMEOUT", "REPO_DIR", "SFT_TEST_STEP_DELAY"])
+_LAUNCHER_VARIABLES.extend(["SFT_STOP_FILE", "MAX_REQUEUES", "STOP_TIMEOUT", "REPO_DIR", "SFT_TEST_STEP_DELAY",
+                            "SFT_AGENT_PID"])
 
 # 64 rows / 16 per step = 4 steps per epoch, 2 epochs. One thread per process: the same
 # arithmetic in every run, so weights can be compared bit for bit.

@@ -1,4 +1,4 @@
-"""sft/verl_plugins/cpu_runtime.py's log-prob replacement gives verl's numbers (and gradients) on CPU.
+"""sft/verl_plugins/cpu/runtime.py's log-prob replacement gives verl's numbers (and gradients) on CPU.
 
 The check runs in a subprocess that loads the runtime the way the launcher does
 (VERL_USE_EXTERNAL_MODULES), so this test process keeps verl's default platform.
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 _CHECK = r"""
 import json, torch
 import verl.utils.torch_functional as tf
-from sft.verl_plugins import cpu_runtime
+from sft.verl_plugins.cpu import runtime as cpu_runtime
 
 torch.manual_seed(0)
 results = {"replaced": bool(getattr(tf.logprobs_from_logits_v2, "_verl_sft_cpu", False))}
@@ -47,7 +47,7 @@ print("RESULT " + json.dumps(results))
 
 @pytest.mark.slow
 def test_logprobs_match_log_softmax_and_verl_calls_the_replacement():
-    env = dict(os.environ, VERL_USE_EXTERNAL_MODULES="sft.verl_plugins.cpu_runtime", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
+    env = dict(os.environ, VERL_USE_EXTERNAL_MODULES="sft.verl_plugins.cpu.runtime", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
     done = subprocess.run(
         [sys.executable, "-c", _CHECK], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
     )

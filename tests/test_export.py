@@ -43,7 +43,7 @@ LORA_RANK, LORA_ALPHA = 8, 16
 def _env() -> dict:
     env = dict(os.environ)
     env.update(
-        VERL_USE_EXTERNAL_MODULES="sft.verl_plugins.cpu_runtime",
+        VERL_USE_EXTERNAL_MODULES="sft.verl_plugins.cpu.runtime",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
         PYTHONWARNINGS="ignore",
         OMP_NUM_THREADS="1",
@@ -345,12 +345,12 @@ def test_cli_runs_as_script_and_reports_errors(tmp_path):
         [sys.executable, "-m", "sft.export", str(tmp_path / "missing")],
         capture_output=True, text=True, cwd=REPO_ROOT,
     )
-    assert proc.returncode == 1 and f"error: checkpoint not found: {tmp_path / 'missing'}" in proc.stderr
+    assert proc.returncode == 2 and f"error: checkpoint not found: {tmp_path / 'missing'}" in proc.stderr
     wrapper = subprocess.run(
         ["bash", str(REPO_ROOT / "scripts" / "export_checkpoint.sh"), str(tmp_path / "missing")],
         capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable},
     )
-    assert wrapper.returncode == 1 and "checkpoint not found" in wrapper.stderr
+    assert wrapper.returncode == 2 and "checkpoint not found" in wrapper.stderr
 
 
 # ----------------------------------------------------------------------------- fast: the merge's arithmetic

@@ -1,4 +1,4 @@
-"""sft/verl_plugins/frozen_upcast.py: a CPU LoRA run's frozen bf16 base gathered in bf16, computed in fp32.
+"""sft/verl_plugins/cpu/frozen_upcast.py: a CPU LoRA run's frozen bf16 base gathered in bf16, computed in fp32.
 
 Run: .venv/bin/python -m pytest -q tests/test_frozen_upcast.py      (the slow test trains once besides the shared LoRA run, about 40 s)
 
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import max_weight_difference, model_shards, run_lora, train_losses
-from sft.verl_plugins import frozen_upcast
-from sft.verl_plugins.frozen_upcast import upcast_frozen_modules, upcast_linear
+from sft.verl_plugins.cpu import frozen_upcast
+from sft.verl_plugins.cpu.frozen_upcast import upcast_frozen_modules, upcast_linear
 
 
 def _case(rows=48, cols=16, seed=0):

@@ -340,7 +340,7 @@ def test_a_model_without_a_local_config_gets_a_note_not_a_plan(tmp_path, chat_da
 
 
 def test_cpu_lora_gathers_the_frozen_base_in_bf16_with_one_fp32_block():
-    """sft/verl_plugins/frozen_upcast.py (loaded for LoRA on CPU): the gathered units of Qwen2.5-7B, by hand."""
+    """sft/verl_plugins/cpu/frozen_upcast.py (loaded for LoRA on CPU): the gathered units of Qwen2.5-7B, by hand."""
     kwargs = dict(mode="lora", world_size=2, max_tokens_per_gpu=128, gradient_checkpointing=True, param_dtype="bf16",
                   compute_dtype="fp32", frozen_dtype="bf16", device="cpu")
     upcast, verl = plan_memory(QWEN25_7B, **kwargs, vocab_parallel=False), plan_memory(QWEN25_7B, **kwargs,
@@ -368,7 +368,7 @@ def test_cpu_lora_gathers_the_frozen_base_in_bf16_with_one_fp32_block():
 
 
 def test_cpu_lora_on_two_processes_never_gathers_the_embedding_or_lm_head():
-    """sft/verl_plugins/vocab_parallel.py (with frozen_upcast, world size > 1): Qwen2.5-7B by hand."""
+    """sft/verl_plugins/cpu/vocab_parallel.py (with frozen_upcast, world size > 1): Qwen2.5-7B by hand."""
     kwargs = dict(mode="lora", world_size=2, max_tokens_per_gpu=128, gradient_checkpointing=True, param_dtype="bf16",
                   compute_dtype="fp32", frozen_dtype="bf16", device="cpu")
     parallel, gathered = plan_memory(QWEN25_7B, **kwargs), plan_memory(QWEN25_7B, **kwargs, vocab_parallel=False)

@@ -1,8 +1,8 @@
 """sft/verl_plugins/sharded_loading.py: every rank reads its own shard from the safetensors files.
 
 The weights it loads must be exactly verl's: each case trains one step at learning rate 0 (so
-the saved checkpoint is the loaded model) with SFT_SHARDED_LOADING=0 (verl's loading) and with
-the plugin, and compares every shard of the two checkpoints. LoRA adapters are not in the files:
+the saved checkpoint is the loaded model) with SFT_SHARDED_LOADING=0 (the plugin left out: verl's
+loading) and with the plugin, and compares every shard of the two checkpoints. LoRA adapters are not in the files:
 lora_B is zero in both, lora_A has PEFT's initialisation (same distribution, seeded by name).
 """
 
@@ -41,7 +41,9 @@ def test_full_fine_tuning_loads_exactly_verls_weights(case, tmp_path, tiny_model
     model = tiny_model_dir if case == "full-tied" else untied_model_dir
     verl_log, verl_shards = _one_step(tmp_path, model, chat_data_dir, "verl", False, "run_sft_training.sh")
     our_log, our_shards = _one_step(tmp_path, model, chat_data_dir, "ours", True, "run_sft_training.sh")
-    assert "loading the model as verl does (SFT_SHARDED_LOADING=0" in verl_log
+    verl_plugins = verl_log.split("VERL_USE_EXTERNAL_MODULES=", 1)[1].split()[0]
+    assert "sharded_loading" not in verl_plugins  # SFT_SHARDED_LOADING=0 leaves the plugin out
+    assert "loaded each rank's shard" not in verl_log
     assert "loaded each rank's shard from the safetensors files" in our_log
     assert verl_shards.keys() == our_shards.keys()
     for key, value in verl_shards.items():

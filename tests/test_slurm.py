@@ -244,7 +244,7 @@ printf '%s\\n' "$*" >>"$FAKE_CALLS"
 while [[ "$1" == --* ]]; do shift; done
 case "$FAKE_TRAINER" in
   run) exec "$@" ;;
-  obey-stop) while [[ ! -e "$SFT_STOP_FILE" ]]; do sleep 0.1; done; rm -f "$SFT_STOP_FILE" ;;  # like sft/verl_plugins/verl_fixes.py
+  obey-stop) while [[ ! -e "$SFT_STOP_FILE" ]]; do sleep 0.1; done; rm -f "$SFT_STOP_FILE" ;;  # like sft/verl_plugins/stop_file.py
   finish) while [[ ! -e "$SFT_STOP_FILE" ]]; do sleep 0.1; done ;;  # its last step ended as the request came
   ignore-stop) exec sleep 60 ;;
 esac

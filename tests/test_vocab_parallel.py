@@ -1,4 +1,4 @@
-"""sft/verl_plugins/vocab_parallel.py: CPU LoRA's frozen embedding and LM head, never all-gathered.
+"""sft/verl_plugins/cpu/vocab_parallel.py: CPU LoRA's frozen embedding and LM head, never all-gathered.
 
 Run: .venv/bin/python -m pytest -q tests/test_vocab_parallel.py     (the slow test trains once besides the shared LoRA run)
 
@@ -51,7 +51,7 @@ def test_embedding_is_exact_and_logits_and_gradient_match_up_to_summation_order(
 
 
 def test_frozen_vocabulary_modules_refuses_what_it_cannot_compute():
-    from sft.verl_plugins.vocab_parallel import frozen_vocabulary_modules
+    from sft.verl_plugins.cpu.vocab_parallel import frozen_vocabulary_modules
 
     class Model(torch.nn.Module):
         def __init__(self, bias=False, trainable=False):

@@ -1,4 +1,4 @@
-"""sft/verl_plugins/vocab_parallel.py against the plain computation, in 2 gloo processes.
+"""sft/verl_plugins/cpu/vocab_parallel.py against the plain computation, in 2 gloo processes.
 
 Usage (tests/test_vocab_parallel.py runs it):
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/vocab_parallel_check.py OUT.json
@@ -26,7 +26,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     from torch.distributed.device_mesh import init_device_mesh
 
-    from sft.verl_plugins import frozen_upcast, vocab_parallel
+    from sft.verl_plugins.cpu import frozen_upcast, vocab_parallel
 
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))

@@ -54,11 +54,11 @@
 #   VERL_DIR         (unset)   a verl source checkout to use instead of the installed package
 #   PYTHON           .venv/bin/python if present, else python3
 #   SFT_STOP_FILE    (unset)   a path: once that file exists, the run saves a checkpoint at the end of
-#                              the current step and exits 0 (sft/verl_plugins/verl_fixes.py; slurm/ batch files set it)
+#                              the current step and exits 0 (sft/verl_plugins/stop_file.py; slurm/ batch files set it)
 #   SFT_SHARDED_LOADING (unset)  0: load the model as verl does (rank 0 reads it whole, then broadcasts);
 #                              default: each rank reads only its shard from the safetensors files
-#   SFT_FROZEN_UPCAST (unset)  0: a CPU LoRA run gathers its frozen bf16 base in fp32 as verl does;
-#                              default: gathered in bf16, computed in fp32 block by block
+#   SFT_FROZEN_UPCAST (unset)  0: a CPU LoRA run gathers its frozen bf16 base in fp32 as verl does (and
+#                              its embedding and LM head whole); default: gathered in bf16, computed in fp32 block by block
 #   SFT_VOCAB_PARALLEL (unset) 0: a CPU LoRA run on several processes all-gathers its frozen embedding
 #                              and LM head (FSDP2); default: each process keeps its rows, computed vocabulary-parallel
 #   SFT_LORA_INPUT_GRADS (unset)  1: keep verl's enable_input_require_grads hook (LoRA); default: removed

@@ -6,7 +6,7 @@ Run (2 processes, gloo, Qwen2.5-7B's LM head shape by default):
 
 A bf16 nn.Linear(cols, rows) without bias is sharded with fully_shard (frozen, as a LoRA base
 is), then `unshard()` gathers it, in bf16 (no MixedPrecisionPolicy param_dtype: what
-sft/verl_plugins/frozen_upcast.py asks for) or cast to fp32 (param_dtype=fp32: verl's CPU path).
+sft/verl_plugins/cpu/frozen_upcast.py asks for) or cast to fp32 (param_dtype=fp32: verl's CPU path).
 A thread samples the process's resident memory every 0.5 ms. Rank 0 prints the unit's gathered
 size, the peak above the sharded state while gathering, and what stays held once gathered.
 sft/launch/memory_plan.py counts the difference (peak minus held) as the all-gather's transient.

@@ -136,6 +136,8 @@ def _stop_token_ids(tokenizer, model_dir: Path) -> set[int]:
 def _load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
+    from sft.common.model_files import checked_tokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except OSError as exc:  # a hub id that is neither cached nor reachable
@@ -143,6 +145,7 @@ def _load_tokenizer(model_dir: Path):
             f"cannot load {model_dir}: not a local model directory, and the Hugging Face Hub does not serve it here "
             f"({str(exc).splitlines()[0]}). Pass an exported model directory, or download the model first."
         ) from None
+    checked_tokenizer(tokenizer, str(model_dir), GenerationError)  # an empty vocabulary encodes every prompt to nothing
     if not tokenizer.chat_template:
         raise GenerationError(
             f"{model_dir}: the tokenizer has no chat template, so prompts cannot be formatted as in training. "
@@ -405,6 +408,10 @@ class Generator:
         if backend not in BACKENDS:
             raise GenerationError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         model_dir = Path(model)
+        if (model_dir / "config.json").is_file():
+            from sft.common.model_files import check_model_weights
+
+            check_model_weights(model_dir)  # whole weights, before the model is loaded (sft/common/model_files.py)
         self.backend, self.batch_size = backend, batch_size
         resolved_device = _resolve_device(device)
         self.torch_dtype = _resolve_dtype(dtype, resolved_device, model_dir)

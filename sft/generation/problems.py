@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,10 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
     raise ProblemsError(f"{path}: unsupported file type {suffix!r}; use .parquet or .jsonl.")
 
 
-def _check_messages(messages: Any, where: str) -> list[dict]:
+def _check_messages(messages: Any, where: str, field: str = "messages") -> list[dict]:
     if not isinstance(messages, list) or not messages:
-        raise ProblemsError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects.")
+        raise ProblemsError(f"{where}: '{field}' must be a non-empty list of {{'role', 'content'}} objects; found "
+                            f"{type(messages).__name__} {str(messages)[:60]!r}.")
     for message in messages:
         if not isinstance(message, dict) or "role" not in message or not isinstance(message.get("content"), str):
             raise ProblemsError(f"{where}: every message needs a 'role' and a string 'content'; found {message!r}.")
@@ -148,10 +150,18 @@ def _conversation(row: dict, where: str, prompt_key: str, solution_key: str) -> 
         prompt = row[prompt_key]
         if isinstance(prompt, str):
             messages = [{"role": "user", "content": prompt}]
-        else:  # verl's RL format keeps a message list under `prompt`
-            messages = _check_messages(prompt, where)
+        elif isinstance(prompt, list):  # verl's RL format keeps a message list under `prompt`
+            messages = _check_messages(prompt, where, prompt_key)
+        else:
+            raise ProblemsError(f"{where}: '{prompt_key}' is {type(prompt).__name__} {prompt!r}, not the problem's "
+                                "text (or a list of messages). Fix the row, or pass --prompt-key NAME for the column "
+                                "that holds the problems.")
         solution = row.get(solution_key)
         solution_name = f"the '{solution_key}' field"
+    elif prompt_key in row or "messages" in row:
+        present = [name for name in ("messages", prompt_key) if name in row]
+        raise ProblemsError(f"{where}: '{present[-1]}' is null: the row has no problem to generate for. Fill it in, "
+                            "or remove the row.")
     else:
         raise ProblemsError(
             f"{where}: no 'messages' and no '{prompt_key}' field (fields: {', '.join(sorted(row)) or 'none'}). "
@@ -176,6 +186,28 @@ def _with_system_prompt(messages: list[dict], system_prompt: str | None, where: 
     return messages
 
 
+# A final answer that only points somewhere ("the answer is here", "... is as follows", "... is shown
+# below") states nothing: it has no digit or math mark and every word is a function word or a
+# pointing word. Any content word (a name, "solution", "even", a choice letter) makes it a value.
+_VALUE_MARKS = re.compile(r"[0-9\\$=+\-*/^<>|{}\[\]()%°√π∞]")
+_POINTING_WORDS = frozenset("""
+    a an the this that these those it its here there where above below following follows as is are was be shown
+    given stated written found seen provided attached listed described explained in on at of for to from
+    with by my our your their his her we you they i me us them so then thus now next simply just clearly obvious
+    obviously clear simple easy same previous previously earlier later above-mentioned aforementioned
+""".split())
+
+
+def states_a_value(answer: str) -> bool:
+    """Whether an extracted reference answer is a value to grade against, not a phrase that points elsewhere."""
+    text = answer.strip().strip(".!?:;,\"'")
+    words = [word.strip(".!?:;,\"'") for word in text.split()]
+    if not words:
+        return False
+    pointing = [word.lower() in _POINTING_WORDS and not (len(word) == 1 and word.isupper()) for word in words]
+    return bool(_VALUE_MARKS.search(text)) or not all(pointing)  # a capital letter alone is a choice (A, I)
+
+
 def _reference(row: dict, solution: Any, solution_name: str, answer_key: str | None) -> tuple[Any, Any, str | None]:
     """(reference as given, final answer to grade against, why the row is skipped or None)."""
     skip_reason = None
@@ -185,6 +217,8 @@ def _reference(row: dict, solution: Any, solution_name: str, answer_key: str | N
         ref_answer = reference_answer(reference)
         if ref_answer is None:
             skip_reason = f"no value in the '{answer_key}' field"
+        elif ref_answer == reference and len(reference.split()) > 8 and extract_final_answer(reference) is None:
+            skip_reason = f"the '{answer_key}' field holds a solution that states no final answer"
     else:
         reference = solution if isinstance(solution, str) and solution.strip() else None
         ref_answer = extract_final_answer(reference)
@@ -192,6 +226,11 @@ def _reference(row: dict, solution: Any, solution_name: str, answer_key: str | N
             skip_reason = f"no reference solution ({solution_name} is missing); pass --answer-key COLUMN"
         elif ref_answer is None:
             skip_reason = f"the reference solution ({solution_name}) states no final answer"
+    if ref_answer is not None and skip_reason is None and not states_a_value(ref_answer):
+        skip_reason = (f"the reference's final answer reads {ref_answer!r}, prose rather than a value; state it "
+                       "(\\boxed{...}) or pass --answer-key COLUMN")
+    if skip_reason is not None:
+        ref_answer = None
     return reference, ref_answer, skip_reason
 
 

@@ -33,7 +33,7 @@ What verl 0.9.1 does, and so what is counted (site-packages/verl):
   `verl.utils.torch_functional.logprobs_from_logits`: flash-attn's Triton cross entropy when
   flash-attn is installed (in-place backward: no copy of the logits beyond the logits
   themselves), else `logprobs_from_logits_v2` (a logsumexp per row; this project's
-  sft/verl_plugins/cpu_runtime.py swaps it for the same arithmetic on blocks of rows).
+  sft/verl_plugins/cpu/runtime.py swaps it for the same arithmetic on blocks of rows).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ process itself (measured here: 0.49 GiB resident after importing verl.trainer.sf
 ADAMW_MOMENTS = 2  # exp_avg and exp_avg_sq (torch.optim.AdamW)
 REDUCE_BYTES = 4  # FSDP2 reduce_dtype fp32 (verl's default and this project's)
 GATHER_TRANSIENT, GATHER_TRANSIENT_CAST = 1.0, 1.5  # x the unit, beside the gathered unit (sft/bench/fsdp_gather.py)
-FROZEN_UPCAST_BLOCK_BYTES = 256 << 20  # sft/verl_plugins/frozen_upcast.py BLOCK_BYTES (a test keeps them equal)
+FROZEN_UPCAST_BLOCK_BYTES = 256 << 20  # sft/verl_plugins/cpu/frozen_upcast.py BLOCK_BYTES (a test keeps them equal)
 
 # Logits-sized tensors live at the loss's backward pass without a fused cross entropy: the
 # logits, the gather's gradient and the logsumexp's gradient. Measured on CPU (torch 2.13): peak
@@ -434,7 +434,7 @@ def _state_items(params: int, adapters: int, inputs: dict[str, Any]) -> list[Ite
 
 def _fsdp_units(arch: Architecture, block: int, vocab_parallel: bool = False) -> tuple[int, int]:
     """(root unit, largest other unit) in parameters, as verl's apply_fsdp2 wraps them (vocab_parallel:
-    the embedding and LM head are no unit at all, sft/verl_plugins/vocab_parallel.py)."""
+    the embedding and LM head are no unit at all, sft/verl_plugins/cpu/vocab_parallel.py)."""
     embedding = 0 if vocab_parallel else arch.embedding_parameters
     root = arch.hidden + (embedding if arch.tied else 0)
     largest = max(block, 0 if arch.tied else embedding)
@@ -455,7 +455,7 @@ def _compute_items(arch: Architecture, inputs: dict[str, Any]) -> list[Item]:
     stored = inputs["param_dtype"] if not lora else inputs["frozen_dtype"]
     biggest_gathered, cast = max(root, largest) * b, stored != inputs["compute_dtype"]
     if lora and inputs["frozen_upcast"]:
-        # sft/verl_plugins/frozen_upcast.py: frozen weights gathered in their own dtype, adapters in
+        # sft/verl_plugins/cpu/frozen_upcast.py: frozen weights gathered in their own dtype, adapters in
         # theirs; one block (at most FROZEN_UPCAST_BLOCK_BYTES) of a frozen weight in fp32 at a time.
         fb, tb = _bytes_of(inputs["frozen_dtype"], "frozen_dtype"), _bytes_of(inputs["adapter_dtype"], "adapter_dtype")
         adapters_gathered = adapters_per_layer * (2 if largest == block else 1)
@@ -516,7 +516,7 @@ def plan_memory(model_config: Optional[dict[str, Any]], *, mode: str = "full", w
     frozen_upcast.py; default: where the launchers load it, LoRA on CPU with fp32 compute on a
     lower-precision base). vocab_parallel: with frozen_upcast on several processes, the frozen
     embedding and LM head kept as each process's rows and computed vocabulary-parallel, never
-    gathered (sft/verl_plugins/vocab_parallel.py; default: wherever frozen_upcast is, world_size > 1).
+    gathered (sft/verl_plugins/cpu/vocab_parallel.py; default: wherever frozen_upcast is, world_size > 1).
     """
     if mode not in ("full", "lora"):
         raise ValueError(f"mode={mode!r}: use 'full' or 'lora'.")
@@ -599,11 +599,11 @@ def _assumptions(inputs: dict[str, Any]) -> tuple[str, ...]:
                      "intermediates counted; untargeted frozen linears' inputs counted as saved (an upper bound)")
         if inputs["frozen_upcast"]:
             lines.append("LoRA on CPU: the frozen base gathered in its own dtype, each frozen linear computed in fp32 "
-                         "one block of rows at a time (sft/verl_plugins/frozen_upcast.py)")
+                         "one block of rows at a time (sft/verl_plugins/cpu/frozen_upcast.py)")
         if inputs["vocab_parallel"]:
             lines.append("LoRA on CPU, several processes: the frozen embedding and LM head are each process's rows, "
                          "never gathered; logits computed vocabulary-parallel (their all-to-all copies are counted "
-                         "within the loss's logits-sized copies; sft/verl_plugins/vocab_parallel.py)")
+                         "within the loss's logits-sized copies; sft/verl_plugins/cpu/vocab_parallel.py)")
     if inputs["device"] == "cpu":
         lines.append("CPU: every local rank shares the host's memory; compare processes x total")
     return tuple(lines)

@@ -7,13 +7,18 @@
      `++` for verl's empty dictionaries; an unknown key stops with "did you mean"), checks
      data.prompt_key / data.response_key against the data's manifest.json, and fixes the spelling
      of values verl compares exactly (optim.optimizer's class name);
-  3. composes and resolves the whole config, and checks the few values verl restricts to a set;
+  3. composes and resolves the whole config (an override Hydra cannot parse is named), checks that
+     each user value has the type of the value it replaces (a number for optim.lr, true/false for
+     a flag, a list for a list), and the few values verl restricts to a set;
   4. loads the dataset class named by data.custom_cls and lets it check its settings against the
      Parquet files (ChatTemplateSFTDataset.check_config: the chat template kwargs);
-  5. notes every user override that replaces what a printed setting says, and settings verl reads
+  5. checks every verl (and torch) function the run's plugins replace against the source that will
+     run (sft/verl_plugins/compat.py), and what a resume will load (sft/common/checkpoints.py: the
+     newest whole global_step_N, with a note when that is not the tracker's);
+  6. notes every user override that replaces what a printed setting says, and settings verl reads
      only in another mode.
-Any failure is one LaunchError line; the result holds the final overrides, the notes and the
-composed config. DRY_RUN adds `build_typed_sections` (verl's dataclasses; imports verl).
+Any failure is one line; the result holds the final overrides, the notes and the composed config.
+DRY_RUN adds `build_typed_sections` (verl's dataclasses; imports verl).
 
 `memory_plan_for(settings, config)`: sft/launch/memory_plan.py's plan of what one device holds,
 from the composed config (the values verl will really use), and the warning when the device's
@@ -31,7 +36,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sft.common.checkpoints import expected_files, resume_point
 from sft.launch.settings import SETTINGS, LaunchError, Settings, hydra_value
+from sft.verl_plugins.compat import check_run, plugins_for
 from sft.launch.verl_keys import (
     ManifestCheck,
     VerlKeyError,
@@ -70,6 +77,20 @@ def config_dir_for(settings: Settings) -> Path:
         raise LaunchError(f"{exc} Run scripts/setup_env.sh, or set PYTHON to the environment that has it.") from None
 
 
+def _unparsable(overrides: list[str]) -> tuple[str, str] | None:
+    """(the first override Hydra's grammar rejects, why), or None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except HydraException as exc:
+            return override, " ".join(str(exc).split("See https://")[0].split())
+    return None
+
+
 def _compose(overrides: list[str], config_dir: Path):
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -79,9 +100,65 @@ def _compose(overrides: list[str], config_dir: Path):
         config = compose_verl_config(overrides, config_dir)
         OmegaConf.resolve(config)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        bad = _unparsable(overrides)
+        if bad:
+            raise LaunchError(f"{bad[0]}: not a valid Hydra override ({bad[1]}). Quote a value that has brackets, "
+                              "braces, commas, quotes or spaces in it: \"key='value'\".") from None
         message = " ".join(str(exc).split())
         raise LaunchError(f"verl's Hydra config does not accept the overrides: {message}") from None
     return config
+
+
+# Keys whose number may also be one word (verl's sft_trainer reads it).
+_WORDS_ALSO = {"trainer.save_freq": ("after_each_epoch",), "trainer.test_freq": ("after_each_epoch",)}
+
+
+def _kind(value) -> str | None:
+    """The kind of a config value a replacement must keep (None: text or null, anything goes)."""
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, (list, ListConfig)):
+        return "a list ([a,b])"
+    if isinstance(value, (dict, DictConfig)):
+        return "a mapping ({key:value})"
+    return None
+
+
+def _check_types(base, config, overrides: list[str]) -> None:
+    """Each override's value has the kind of the value it replaces (verl would fail on it after torchrun)."""
+    from omegaconf import OmegaConf
+
+    for override in overrides:
+        key, sep, _ = override.lstrip("+").partition("=")
+        if not sep or override.startswith("~") or key.startswith("hydra."):
+            continue
+        before = OmegaConf.select(base, key, default=None, throw_on_resolution_failure=False)
+        expected = _kind(before)
+        value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
+        if expected is None or value is None or value in _WORDS_ALSO.get(key, ()):
+            continue
+        got = _kind(value)
+        # verl reads one text where it reads a list of texts (trainer.logger, data.train_files, model.target_modules)
+        one_for_many = expected.startswith("a list") and isinstance(value, str)
+        if got != expected and not (expected == "a number" and got == "an integer") and not one_for_many:
+            shown = OmegaConf.to_container(before) if OmegaConf.is_config(before) else before
+            raise LaunchError(f"{override}: {key} takes {expected} (it was {shown!r}), got {value!r}. "
+                              f"Example: {key}={_as_override(shown)}")
+
+
+def _as_override(value) -> str:
+    """A config value as an override writes it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, dict)):
+        return str(value).replace("'", "").replace(" ", "")
+    return str(value)
 
 
 def _manifest_config(settings: Settings) -> tuple[Path, dict | None]:
@@ -212,20 +289,48 @@ def _dynamic_micro_batch(config, user_overrides: list[str]) -> list[str]:
     return []
 
 
-def check_overrides(settings: Settings, launcher_overrides: list[str], user_overrides: list[str]) -> Preflight:
+def _resume_note(settings: Settings, config) -> list[str]:
+    """What `trainer.resume_mode=auto` will load from OUTPUT_DIR (sft/verl_plugins/checkpoint_fixes.py does the same)."""
+    from omegaconf import OmegaConf
+
+    # Values as composed and resolved once: a literal `${HOME}` in a path stays literal.
+    trainer = OmegaConf.to_container(config.trainer, resolve=False)
+    if trainer.get("resume_mode") != "auto" or trainer.get("resume_from_path"):
+        return []
+    world = settings["NNODES"] * settings["NPROC_PER_NODE"]
+    sequence_parallel = int(OmegaConf.to_container(config.engine, resolve=False).get("ulysses_sequence_parallel_size")
+                            or 1)
+    contents = OmegaConf.to_container(config.checkpoint, resolve=False).get("load_contents") or ["model", "optimizer",
+                                                                                                   "extra"]
+    names = expected_files(world, contents, data_ranks=max(1, world // sequence_parallel))
+    try:
+        _, note = resume_point(Path(str(trainer["default_local_dir"])), names)
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
+    return [note] if note else []
+
+
+def check_overrides(settings: Settings, launcher_overrides: list[str], user_overrides: list[str],
+                    env: dict[str, str] | None = None) -> Preflight:
     """Translate, compose and check everything verl will be given; see the module docstring."""
     started = time.monotonic()
     config_dir = config_dir_for(settings)
-    passed, notes = [], []
+    passed, notes, base = [], [], None
     if user_overrides:  # without any, the launcher's own overrides are composed once
-        known = frozenset(dotted_keys(_compose(launcher_overrides, config_dir)))
+        base = _compose(launcher_overrides, config_dir)
+        known = frozenset(dotted_keys(base))
         translated, notes = translate(user_overrides, known)
         checks = [item for item in translated if isinstance(item, ManifestCheck)]
         passed, value_notes = _fix_values([item for item in translated if isinstance(item, str)])
         notes += value_notes + _check_manifest_keys(checks, settings)
     config = _compose(launcher_overrides + passed, config_dir)
+    if base is not None:
+        _check_types(base, config, passed)
     _check_values(config)
     _check_dataset(config)
+    run_env = dict(os.environ if env is None else env)
+    plugins = [plugin.module for plugin in plugins_for(settings.mode, settings["DEVICE"], run_env)]
+    notes += check_run(plugins, settings["VERL_DIR"], run_env) + _resume_note(settings, config)
     notes += _replaced_settings(settings, passed) + _ignored_settings(settings) + _dynamic_micro_batch(config, passed)
     return Preflight(launcher_overrides + passed, notes, config, time.monotonic() - started)
 

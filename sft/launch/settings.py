@@ -33,16 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sft.common.errors import UserError
+from sft.common.files import directory_problem
+from sft.launch.data_check import pairing_problem, read_parquet_facts
+from sft.launch.errors import LaunchError
 
 MODES = ("full", "lora")
 LOGGERS = ("console", "wandb", "tensorboard", "mlflow", "swanlab", "vemlp_wandb", "clearml", "trackio", "file")
 _FALLBACK_MAX_LENGTH = 2048
 _FALLBACK_TOKENS_PER_GPU = 8192
-
-
-class LaunchError(UserError):
-    """A setting is wrong; the message says which and how to fix it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +227,9 @@ def _model_name(r: Resolution, name: str, model_name: str) -> str:
         r.sources[name] = "Hugging Face id"
         if r.env.get("HF_HUB_OFFLINE") == "1":
             r.notes.append(f"HF_HUB_OFFLINE=1: {model_name} must already be in the Hugging Face cache.")
+            cached = _cached_model_dir(model_name)
+            if cached is not None:
+                _check_model_files(r, cached)
         return model_name
     if not (model_path / "config.json").is_file():
         raise LaunchError(
@@ -237,13 +238,37 @@ def _model_name(r: Resolution, name: str, model_name: str) -> str:
             "(python -m sft.demo.tiny_model -o DIR builds a tiny one)."
         )
     r.sources[name] = "local directory"
+    _check_model_files(r, model_path)
     return str(model_path.resolve())
+
+
+def _check_model_files(r: Resolution, model_dir: Path) -> None:
+    """Weights whole and a tokenizer that encodes text (sft/common/model_files.py), before any process starts."""
+    from sft.common.model_files import ModelFilesError, check_model_weights, check_tokenizer_dir
+
+    try:
+        check_model_weights(model_dir, "MODEL_NAME")
+        check_tokenizer_dir(model_dir, trust_remote_code=r["TRUST_REMOTE_CODE"])
+    except ModelFilesError as exc:
+        if not r["DRY_RUN"]:  # a dry run may plan a model from its config.json alone
+            raise
+        r.notes.append(f"a launch would stop here: {exc}")
+
+
+def _cached_model_dir(model_id: str) -> Path | None:
+    """The Hugging Face cache's snapshot directory of `model_id`, when its config.json is cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(model_id, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def _train_file(r: Resolution, name: str, value: str) -> Path:
     train_path = Path(value).expanduser()
     r.facts["train_path"] = train_path
-    r.facts["train_rows"] = read_parquet_facts(train_path, name)
+    r.facts["train"] = read_parquet_facts(train_path, name)
     mismatch = template_mismatch_note(r["MODEL_NAME"], train_path)
     if mismatch:
         r.notes.append(mismatch)
@@ -258,7 +283,7 @@ def _val_file(r: Resolution, name: str, value: str | None) -> Path | None:
         r.sources[name] = "auto: sibling val.parquet" if val_file else "auto: none beside TRAIN_FILE"
     else:
         val_file = Path(value).expanduser() if value else None
-    r.facts["val_rows"] = read_parquet_facts(val_file, name) if val_file is not None else 0
+    r.facts["val"] = read_parquet_facts(val_file, name) if val_file is not None else None
     return val_file.resolve() if val_file else None
 
 
@@ -303,7 +328,11 @@ def _directory(r: Resolution, name: str, value: str) -> Path:
         r.notes.append(
             f"{name} contains {unexpanded.group(0)} as literal text (the shell did not expand it: quoted, or read from "
             f"a file), so the directory is named with it. If you meant the variable, write it unquoted or use ~.")
-    return Path(value).expanduser().resolve()
+    path = Path(value).expanduser().resolve()
+    problem = directory_problem(path)
+    if problem:
+        raise LaunchError(f"{name}={value}: {problem}. Set {name} to a directory you can write to.")
+    return path
 
 
 def _attention(r: Resolution, name: str, value: str) -> str:
@@ -318,6 +347,13 @@ def _verl_dir(r: Resolution, name: str, value: str) -> Path | None:
     verl_dir = Path(value).expanduser().resolve()
     if not (verl_dir / "verl" / "__init__.py").is_file():
         raise LaunchError(f"VERL_DIR={value} is not a verl checkout (no verl/__init__.py inside). Point it at the repository root.")
+    version_file = verl_dir / "verl" / "version" / "version"
+    try:
+        version = version_file.read_text(encoding="utf-8").strip()
+    except OSError:
+        raise LaunchError(f"VERL_DIR={value}: {version_file} is missing, so which verl this is cannot be told (verl-sft "
+                          "is written for verl 0.9.1). Point VERL_DIR at a verl repository checkout.") from None
+    r.sources[name] = f"verl {version}"
     return verl_dir
 
 
@@ -554,17 +590,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PYTHON", None, "", BEHAVIOUR, None, listed_default=".venv/bin/python if present, else python3",
             read_by="scripts/lib/python.sh"),
     Setting("SFT_STOP_FILE", None, "a path: once that file exists, the run saves a checkpoint at the end of\n"
-            "the current step and exits 0 (sft/verl_plugins/verl_fixes.py; slurm/ batch files set it)", BEHAVIOUR, None,
-            listed_default="(unset)", read_by="sft/verl_plugins/verl_fixes.py"),
+            "the current step and exits 0 (sft/verl_plugins/stop_file.py; slurm/ batch files set it)", BEHAVIOUR, None,
+            listed_default="(unset)", read_by="sft/verl_plugins/stop_file.py"),
     Setting("SFT_SHARDED_LOADING", None, "0: load the model as verl does (rank 0 reads it whole, then broadcasts);\n"
             "default: each rank reads only its shard from the safetensors files", BEHAVIOUR, None,
             listed_default="(unset)", read_by="sft/verl_plugins/sharded_loading.py"),
-    Setting("SFT_FROZEN_UPCAST", None, "0: a CPU LoRA run gathers its frozen bf16 base in fp32 as verl does;\n"
-            "default: gathered in bf16, computed in fp32 block by block", BEHAVIOUR, None,
-            listed_default="(unset)", read_by="sft/verl_plugins/frozen_upcast.py"),
+    Setting("SFT_FROZEN_UPCAST", None, "0: a CPU LoRA run gathers its frozen bf16 base in fp32 as verl does (and\n"
+            "its embedding and LM head whole); default: gathered in bf16, computed in fp32 block by block",
+            BEHAVIOUR, None, listed_default="(unset)", read_by="sft/verl_plugins/cpu/lora_wrapping.py"),
     Setting("SFT_VOCAB_PARALLEL", None, "0: a CPU LoRA run on several processes all-gathers its frozen embedding\n"
             "and LM head (FSDP2); default: each process keeps its rows, computed vocabulary-parallel", BEHAVIOUR, None,
-            listed_default="(unset)", read_by="sft/verl_plugins/vocab_parallel.py"),
+            listed_default="(unset)", read_by="sft/verl_plugins/cpu/vocab_parallel.py"),
     Setting("SFT_LORA_INPUT_GRADS", None, "1: keep verl's enable_input_require_grads hook (LoRA); default: removed\n"
             "(only reentrant checkpointing needs it; FSDP2 re-gathers the embedding for it)", BEHAVIOUR, None,
             listed_default="(unset)", read_by="sft/verl_plugins/lora_precision.py"),
@@ -628,7 +664,8 @@ def check_batch_splits_over_the_processes(r: Resolution) -> None:
 
 def check_rows_fill_a_batch(r: Resolution) -> None:
     train_batch_size, world_size = r["TRAIN_BATCH_SIZE"], _world_size(r)
-    train_rows, val_rows = r.facts["train_rows"], r.facts["val_rows"]
+    train_rows = r.facts["train"].rows
+    val_rows = r.facts["val"].rows if r.facts["val"] is not None else 0
     if train_rows < train_batch_size:
         raise LaunchError(
             f"TRAIN_FILE has {train_rows} rows, fewer than TRAIN_BATCH_SIZE={train_batch_size}: verl drops the last "
@@ -642,6 +679,17 @@ def check_rows_fill_a_batch(r: Resolution) -> None:
         )
 
 
+def check_train_and_val_come_from_one_run(r: Resolution) -> None:
+    files = {"TRAIN_FILE": (r["TRAIN_FILE"], r.facts["train"])}
+    if r["VAL_FILE"] is not None:
+        files["VAL_FILE"] = (r["VAL_FILE"], r.facts["val"])
+    error, note = pairing_problem(files)
+    if error:
+        raise LaunchError(error)
+    if note:
+        r.notes.append(note)
+
+
 def check_attention_runs_on_the_device(r: Resolution) -> None:
     attn = r["ATTN_IMPLEMENTATION"]
     if r["DEVICE"] == "cpu" and attn.startswith("flash"):
@@ -653,6 +701,7 @@ CROSS_CHECKS: tuple[Callable[[Resolution], None], ...] = (
     check_tokens_fit_the_longest_sample,
     check_batch_splits_over_the_processes,
     check_rows_fill_a_batch,
+    check_train_and_val_come_from_one_run,
     check_attention_runs_on_the_device,
 )
 
@@ -700,27 +749,6 @@ def resolve_settings(env: dict[str, str] | None = None) -> Settings:
 
 # ---------------------------------------------------------------------------------------------
 # Checks of files and data, and what the machine has.
-
-
-def read_parquet_facts(path: Path, variable: str) -> int:
-    """Check that `path` is a Parquet file with a `messages` column; return its row count."""
-    if not path.exists():
-        raise LaunchError(f"{variable} not found: {path}. Run sft/prepare_data.py first (it writes train.parquet and val.parquet).")
-    if path.is_dir():
-        raise LaunchError(f"{variable} is a directory: {path}. Point it at a .parquet file written by sft/prepare_data.py.")
-    import pyarrow.parquet as pq
-
-    try:
-        metadata = pq.read_metadata(path)
-        schema = pq.read_schema(path)
-    except Exception as exc:  # pyarrow raises several types for a non-Parquet file
-        raise LaunchError(f"{variable} is not a readable Parquet file: {path} ({exc}). Run sft/prepare_data.py to create it.") from None
-    if "messages" not in schema.names:
-        raise LaunchError(
-            f"{variable} has no `messages` column: {path} (columns: {', '.join(schema.names)}). "
-            "verl's SFT trainer reads chat messages; run sft/prepare_data.py on your JSONL to add them."
-        )
-    return metadata.num_rows
 
 
 def read_manifest_section(train_file: Path, section: str) -> dict:

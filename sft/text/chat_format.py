@@ -340,18 +340,20 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     hub where it is reachable). Raises TemplateError with the fix when neither works."""
     from transformers import AutoTokenizer
 
+    from sft.common.model_files import checked_tokenizer
     path = Path(name_or_path).expanduser()
     local = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if local and not path.is_dir():
         raise TemplateError(f"tokenizer {name_or_path} does not exist; pass a local model or tokenizer directory "
                             "or a Hugging Face id such as Qwen/Qwen2.5-7B-Instruct")
     try:
-        return AutoTokenizer.from_pretrained(str(path) if local else name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(str(path) if local else name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         where = "directory" if local else "Hugging Face id (not in the local cache, and the hub was not reachable)"
         first = _first_line(exc)
         raise TemplateError(f"cannot load a tokenizer from {name_or_path}: {first}. Check the {where}; with no "
                             "network, download it first on a machine that has one (huggingface-cli download ...)") from None
+    return checked_tokenizer(tokenizer, name_or_path, TemplateError)  # an empty vocabulary encodes nothing
 
 
 class ChatFormat:

@@ -1,6 +1,6 @@
-"""LoRA with a bf16 frozen base and fp32 adapters; loaded into every trainer process.
+"""LoRA with a bf16 frozen base and fp32 adapters; loaded into every LoRA run (GPU and CPU).
 
-Usage (the launchers always do this; scripts/run_sft_peft.sh sets engine.model_dtype from
+Usage (the launchers do this for LoRA; scripts/run_sft_peft.sh sets engine.model_dtype from
 LORA_BASE_DTYPE, bf16 by default):
     VERL_USE_EXTERNAL_MODULES=sft.verl_plugins.lora_precision torchrun ... -m verl.trainer.sft_trainer \
         model.lora_rank=32 engine.model_dtype=bf16 ...
@@ -35,10 +35,9 @@ import os
 
 import torch
 
-from verl.workers.engine.fsdp import transformer_impl
+from sft.verl_plugins import compat
 
 ADAPTER_DTYPE = torch.float32
-_original_build_lora_module = transformer_impl.FSDPEngine._build_lora_module
 
 
 def adapters_to_fp32(module: torch.nn.Module) -> int:
@@ -65,4 +64,5 @@ def _build_lora_module(self, module):
     return module
 
 
-transformer_impl.FSDPEngine._build_lora_module = _build_lora_module
+_original_build_lora_module = compat.replace(
+    "verl/workers/engine/fsdp/transformer_impl.py:FSDPEngine._build_lora_module", _build_lora_module, __name__)

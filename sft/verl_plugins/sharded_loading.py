@@ -1,6 +1,6 @@
 """Load each FSDP2 rank's shard straight from the safetensors files; loaded into every trainer process.
 
-Usage (the launchers always do this; SFT_SHARDED_LOADING=0 in the environment keeps verl's loading):
+Usage (the launchers always do this; SFT_SHARDED_LOADING=0 in the environment leaves it out, so verl loads):
     VERL_USE_EXTERNAL_MODULES=sft.verl_plugins.sharded_loading torchrun ... -m verl.trainer.sft_trainer ...
 
 How verl 0.9.1 loads a model (workers/engine/fsdp/transformer_impl.py `_build_module` and
@@ -39,10 +39,13 @@ from pathlib import Path
 
 import torch
 
-from verl.workers.engine.fsdp import transformer_impl
+from sft.verl_plugins import compat
 
-_original_build_module = transformer_impl.FSDPEngine._build_module
-_original_load_full_state_dict = transformer_impl.fsdp2_load_full_state_dict
+_ENGINE = "verl/workers/engine/fsdp/transformer_impl.py"
+# verl's _build_module builds the model inside this factory's context; _build_fsdp_module calls
+# fsdp2_load_full_state_dict(module, full_state, mesh, offload_policy) right after apply_fsdp2.
+_init_weight_context = compat.checked(f"{_ENGINE}:get_init_weight_context_manager", __name__)
+compat.relies_on(f"{_ENGINE}:FSDPEngine._build_fsdp_module", __name__)
 _PENDING: dict = {}  # the checkpoint files of the model this process built on meta (one engine per process)
 
 
@@ -140,12 +143,8 @@ def _build_module(self):
     from accelerate import init_empty_weights
 
     files = CheckpointFiles(Path(self.model_config.local_path))
-    factory = transformer_impl.get_init_weight_context_manager
-    transformer_impl.get_init_weight_context_manager = lambda **kwargs: init_empty_weights
-    try:
+    with _init_weight_context(lambda **kwargs: init_empty_weights):
         module = _original_build_module(self)
-    finally:
-        transformer_impl.get_init_weight_context_manager = factory
     _tie_embeddings(module)
     missing = _missing_keys(module, files)
     if missing:
@@ -203,5 +202,6 @@ def _load_full_state_dict(model, full_state, device_mesh=None, cpu_offload=None)
               "process; sft/verl_plugins/sharded_loading.py)", flush=True)
 
 
-transformer_impl.FSDPEngine._build_module = _build_module
-transformer_impl.fsdp2_load_full_state_dict = _load_full_state_dict
+_original_build_module = compat.replace(f"{_ENGINE}:FSDPEngine._build_module", _build_module, __name__)
+_original_load_full_state_dict = compat.replace(f"{_ENGINE}:fsdp2_load_full_state_dict", _load_full_state_dict,
+                                                __name__)

@@ -12,7 +12,7 @@
 #   3. refuses to start when another live job writes the same OUTPUT_DIR;
 #   4. runs LAUNCHER once per node: srun --kill-on-bad-exit=1 --ntasks-per-node=1, overrides last;
 #   5. on SIGUSR1 (sent by #SBATCH --signal=B:USR1@<seconds> before the time limit) creates
-#      SFT_STOP_FILE; sft/verl_plugins/verl_fixes.py then saves a checkpoint at the end of the current step
+#      SFT_STOP_FILE; sft/verl_plugins/stop_file.py then saves a checkpoint at the end of the current step
 #      and the trainer exits; the job requeues itself with `scontrol requeue` while
 #      SLURM_RESTART_COUNT < MAX_REQUEUES, and resumes from that step. Without a checkpoint
 #      within STOP_TIMEOUT seconds it requeues anyway (the last SAVE_FREQ checkpoint remains).

@@ -1,7 +1,7 @@
 """CPU runtime for verl 0.9.1: lets verl's own `verl.trainer.sft_trainer` train on CPU processes.
 
 Usage (the launchers do this when DEVICE resolves to cpu; nothing of it is loaded on a GPU):
-    VERL_USE_EXTERNAL_MODULES=sft.verl_plugins.cpu_runtime PYTHONPATH=. \\
+    VERL_USE_EXTERNAL_MODULES=sft.verl_plugins.cpu.runtime PYTHONPATH=. \\
         torchrun --nproc_per_node 2 -m verl.trainer.sft_trainer engine.strategy=fsdp2 \\
         +model.override_config.attn_implementation=sdpa trainer.device=cpu ...
 
@@ -9,8 +9,9 @@ verl imports the modules named in VERL_USE_EXTERNAL_MODULES at the end of `impor
 before anything asks for the platform. verl 0.9.1 itself assumes an accelerator in four places
 (its platform layer knows only CUDA and NPU, its process group always pairs gloo with an
 accelerator backend, its engine registry lists FSDP for "cuda" and "npu" only, and its
-log-probs fallback is written for GPU memory); importing this module uses verl's own
-extension points, and nothing else, to close each gap:
+log-probs fallback is written for GPU memory); importing this module closes each gap, with
+verl's own extension points where it has them (1, 3) and through sft/verl_plugins/compat.py,
+which checks what it replaces, where it does not (2, 4):
 
 1. Platform: registers `PlatformCPU` under the name "cpu" in verl's PlatformRegistry and
    installs it with `set_platform()`, so `get_device_name()` is "cpu", the collective
@@ -47,6 +48,8 @@ from typing import Any, Optional
 import torch
 
 from verl.plugin.platform import PlatformBase, PlatformRegistry, set_platform
+
+from sft.verl_plugins import compat
 
 
 def _physical_memory() -> tuple[int, int]:
@@ -185,6 +188,7 @@ def initialize_cpu_process_group(timeout_second: int = 36000) -> tuple[int, int,
 
 
 def _register_cpu_engines() -> None:
+    compat.relies_on("verl/workers/engine/base.py:EngineRegistry.register", __name__)  # reads its _engines table
     from verl.workers.engine import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
@@ -224,17 +228,18 @@ def _vectorise_logprobs() -> None:
     if getattr(current, "_verl_sft_cpu", False):
         return
     # logprobs_from_logits looks this name up at call time, so the engines pick it up.
+    compat.relies_on("verl/utils/torch_functional.py:logprobs_from_logits", __name__)
     replacement = functools.partial(_logprobs_by_blocks, _fallback=current)
     replacement._verl_sft_cpu = True  # type: ignore[attr-defined]
-    torch_functional.logprobs_from_logits_v2 = replacement
+    compat.replace("verl/utils/torch_functional.py:logprobs_from_logits_v2", replacement, __name__)
 
 
 def install() -> None:
     """Make verl run on CPU in this process. Idempotent."""
-    import verl.utils.distributed
-
     set_platform(PlatformCPU())
-    verl.utils.distributed.initialize_global_process_group = initialize_cpu_process_group
+    # sft_trainer.run_sft imports initialize_global_process_group when it runs, so it gets this one.
+    compat.relies_on("verl/trainer/sft_trainer.py:run_sft", __name__)
+    compat.replace("verl/utils/distributed.py:initialize_global_process_group", initialize_cpu_process_group, __name__)
     _register_cpu_engines()
     _vectorise_logprobs()
 

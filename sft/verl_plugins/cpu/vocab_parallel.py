@@ -1,7 +1,8 @@
 """CPU LoRA on several processes: the frozen embedding and LM head are never all-gathered.
 
-Imported by sft/verl_plugins/frozen_upcast.py (the launchers load that for LoRA on CPU);
-SFT_VOCAB_PARALLEL=0 in the environment keeps FSDP2's gathering of these two.
+Used by sft/verl_plugins/cpu/lora_wrapping.py (the launchers load that for LoRA on CPU);
+SFT_VOCAB_PARALLEL=0 in the environment keeps FSDP2's gathering of these two. This module
+replaces nothing in verl itself.
 
 verl's apply_fsdp2 makes the input embedding and the LM head FSDP2 units of their own (untied
 models) or puts the tied matrix into the root unit, so every process all-gathers the whole
@@ -17,7 +18,7 @@ the two layers are computed vocabulary-parallel across the data-parallel process
       and each keeps its own tokens' rows.
   LM head: the hidden states of every process are all-gathered, each process computes the logits
       of its vocabulary rows for all of them (fp32 from the bf16 weight, one block of rows at a
-      time: frozen_upcast.py's matmuls), and an all-to-all hands each process its own tokens' logits.
+      time: cpu/frozen_upcast.py's matmuls), and an all-to-all hands each process its own tokens' logits.
       Backward: the logit gradients go back by all-to-all, each process multiplies them with
       its rows, and an all-reduce adds up the hidden-state gradient.
 
@@ -174,7 +175,8 @@ def shard_and_install(modules: list[torch.nn.Module], mesh, compute_dtype: torch
     """Replace each module's weight with its Shard(0) DTensor on `mesh` and give it the parallel forward.
 
     matmuls: matmul_transposed(x, W) = x W^T and matmul(g, W) = g W in the activations' dtype from a
-    weight of another dtype (default: the weight cast whole; frozen_upcast.py passes its block-wise ones).
+    weight of another dtype (default: the weight cast whole; lora_wrapping.py passes frozen_upcast.py's
+    block-wise ones).
     """
     from torch.distributed.tensor import DTensor, Shard
 

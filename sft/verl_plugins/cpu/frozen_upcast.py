@@ -1,10 +1,9 @@
-"""CPU LoRA: gather the frozen bf16 base in bf16 and compute in fp32 inside each frozen layer.
+"""CPU LoRA: frozen bf16 layers computed in fp32 block by block, so FSDP2 can gather them in bf16.
 
-Usage (the launchers load it for LoRA runs on CPU; nothing of it is loaded on a GPU):
-    VERL_USE_EXTERNAL_MODULES=sft.verl_plugins.lora_precision,sft.verl_plugins.frozen_upcast,... \\
-        torchrun ... -m verl.trainer.sft_trainer model.lora_rank=32 engine.model_dtype=bf16 \\
-        engine.mixed_precision.param_dtype=fp32 trainer.device=cpu ...
-    SFT_FROZEN_UPCAST=0 keeps verl's behaviour (FSDP2 gathers every unit in fp32).
+Used by sft/verl_plugins/cpu/lora_wrapping.py (loaded for LoRA runs on CPU; nothing of it on a
+GPU), which makes FSDP2 gather the frozen base in its own dtype and gives the frozen layers the
+forward defined here. SFT_FROZEN_UPCAST=0 leaves that plugin out: verl's behaviour (FSDP2
+gathers every unit in fp32). This module replaces nothing in verl itself.
 
 On a CPU without bf16 matrix units, bf16 matmuls run about 200x slower than fp32 ones (0.2 against
 48 GFLOP/s on one core of the development machine), so LoRA there computes in fp32
@@ -14,8 +13,8 @@ copy, twice its stored size, and the root unit (the LM head of an untied model) 
 from the start of the forward to the end of the backward: 2.2 GiB in fp32 for Qwen2.5-7B's
 152k x 3,584 head, per process.
 
-This module makes FSDP2 gather in each parameter's own dtype (MixedPrecisionPolicy with no
-param_dtype: the frozen base in bf16, the fp32 adapters in fp32) and computes each frozen
+lora_wrapping.py makes FSDP2 gather in each parameter's own dtype (MixedPrecisionPolicy with no
+param_dtype: the frozen base in bf16, the fp32 adapters in fp32), and this module computes each frozen
 nn.Linear in fp32 from its bf16 weight one block of output rows at a time (`upcast_linear`):
 the fp32 copy of a block lives only while it is multiplied, and backward casts it again instead
 of keeping it. A frozen nn.Embedding looks its rows up in bf16 and returns them in fp32. The
@@ -26,24 +25,18 @@ Llama's RMSNorm); an architecture whose frozen norm calls F.layer_norm with a bf
 input would stop with torch's dtype error: set SFT_FROZEN_UPCAST=0 for it.
 
 With two or more processes the frozen input embedding and LM head are not FSDP2 units at all:
-sft/verl_plugins/vocab_parallel.py keeps each process's rows and computes them vocabulary-parallel
-(SFT_VOCAB_PARALLEL=0 leaves them to FSDP2's gathering).
+sft/verl_plugins/cpu/vocab_parallel.py keeps each process's rows and computes them vocabulary-parallel
+with the block-wise matmuls defined here (SFT_VOCAB_PARALLEL=0 leaves them to FSDP2's gathering).
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
-
-from verl.workers.engine.fsdp import transformer_impl
 
 BLOCK_BYTES = 256 << 20
 """At most this many bytes of a frozen weight are held in fp32 at once (whole layer weights of
 7B models are 50-270 MiB; an LM head is cut into blocks of rows)."""
-
-_original_apply_fsdp2 = transformer_impl.apply_fsdp2
 
 
 def _block_rows(weight: torch.Tensor, dtype: torch.dtype) -> int:
@@ -125,69 +118,3 @@ def upcast_frozen_modules(model: torch.nn.Module, compute_dtype: torch.dtype) ->
             module.forward = lambda ids, _m=module: _embedding_forward(_m, ids, compute_dtype)
             counts["embedding"] += 1
     return counts
-
-
-def _applies(model: torch.nn.Module, mp_policy) -> bool:
-    if os.environ.get("SFT_FROZEN_UPCAST", "1") == "0" or mp_policy is None:
-        return False
-    compute = mp_policy.param_dtype
-    if compute is None or compute != torch.float32:
-        return False
-    params = list(model.parameters())
-    frozen_low = any(not p.requires_grad and p.dtype != compute and p.dtype.is_floating_point for p in params)
-    trainable_fp32 = all(p.dtype == compute for p in params if p.requires_grad)
-    return frozen_low and trainable_fp32  # loaded only on CPU (the parameters may still be on meta here)
-
-
-def _vocabulary_modules(model: torch.nn.Module, mesh) -> list[torch.nn.Module]:
-    """The frozen embedding and LM head to compute vocabulary-parallel (vocab_parallel.py), or []."""
-    from sft.verl_plugins import vocab_parallel
-
-    if not vocab_parallel.enabled() or mesh is None or mesh.ndim != 1 or mesh.size() < 2:
-        return []
-    modules, why_not = vocab_parallel.frozen_vocabulary_modules(model)
-    if why_not and torch.distributed.get_rank() == 0:
-        print(f"[verl-sft] embedding and LM head gathered by FSDP2 as usual ({why_not}; "
-              "sft/verl_plugins/vocab_parallel.py)", flush=True)
-    return modules
-
-
-def apply_fsdp2(model, fsdp_kwargs, config):
-    mp_policy = fsdp_kwargs.get("mp_policy")
-    if not _applies(model, mp_policy):
-        return _original_apply_fsdp2(model, fsdp_kwargs, config)
-    counts = upcast_frozen_modules(model, mp_policy.param_dtype)
-    fsdp_kwargs = dict(fsdp_kwargs, mp_policy=type(mp_policy)(
-        param_dtype=None, reduce_dtype=mp_policy.reduce_dtype, output_dtype=mp_policy.output_dtype,
-        cast_forward_inputs=mp_policy.cast_forward_inputs))
-    vocabulary = _vocabulary_modules(model, fsdp_kwargs.get("mesh"))
-    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-    if rank0:
-        print(f"[verl-sft] frozen base gathered in its own dtype, computed in fp32 block by block "
-              f"({counts['linear']} linear, {counts['embedding']} embedding layers; "
-              "sft/verl_plugins/frozen_upcast.py; SFT_FROZEN_UPCAST=0 turns it off)", flush=True)
-    if not vocabulary:
-        return _original_apply_fsdp2(model, fsdp_kwargs, config)
-    from verl.utils import fsdp_utils
-
-    from sft.verl_plugins import vocab_parallel
-
-    # FSDP2 leaves these weights alone (not wrapped, not in the root unit); they become the same
-    # Shard(0) DTensors FSDP2 would have made, computed without gathering.
-    fsdp_kwargs["ignored_params"] = {module.weight for module in vocabulary} | set(fsdp_kwargs.get("ignored_params") or ())
-    select = fsdp_utils._select_fsdp2_wrap_targets
-    fsdp_utils._select_fsdp2_wrap_targets = lambda *args: [m for m in select(*args) if all(m is not v for v in vocabulary)]
-    try:
-        result = _original_apply_fsdp2(model, fsdp_kwargs, config)
-    finally:
-        fsdp_utils._select_fsdp2_wrap_targets = select
-    vocab_parallel.shard_and_install(vocabulary, fsdp_kwargs["mesh"], mp_policy.param_dtype,
-                                     matmul_transposed=matmul_transposed, matmul=matmul)
-    if rank0:
-        print(f"[verl-sft] frozen embedding and LM head kept as each process's rows and computed "
-              f"vocabulary-parallel over {fsdp_kwargs['mesh'].size()} processes, never all-gathered "
-              "(sft/verl_plugins/vocab_parallel.py; SFT_VOCAB_PARALLEL=0 turns it off)", flush=True)
-    return result
-
-
-transformer_impl.apply_fsdp2 = apply_fsdp2

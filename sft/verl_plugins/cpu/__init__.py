@@ -1,0 +1,1 @@
+"""Plugins only CPU runs load (the launchers add them when DEVICE resolves to cpu); no GPU run loads these."""
