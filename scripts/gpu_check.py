@@ -90,7 +90,7 @@ GPU = Mode("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen", rows=384, median_words=400, m
            time_limit=480, run_timeout=150)
 CPU_TINY = Mode("tiny", "tiny", "tiny", rows=48, median_words=40, max_words=150, max_length=512,
                 train_batch_size=8, warmup_steps=1, steps=2, stop_after=2, problems=4, max_new_tokens=8,
-                time_limit=300, run_timeout=150)
+                time_limit=900, run_timeout=300)
 
 
 @dataclass
@@ -317,6 +317,8 @@ def judge_resume(before: dict, after: dict, device: str) -> tuple[bool, str]:
     tolerance = 0.0 if device == "cpu" else GPU_RELATIVE_TOLERANCE
     problems = []
     for label, compared in (("before the stop", before), ("after the resume", after)):
+        if compared["missing_steps"]:
+            problems.append(f"steps {compared['missing_steps']} {label} were logged by one run only")
         for key, difference in compared["largest_relative_difference"].items():
             allowed = 0.0 if key in EXACT else tolerance
             if difference > allowed:

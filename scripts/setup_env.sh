@@ -44,6 +44,15 @@ if [[ -n "$WHEELHOUSE" ]]; then
     [[ -f "$WHEELHOUSE/$file" ]] || { echo "error: $WHEELHOUSE has no $file; build it with scripts/build_wheelhouse.py -o $WHEELHOUSE" >&2; exit 1; }
   done
 fi
+if [[ -n "$WHEELHOUSE" && ! -x "$VENV_DIR/bin/python" ]]; then
+  # A venv made from a venv's interpreter sees the base Python's packages, not that venv's torch.
+  base_env="$("$PYTHON" -c 'import sys; print(sys.prefix if sys.prefix != sys.base_prefix else "")')"
+  if [[ -n "$base_env" ]]; then
+    echo "error: PYTHON=$PYTHON belongs to the virtual environment $base_env; a new environment made from it would" \
+      "not see its torch. Install into it instead: WHEELHOUSE=$WHEELHOUSE VENV_DIR=$base_env scripts/setup_env.sh" >&2
+    exit 1
+  fi
+fi
 if [[ ! -x "$VENV_DIR/bin/python" ]]; then
   venv_options=()
   [[ -n "$WHEELHOUSE" ]] && venv_options=(--system-site-packages)  # PYTHON's own torch stays visible

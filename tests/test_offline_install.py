@@ -116,7 +116,7 @@ def _offline_env(tmp_path: Path, torch_dir: Path, wheelhouse_dir: Path) -> dict[
     # Every index out of reach: a pip that asked one would fail (or hang until its 1 s timeout).
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_DEFAULT_TIMEOUT="1",
                PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONPATH=str(torch_dir), WHEELHOUSE=str(wheelhouse_dir),
-               VENV_DIR=str(tmp_path / "venv"), PYTHON=sys.executable)
+               VENV_DIR=str(tmp_path / "venv"), PYTHON=str(Path(sys.base_prefix) / "bin" / "python3"))
     return env
 
 
@@ -150,3 +150,12 @@ def test_setup_env_names_a_folder_that_is_not_a_wheelhouse(tmp_path):
     result = subprocess.run([str(REPO_ROOT / "scripts" / "setup_env.sh")], env=env, capture_output=True, text=True)
     assert result.returncode == 1 and "has no requirements.lock; build it with scripts/build_wheelhouse.py" in result.stderr
     assert not (tmp_path / "venv").exists()
+
+
+def test_setup_env_will_not_build_an_environment_blind_to_a_venvs_torch(tmp_path):
+    wheelhouse_dir = _fake_wheelhouse(tmp_path / "wheelhouse", "torch>=2.6.0")
+    env = _offline_env(tmp_path, tmp_path, wheelhouse_dir)
+    env["PYTHON"] = str(REPO_ROOT / ".venv" / "bin" / "python")  # a virtual environment's interpreter
+    result = subprocess.run([str(REPO_ROOT / "scripts" / "setup_env.sh")], env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "a new environment made from it would not see its torch" in result.stderr
+    assert "VENV_DIR=" in result.stderr and not (tmp_path / "venv").exists()
