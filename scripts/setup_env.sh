@@ -88,7 +88,7 @@ if [[ -n "$WHEELHOUSE" ]]; then
     "${pip[@]}" install --quiet "${offline[@]}" --no-build-isolation -r "$file"
   done
   # The modules the project runs (wheelhouse.json "imports"), imported once in one process.
-  "$VENV_DIR/bin/python" - "$WHEELHOUSE/wheelhouse.json" <<'PY'
+  PYTHONWARNINGS=ignore "$VENV_DIR/bin/python" - "$WHEELHOUSE/wheelhouse.json" <<'PY'
 import importlib, json, sys
 for module in json.load(open(sys.argv[1]))["imports"]:
     try:
