@@ -8,17 +8,18 @@ Usage:
     python sft/generate.py --help
 
 Input: MODEL is a Hugging Face model directory (python -m sft.export writes one) or a hub id.
-PROBLEMS is JSONL or Parquet, read as sft/evaluate.py reads it: a prompt column (`--prompt-key`,
-default `prompt`) or a `messages` conversation (its messages before the last assistant message
-are the prompt), an id column (`--id-key`, default `id`; missing: the row's index) and, when
-known, a reference answer (`--answer-key`, default `answer` if the file has that column).
+PROBLEMS is JSONL or Parquet, read as sft/evaluate.py reads it (sft/generation/problems.py): a
+prompt column (`--prompt-key`, default `prompt`) or a `messages` conversation (its messages before
+the last assistant message are the prompt), an id column (`--id-key`, default `id`; missing: the
+row's index) and, when known, a reference answer (`--answer-key`, default `answer` if the file has
+that column).
 
 Output (in -o OUT_DIR, each file written atomically):
   samples-00000.jsonl, samples-00001.jsonl, ...  K samples of each of --shard-size problems (the
       last shard: the rest), in input order: id, prompt (the last user message), generated_solution
       (without the stop token), num_tokens, answer (the reference, or null), model (MODEL as given),
       sample_index (0..K-1), finish_reason ("stop" or "length"), correct (graded as sft/evaluate.py
-      grades, sft/text/math_answers.py; null without an answer). The K samples of a problem share
+      grades, sft/generation/grading.py; null without an answer). The K samples of a problem share
       its id, so prepare_data's split by id keeps them together.
   generation.json  the settings, and at the end a summary: problems, samples, samples/s, output
       tokens/s, finish reasons, and with answers the correct-sample rate and the share of problems
@@ -38,35 +39,30 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # why: see sft/evaluate.py
-
 if __package__ in (None, ""):  # run as `python sft/generate.py`: make `import sft.x` work
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import hashlib
 import json
+import os
 import time
 from typing import Any
 
 from sft.common.cli import HelpFormatter
 from sft.common.errors import UserError, exit_on_user_error
 from sft.common.files import write_json_atomic, write_text_atomic
-from sft.evaluate import (
-    EvalSample,
+from sft.generation.backend import (
     Generation,
     Generator,
     Sampling,
     add_backend_arguments,
     check_setup,
     derive_seed,
-    grade,
-    read_problem_rows,
-    samples_from_rows,
     torch_threads,
 )
+from sft.generation.grading import grade
+from sft.generation.problems import EvalSample, read_problem_rows, samples_from_rows
 
 SETTINGS_FILE = "generation.json"
 SHARD_GLOB = "samples-*.jsonl"

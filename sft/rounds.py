@@ -55,7 +55,7 @@ def _row_prompts(row: dict, prompt_key: str) -> Iterable[str]:
 
 def read_prompts(path: str | Path, prompt_key: str = "prompt") -> set[str]:
     """Normalised user prompts of a data directory's train.parquet or of a JSONL/Parquet file."""
-    from sft.evaluate import read_problem_rows
+    from sft.generation.problems import read_problem_rows
 
     path = Path(path)
     file = path / "train.parquet" if path.is_dir() else path

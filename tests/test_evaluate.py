@@ -1,4 +1,5 @@
-"""Tests for sft/evaluate.py and the answer helpers it grades with (sft/text/math_answers.py).
+"""Tests for sft/evaluate.py, the shared modules it is built from (sft/generation/: problems, grading,
+reports) and the answer helpers it grades with (sft/text/math_answers.py).
 
 Run: .venv/bin/python -m pytest -q tests/test_evaluate.py      (about half a minute on 2 cores)
 
@@ -22,6 +23,9 @@ import torch
 
 from sft import evaluate as ev
 from sft.evaluate import EvaluationError, compare_summaries, evaluate, load_samples
+from sft.generation import grading
+from sft.generation.backend import Generation, GenerationError
+from sft.generation.problems import EvalSample, ProblemsError
 from sft.text.math_answers import answers_match, extract_final_answer, find_conclusion, reference_answer
 from sft.demo.tiny_model import build_tiny_model
 
@@ -74,25 +78,25 @@ def test_answers_match(predicted, reference, match):
 
 def test_grading_a_generation_end_to_end():
     """`\\boxed{1/2}` in a model output is graded correct against a reference stated as 0.5 or \\frac{1}{2}."""
-    sample = ev.EvalSample(
+    sample = EvalSample(
         index=0, id=0, messages=[{"role": "user", "content": "q"}], reference="0.5", reference_answer="0.5"
     )
-    record = ev.grade(sample, ev.Generation("So \\boxed{1/2}.", 5, False))
+    record = grading.grade(sample, Generation("So \\boxed{1/2}.", 5, False))
     assert record["correct"] and record["has_final_answer"] and record["predicted_answer"] == "1/2"
     sample.reference_answer = reference_answer("Halving gives \\boxed{\\frac{1}{2}}.")
-    assert ev.grade(sample, ev.Generation("The answer is 0.5", 4, False))["correct"]
+    assert grading.grade(sample, Generation("The answer is 0.5", 4, False))["correct"]
     assert reference_answer("7") == "7" and reference_answer("The answer is 7") == "7"
-    wrong = ev.grade(sample, ev.Generation("The answer is 7", 4, False))
+    wrong = grading.grade(sample, Generation("The answer is 7", 4, False))
     assert not wrong["correct"] and wrong["has_final_answer"]
     # A conclusion in running text is graded (correctness) but is no final answer in a standard form (format).
-    prose = ev.grade(sample, ev.Generation("Halving one gives a half, so I think it is 1/2 maybe", 9, True))
+    prose = grading.grade(sample, Generation("Halving one gives a half, so I think it is 1/2 maybe", 9, True))
     assert prose["correct"] and not prose["has_final_answer"] and prose["predicted_answer"] == "1/2"
     assert prose["answer_rule"] == "concluding_sentence"
-    strict = ev.grade(sample, ev.Generation("Halving one gives a half, so I think it is 1/2 maybe", 9, True), strict=True)
+    strict = grading.grade(sample, Generation("Halving one gives a half, so I think it is 1/2 maybe", 9, True), strict=True)
     assert not strict["correct"] and strict["predicted_answer"] is None
-    none = ev.grade(sample, ev.Generation("I do not know.", 5, False))
+    none = grading.grade(sample, Generation("I do not know.", 5, False))
     assert not none["correct"] and not none["has_final_answer"] and none["predicted_answer"] is None
-    thinking = ev.grade(sample, ev.Generation("<think>\nMaybe 7? No.\n</think>\n\nThe answer is $\\frac{1}{2}$.", 20, False))
+    thinking = grading.grade(sample, Generation("<think>\nMaybe 7? No.\n</think>\n\nThe answer is $\\frac{1}{2}$.", 20, False))
     assert thinking["correct"] and thinking["has_final_answer"]  # graded after the reasoning
 
 
@@ -141,23 +145,23 @@ def test_load_parquet_messages_and_answer_key(tmp_path):
     assert sample.reference_answer == "0.5"
     assert load_samples(path, answer_key="answer")[0].reference_answer == "1/2"
     assert load_samples(path, system_prompt="Reason step by step.")[0].messages[0]["role"] == "system"
-    with pytest.raises(EvaluationError, match="row 0: the row already has a system message that differs"):
+    with pytest.raises(ProblemsError, match="row 0: the row already has a system message that differs"):
         load_samples(path, system_prompt="Something else.")
 
 
 def test_bad_input_errors_name_file_line_and_fix(tmp_path):
     bad_json = tmp_path / "bad.jsonl"
     bad_json.write_text('{"prompt": "ok", "generated_solution": "\\\\boxed{1}"}\n\n{"prompt": oops}\n')
-    with pytest.raises(EvaluationError, match=r"bad.jsonl:3: invalid JSON .*fix or remove that line"):
+    with pytest.raises(ProblemsError, match=r"bad.jsonl:3: invalid JSON .*fix or remove that line"):
         load_samples(bad_json)
     no_prompt = _write_jsonl(tmp_path / "no_prompt.jsonl", [{"question": "q", "generated_solution": "\\boxed{1}"}])
-    with pytest.raises(EvaluationError, match=r"no_prompt.jsonl:1: no 'messages' and no 'prompt' field .*--prompt-key"):
+    with pytest.raises(ProblemsError, match=r"no_prompt.jsonl:1: no 'messages' and no 'prompt' field .*--prompt-key"):
         load_samples(no_prompt)
     assert load_samples(no_prompt, prompt_key="question")[0].reference_answer == "1"
-    with pytest.raises(EvaluationError, match="data file not found"):
+    with pytest.raises(ProblemsError, match="data file not found"):
         load_samples(tmp_path / "missing.jsonl")
     (tmp_path / "data.csv").write_text("a,b\n")
-    with pytest.raises(EvaluationError, match="use .parquet or .jsonl"):
+    with pytest.raises(ProblemsError, match="use .parquet or .jsonl"):
         load_samples(tmp_path / "data.csv")
 
 
@@ -173,13 +177,13 @@ def test_jsonl_read_as_prepare_data_reads_it(tmp_path):
     assert [s.reference_answer for s in samples] == ["7", "8"]
     assert samples[0].messages == [{"role": "user", "content": "p1"}]
     data.write_bytes(data.read_bytes() + b'{"prompt": "p3"}\r\n{"prompt": oops}\r\n')
-    with pytest.raises(EvaluationError, match=r"windows.jsonl:5: invalid JSON .*fix or remove that line"):
+    with pytest.raises(ProblemsError, match=r"windows.jsonl:5: invalid JSON .*fix or remove that line"):
         load_samples(data)
     data.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows[0]).encode() + b'\r\n["not", "an", "object"]\r\n')
-    with pytest.raises(EvaluationError, match=r"windows.jsonl:2: expected a JSON object, found list"):
+    with pytest.raises(ProblemsError, match=r"windows.jsonl:2: expected a JSON object, found list"):
         load_samples(data)
     data.write_bytes(json.dumps(rows[0]).encode() + b'\r\n{"prompt": "caf\xe9"}\r\n')
-    with pytest.raises(EvaluationError, match=r"windows.jsonl:2: invalid UTF-8 byte 0xe9"):
+    with pytest.raises(ProblemsError, match=r"windows.jsonl:2: invalid UTF-8 byte 0xe9"):
         load_samples(data)
 
 
@@ -354,7 +358,7 @@ def test_vllm_backend_missing_is_a_clear_error(base_and_memorised_models, graded
         pass
     else:
         pytest.skip("vllm is installed here; the missing-package message cannot be exercised")
-    with pytest.raises(EvaluationError, match="--backend vllm needs the vllm package.*--backend transformers"):
+    with pytest.raises(GenerationError, match="--backend vllm needs the vllm package.*--backend transformers"):
         evaluate(base_and_memorised_models["memorised"], graded_problems_jsonl, tmp_path / "v", backend="vllm")
     assert not (tmp_path / "v").exists()
 
@@ -390,17 +394,17 @@ def test_compare_summaries_table():
     ],
 )
 def test_pass_at_k_is_the_unbiased_estimator(n, c, k, expected):
-    assert ev.pass_at_k(n, c, k) == pytest.approx(expected)
+    assert grading.pass_at_k(n, c, k) == pytest.approx(expected)
 
 
 def test_pass_at_k_values_and_bad_arguments():
-    assert ev.pass_at_k_values(1) == [1] and ev.pass_at_k_values(2) == [1, 2]
-    assert ev.pass_at_k_values(4) == [1, 2, 4] and ev.pass_at_k_values(6) == [1, 2, 4, 6]
-    assert ev.pass_at_k_values(16) == [1, 2, 4, 8, 16]
+    assert grading.pass_at_k_values(1) == [1] and grading.pass_at_k_values(2) == [1, 2]
+    assert grading.pass_at_k_values(4) == [1, 2, 4] and grading.pass_at_k_values(6) == [1, 2, 4, 6]
+    assert grading.pass_at_k_values(16) == [1, 2, 4, 8, 16]
     with pytest.raises(ValueError):
-        ev.pass_at_k(4, 5, 1)
+        grading.pass_at_k(4, 5, 1)
     with pytest.raises(ValueError):
-        ev.pass_at_k(4, 1, 5)
+        grading.pass_at_k(4, 1, 5)
 
 
 @pytest.mark.parametrize(
@@ -416,11 +420,11 @@ def test_pass_at_k_values_and_bad_arguments():
     ],
 )
 def test_majority_vote_groups_equivalent_answers(answers, winner):
-    assert ev.majority_vote(answers) == winner
+    assert grading.majority_vote(answers) == winner
 
 
-def _problem(reference: str = "0.5") -> ev.EvalSample:
-    return ev.EvalSample(index=0, id="q", messages=[{"role": "user", "content": "Half of one?"}], reference=reference,
+def _problem(reference: str = "0.5") -> EvalSample:
+    return EvalSample(index=0, id="q", messages=[{"role": "user", "content": "Half of one?"}], reference=reference,
                          reference_answer=reference)
 
 
@@ -432,15 +436,15 @@ def test_sampled_records_and_their_summary_by_hand():
         ["The answer is 3", "\\boxed{3}", "\\boxed{\\frac{1}{2}}", "Hmm."],
         ["Hmm.", "No idea.", "Well.", "Maybe."],
     ]
-    records = [ev.sampled_record(_problem(), [ev.Generation(text, 3, i == 3) for i, text in enumerate(texts)])
+    records = [grading.sampled_record(_problem(), [Generation(text, 3, i == 3) for i, text in enumerate(texts)])
                for texts in outputs]
     assert [r["num_correct"] for r in records] == [2, 1, 0]
     assert [r["majority_answer"] for r in records] == ["1/2", "3", None]
     assert [r["majority_votes"] for r in records] == [2, 2, 0]
     assert [r["majority_correct"] for r in records] == [True, False, False]
     assert [s["correct"] for s in records[0]["samples"]] == [True, True, False, False]
-    assert set(records[0]["samples"][0]) == set(ev.SAMPLE_FIELDS)
-    summary = ev.summarize_sampled(records, 4)
+    assert set(records[0]["samples"][0]) == set(grading.SAMPLE_FIELDS)
+    summary = grading.summarize_sampled(records, 4)
     assert summary["samples_per_problem"] == 4
     assert summary["pass_at_k"]["1"] == pytest.approx((2 / 4 + 1 / 4 + 0) / 3)
     assert summary["pass_at_k"]["2"] == pytest.approx(((1 - 1 / 6) + 0.5 + 0) / 3)  # C(2,2)/C(4,2), C(3,2)/C(4,2)
@@ -457,11 +461,11 @@ def test_sampling_settings_are_checked_before_anything_is_loaded(graded_problems
         evaluate(model, graded_problems_jsonl, tmp_path / "o", temperature=0.7)
     with pytest.raises(EvaluationError, match=r"--top-p, --seed set the sampled"):
         evaluate(model, graded_problems_jsonl, tmp_path / "o", top_p=0.9, seed=3)
-    with pytest.raises(EvaluationError, match="--temperature 0 is greedy decoding: all 4 samples"):
+    with pytest.raises(GenerationError, match="--temperature 0 is greedy decoding: all 4 samples"):
         evaluate(model, graded_problems_jsonl, tmp_path / "o", num_samples=4, temperature=0.0)
-    with pytest.raises(EvaluationError, match=r"--top-p must be in \(0, 1\]"):
+    with pytest.raises(GenerationError, match=r"--top-p must be in \(0, 1\]"):
         evaluate(model, graded_problems_jsonl, tmp_path / "o", num_samples=4, top_p=1.5)
-    with pytest.raises(EvaluationError, match="--num-samples must be a whole number of at least 1"):
+    with pytest.raises(GenerationError, match="--num-samples must be a whole number of at least 1"):
         evaluate(model, graded_problems_jsonl, tmp_path / "o", num_samples=0)
     assert not (tmp_path / "o").exists()
 

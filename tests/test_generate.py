@@ -20,7 +20,8 @@ import pytest
 
 from sft import generate as gen
 from sft.common.errors import UserError
-from sft.evaluate import EvalSample, Generation
+from sft.generation.backend import Generation
+from sft.generation.problems import EvalSample
 from sft.generate import generate
 from sft.prepare_data import main as prepare_data_main
 from test_evaluate import MEMORISED, PROMPT_A, PROMPT_B, base_and_memorised_models  # noqa: F401 (a fixture)
@@ -346,7 +347,7 @@ def test_vllm_backend_asks_for_k_seeded_samples_per_prompt(monkeypatch, tiny_tok
     """The vLLM path without vLLM: a stand-in module records what is asked and answers in vLLM's shapes."""
     import types
 
-    from sft import evaluate as ev
+    from sft.generation import backend
 
     asked = {}
 
@@ -365,13 +366,13 @@ def test_vllm_backend_asks_for_k_seeded_samples_per_prompt(monkeypatch, tiny_tok
                     for _ in prompts]
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=SamplingParams, LLM=LLM))
-    outputs = ev._vllm_outputs(LLM(), tiny_tokenizer, [[1, 2], [3]], stop_ids={tiny_tokenizer.eos_token_id},
-                               sampling=ev.Sampling(2, 0.7, 0.9, seed=5), max_new_tokens=3, bar=None)
+    outputs = backend._vllm_outputs(LLM(), tiny_tokenizer, [[1, 2], [3]], stop_ids={tiny_tokenizer.eos_token_id},
+                                    sampling=backend.Sampling(2, 0.7, 0.9, seed=5), max_new_tokens=3, bar=None)
     assert asked["prompts"] == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
     first, second = (params.kwargs for params in asked["params"])  # one per prompt: each seeded on its own
     assert {k: first[k] for k in ("n", "temperature", "top_p", "max_tokens")} == {"n": 2, "temperature": 0.7,
                                                                                   "top_p": 0.9, "max_tokens": 3}
-    assert first["seed"] == ev.derive_seed(5, 0) and second["seed"] == ev.derive_seed(5, 1)
+    assert first["seed"] == backend.derive_seed(5, 0) and second["seed"] == backend.derive_seed(5, 1)
     assert first["stop_token_ids"] == [tiny_tokenizer.eos_token_id]
     assert [[(g.output_tokens, g.finish_reason) for g in prompt] for prompt in outputs] == [[(1, "stop"), (3, "length")]] * 2
     assert outputs[0][0].text == "7" and outputs[0][1].text == "777"

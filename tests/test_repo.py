@@ -119,6 +119,29 @@ def test_the_import_graph_of_sft_has_no_cycles():
             visit(module, [module])
 
 
+def _imported_modules(tree) -> set[str]:
+    """Every module an AST imports, at any depth (`from sft import x` counts as `sft.x` too)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+    return names
+
+
+def test_no_command_imports_another_command():
+    """The commands (sft/*.py at the top) share code through the folders below them, never through each other."""
+    modules = _product_modules()
+    commands = {name for name in modules if name.count(".") == 1 and name != "sft"}
+    assert {"sft.evaluate", "sft.generate", "sft.prepare_data", "sft.rounds"} <= commands, commands
+    crossing = {f"{name} imports {target}" for name in sorted(commands)
+                for target in _imported_modules(modules[name]) & commands if target != name}
+    assert not crossing, "move what both need into a shared module: " + "; ".join(sorted(crossing))
+
+
 MAX_FUNCTION_LINES = 80
 
 
