@@ -1,7 +1,7 @@
 """The GPU path in one short run: train, stop and resume, export, evaluate, and what each plugin did.
 
 Usage:
-    scripts/gpu_check.sh                    # a GPU machine: real shapes, one table, about 6 minutes on one GPU
+    scripts/gpu_check.sh                    # a GPU machine: real shapes, one table; 8 minutes at most
     scripts/gpu_check.sh --cpu-tiny         # any machine: the same parts on tiny shapes (the tests run it)
     scripts/gpu_check.sh --work-dir /scratch/gpu_check --time-limit 600
 
@@ -27,7 +27,10 @@ Parts, each passed or failed on its own (a failure in one leaves the others' res
              (sharded loading: the bytes each rank read and holds, against the whole model)
 The report is printed as one table and written to WORK_DIR/gpu_check.json (rewritten after every
 part, so a crash keeps what ran) and gpu_check.md; every run's log is in WORK_DIR/runs/.
-Exit status: 0 when every part passed, 1 otherwise.
+Parts run in the order 0, 1, 3, 2, 4, 5: part 3's runs measure nothing, so the 1.5B model of part
+2 is built on the host meanwhile. The whole check has a time limit (--time-limit; 480 s on a GPU):
+a part whose turn comes after it is reported as not run.
+Exit status: 0 when every part passed, 1 otherwise, 2 without a GPU (use --cpu-tiny there).
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ class Part:
     name: str
     number: str
     title: str
-    status: str = "not run"  # pass | fail | skipped | not run
+    status: str = "not run"  # pass | fail | not run
     seconds: float = 0.0
     summary: str = ""
     error: str = ""
@@ -117,7 +120,7 @@ class Check:
         self.work = Path(args.work_dir).resolve()
         self.deadline = time.monotonic() + (args.time_limit or mode.time_limit)
         self.total_steps = mode.warmup_steps + mode.steps
-        self.runs: dict[str, dict] = {}  # run name -> {"result", "metrics", "log", "output_dir", "launcher"}
+        self.runs: dict[str, dict] = {}  # run name -> {"result", "metrics", "log", "output_dir", "config", "error"}
         self.inputs: dict = {}
 
     def remaining(self) -> float:

@@ -4,7 +4,7 @@
 #
 # Usage:
 #   scripts/gpu_check.sh                 # a GPU machine: real shapes (Qwen2.5-0.5B full, 1.5B LoRA), random
-#                                        # weights, Qwen's real vocabulary; no downloads; about 6 min on 1 GPU
+#                                        # weights, Qwen's real vocabulary; no downloads; 8 minutes at most
 #   scripts/gpu_check.sh --cpu-tiny      # any machine: the same parts on tiny shapes (the tests run it)
 #   scripts/gpu_check.sh --work-dir /scratch/gpu_check --time-limit 600
 #
