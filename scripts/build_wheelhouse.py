@@ -12,7 +12,8 @@ Then copy the folder to the offline machine and, in the repository there:
 torch is never downloaded: clusters provide a CUDA build that matches their drivers. While pip
 resolves, torch is stood in for by an empty wheel `torch-<--torch-version>+provided` (so its
 CUDA libraries are not pulled in, and a dependency that refuses that torch version stops the
-build here, not on the cluster); the stand-in is not kept. Every requirement of every wheel
+build here, not on the cluster), and so is triton, which comes with every CUDA torch on Linux;
+the stand-ins are not kept. Every requirement of every wheel
 that names torch is written to wheelhouse.json (`torch_requirements`), and setup_env.sh checks
 the installed torch against them before installing anything.
 
@@ -145,8 +146,9 @@ def torch_requirements(wheels: list[Path]) -> dict[str, str]:
 
 
 def stand_ins(args: argparse.Namespace) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """{name: (version, extras)} of the packages pip must take as given while resolving."""
-    given = {"torch": (args.torch_version + PROVIDED, ())}
+    """{name: (version, extras)} of the packages pip must take as given while resolving (never downloaded)."""
+    # triton ships with every CUDA torch on Linux (torch requires it there); liger-kernel asks for it too.
+    given = {"torch": (args.torch_version + PROVIDED, ()), "triton": ("9999" + PROVIDED, ())}
     if args.slim:  # a version any requirement of verl's accepts
         given.update({name: ("9999" + PROVIDED, ()) for name in SLIM_LEFT_OUT})
         given.update({name: ("9999" + PROVIDED, (extra,)) for name, extra in SLIM_WITHOUT_EXTRAS.items()})

@@ -42,8 +42,8 @@ def test_the_dry_run_downloads_for_the_target_with_torch_only_stood_in(capsys, t
     out = capsys.readouterr().out
     requirements, stand_ins, command = out.splitlines()
     assert "verl==0.9.1" in requirements and "torch" not in requirements.split(":", 1)[1]
-    assert stand_ins.endswith("torch==2.13.0+provided wandb==9999+provided tensorboard==9999+provided "
-                              "ray==9999+provided")
+    assert stand_ins.endswith("torch==2.13.0+provided triton==9999+provided wandb==9999+provided "
+                              "tensorboard==9999+provided ray==9999+provided")
     words = shlex.split(command)
     assert words[1:4] == ["-m", "pip", "download"] and "--only-binary=:all:" in words
     for flag, value in (("--python-version", "3.12"), ("--abi", "cp312"), ("--implementation", "cp"),
