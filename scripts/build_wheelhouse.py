@@ -220,6 +220,13 @@ def write_lock(args: argparse.Namespace, dest: Path, command: list[str]) -> dict
         stand_in.unlink()
     wheels = sorted(dest.glob("*.whl"))
     metadata = {wheel.name: wheel_metadata(wheel) for wheel in wheels}
+    by_name: dict[str, list[str]] = {}
+    for file_name, meta in metadata.items():
+        by_name.setdefault(canonical(meta["name"]), []).append(file_name)
+    twice = {name: files for name, files in by_name.items() if len(files) > 1}
+    if twice:
+        raise SystemExit(f"error: {dest} holds several versions of {', '.join(twice)} ({twice}); remove the older "
+                         "files (or the folder) and build again")
     lock = sorted(f"{canonical(m['name'])}=={m['version']}" for m in metadata.values())
     (dest / "requirements.lock").write_text("".join(line + "\n" for line in lock))
     left_out = [*SLIM_LEFT_OUT, *(f"{name}[{extra}]'s extra packages" for name, extra in SLIM_WITHOUT_EXTRAS.items())]
@@ -323,9 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         build_pure_wheels(pip, sources_to_build(pip, work, requirements, constraints, links), args.output, work)
         subprocess.run(download, check=True)
         if args.slim:
+            # ray without its extra, its dependencies held to the versions the first pass chose.
+            pins = work / "first-pass.txt"
+            pins.write_text("".join(f"{m['name']}=={m['version']}\n" for m in map(wheel_metadata, args.output.glob("*.whl"))
+                                    if PROVIDED not in m["version"]))
             torch_only = [item for link in links if link.name == "torch" for item in ("--find-links", str(link))]
             subprocess.run(pip + ["download", "--quiet", "-d", str(args.output), *target_options(
-                args.python_version, args.platform), *torch_only, *_without_extras(args.output)], check=True)
+                args.python_version, args.platform), *torch_only, "-c", str(pins),
+                *_without_extras(args.output)], check=True)
         info = write_lock(args, args.output, [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     print_summary(info, args.output)
     print(f"[wheelhouse] built in {time.monotonic() - start:.0f} s")
