@@ -446,7 +446,8 @@ def _in_threads(jobs: dict) -> dict:
 
 
 def part_export(check: Check) -> str:
-    sources = {"full": Path(check.inputs.get("resume", {}).get("output_dir", "")), "lora": check.work / "runs" / "lora"}
+    # Part 3's resumed run (or its stopped half, if the resumption failed) and part 2's LoRA run.
+    sources = {"full": check.work / "runs" / "resume", "lora": check.work / "runs" / "lora"}
     missing = [f"{name} (no checkpoint in {path})" for name, path in sources.items() if _checkpoint_step(path) is None]
     # The two models are exported and evaluated at the same time (export works on the host; the two
     # evaluations fit one GPU together); on a CPU each evaluation gets half the cores.
@@ -694,14 +695,17 @@ def format_table(check: Check, parts: list["Part"]) -> str:
 
 
 def report(check: Check, parts: list["Part"], command: list[str]) -> dict:
-    runs = {name: run_figures(record, check) for name, record in check.runs.items()}
+    measured = [*check.args.full_configs.split(","), "lora"]
+    runs = {name: run_figures(record, check) for name, record in check.runs.items() if name in measured}
+    others = {name: {"steps_logged": sorted(record["metrics"]), "log": str(record["log"]), "error": record["error"]}
+              for name, record in check.runs.items() if name not in measured}
     inputs = {k: v for k, v in check.inputs.items() if k in ("device", "device_name", "peak_flops", "peak_label",
                                                              "nproc", "mean_context", "token_summary")}
     details = {k: check.inputs.get(k) for k in ("resume", "export", "plugins")}
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "command": shlex.join(command), "mode": check.args.mode_name,
             "machine": f"{os.uname().nodename}, {os.cpu_count()} CPUs", "inputs": inputs,
             "all_passed": all(p.status == "pass" for p in parts), "parts": [asdict(p) for p in parts],
-            "runs": runs, "details": details, "work_dir": str(check.work)}
+            "runs": runs, "other_runs": others, "details": details, "work_dir": str(check.work)}
 
 
 def write_report(check: Check, parts: list["Part"], command: list[str]) -> None:
