@@ -220,15 +220,21 @@ def evaluate(
     )
     sampled = None
     if sampling is not None:
-        sampled = [sampled_record(s, g, strict=strict_grading) for s, g in zip(to_generate, outputs)]
-        sampled_tokens = sum(x.output_tokens for g in outputs for x in g)
-        summary.update(summarize_sampled(sampled, sampling.num_samples), temperature=sampling.temperature,
-                       top_p=sampling.top_p, seed=sampling.seed, sampling_seconds=round(sampling_seconds, 3),
-                       sampled_output_tokens_per_second=round(sampled_tokens / sampling_seconds, 1)
-                       if sampling_seconds > 0 else None)
+        sampled = _sampled_pass(summary, to_generate, outputs, sampling, sampling_seconds, strict_grading)
     with writing(f"the evaluation's results to {output_dir}", "Free some space there, or choose another -o."):
         _write_outputs(output_dir, records, summary, sampled)
     return summary
+
+
+def _sampled_pass(summary: dict, to_generate: list, outputs: list[list[Generation]], sampling: Sampling,
+                  seconds: float, strict: bool) -> list[dict]:
+    """The sampled pass's records (samples.jsonl); its pass@k, maj@K and settings added to `summary`."""
+    sampled = [sampled_record(s, g, strict=strict) for s, g in zip(to_generate, outputs)]
+    sampled_tokens = sum(x.output_tokens for g in outputs for x in g)
+    summary.update(summarize_sampled(sampled, sampling.num_samples), temperature=sampling.temperature,
+                   top_p=sampling.top_p, seed=sampling.seed, sampling_seconds=round(seconds, 3),
+                   sampled_output_tokens_per_second=round(sampled_tokens / seconds, 1) if seconds > 0 else None)
+    return sampled
 
 
 def _timed_generate(generator: Generator, prompts: list[list[int]], sampling: Sampling, max_new_tokens: int,
