@@ -127,9 +127,13 @@ def test_quick_loop_round_two_trains_on_the_seed_data_and_only_correct_capped_sa
         correct_per_problem[row["id"]] = correct_per_problem.get(row["id"], 0) + bool(row["correct"])
     assert own["kept"] <= sum(min(c, 2) for c in correct_per_problem.values())  # correct, at most 2 a problem
     # prepare_data grades with the grader generate used: it drops exactly the samples marked wrong
-    # (an empty sample is set aside as a bad row, --on-error skip, before grading)
+    # (an empty sample is set aside as a bad row, --on-error skip, before grading), and every sample
+    # cut off at the token budget (finish_reason "length": dropped as truncated, whatever its answer)
     wrong = own["filtered"].get("wrong_answer", 0) + own["filtered"].get("no_answer_found", 0)
-    assert wrong + sum(own["rejected"].values()) == sum(not r["correct"] for r in rows)
+    truncated = own["filtered"].get("truncated", 0)
+    assert truncated <= sum(r["finish_reason"] == "length" for r in rows)
+    assert wrong + truncated + sum(own["rejected"].values()) == sum(
+        not r["correct"] or r["finish_reason"] == "length" for r in rows)
     assert set(own["rejected"]) <= {"empty_string"}
     assert own["train"] + own["val"] == own["kept"]
     assert manifest["counts"]["train"] == seed["train"] + own["train"]

@@ -12,7 +12,9 @@ TRAINER_MODULE = "verl.trainer.sft_trainer"
 """The module torchrun runs in each training process (sft/launcher.py torchrun_args)."""
 
 TORCHRUN_MODULE = "torch.distributed.run"
-"""What torchrun is, on its command line (the launcher runs `python -m torch.distributed.run`)."""
+AGENT_MODULES = (TORCHRUN_MODULE, "sft.launch.agent")
+"""What runs torchrun's agent, on its command line: torchrun itself (the TRL runs), or the
+launcher's wrapper of it (`python -m sft.launch.agent`, sft/launch/agent.py)."""
 
 
 def _tree(pid: int) -> list:
@@ -45,7 +47,7 @@ def process_tree_rss(pid: int) -> int:
 
 
 def _is_training_process(process, module: str) -> bool:
-    """A child of torchrun whose command line runs `module` (torchrun's own names it too)."""
+    """A child of torchrun's agent whose command line runs `module` (the agent's own names it too)."""
     import psutil
 
     try:
@@ -54,7 +56,8 @@ def _is_training_process(process, module: str) -> bool:
         parent_command = " ".join(parent.cmdline()) if parent is not None else ""
     except psutil.Error:
         return False
-    return module in command and TORCHRUN_MODULE not in command and TORCHRUN_MODULE in parent_command
+    return (module in command and not any(agent in command for agent in AGENT_MODULES)
+            and any(agent in parent_command for agent in AGENT_MODULES))
 
 
 @dataclass(frozen=True)
