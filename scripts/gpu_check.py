@@ -61,6 +61,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "scripts"):  # `import sft.x` and `import b
 import benchmark_training as bench  # noqa: E402
 
 from sft.common.files import write_text_atomic  # noqa: E402
+from sft.verl_plugins.compat import CPU_ONLY, PLUGINS  # noqa: E402
 
 PROBE_MODULE = "sft.bench.check_hooks"
 NEEDS_INPUTS = {"full", "lora", "resume", "export"}
@@ -473,7 +474,7 @@ def part_export(check: Check) -> str:
 # ---------------------------------------------------------------------------------------------
 # Part 5: which plugins each run loaded, and what each did.
 
-CPU_ONLY_PLUGINS = ("sft.verl_plugins.cpu_runtime", "sft.verl_plugins.frozen_upcast")
+CPU_ONLY_PLUGINS = tuple(p.module for p in PLUGINS if p.devices == CPU_ONLY)
 _SHARDED = re.compile(r"loaded each rank's shard from the safetensors files")
 _VERL_LOADING = re.compile(r"loading the model as verl does \((.*?); sft/verl_plugins/sharded_loading.py\)")
 _LORA_PRECISION = re.compile(r"LoRA: frozen base in (\S+), adapters in fp32 \((\d+) adapter tensors")
@@ -561,7 +562,7 @@ def _stop_evidence(check: Check, run: str, text: str) -> str:
     if run == "resume-stop":
         stop = _STOP.search(text)
         if not stop:
-            raise PartFailed(f"{run}: verl_fixes never said it stopped the run")
+            raise PartFailed(f"{run}: stop_file never said it stopped the run")
         return f"stop file honoured after step {stop.group(1)} with a checkpoint"
     if run == "resume-continue":
         resumed = _RESUMED.search(text)
@@ -582,12 +583,24 @@ def _frozen_upcast_evidence(check: Check, run: str, text: str) -> str:
         "; embedding and LM head vocabulary-parallel" if _VOCAB_PARALLEL.search(text) else "")
 
 
-EVIDENCE = {  # loaded module -> what shows it acted in one run's log and files (raises PartFailed if not)
-    "sft.verl_plugins.verl_fixes": _stop_evidence,
+def _checkpoint_fixes_evidence(check: Check, run: str, text: str) -> str:
+    if run == "resume-continue":
+        resumed = _RESUMED.search(text)
+        if not resumed:
+            raise PartFailed(f"{run}: no 'Found latest checkpoint' line: the resume did not find the stopped run's "
+                             "checkpoint")
+        return f"resumed from the newest complete checkpoint, global_step_{resumed.group(1)}"
+    return "loaded (acts on a resume: part 3)"
+
+
+EVIDENCE = {  # loaded module -> what shows it acted in one run's log and files (raises PartFailed if not);
+    # one entry per plugin of sft/verl_plugins/compat.py (tests/test_gpu_check.py holds them equal)
+    "sft.verl_plugins.checkpoint_fixes": _checkpoint_fixes_evidence,
+    "sft.verl_plugins.stop_file": _stop_evidence,
     "sft.verl_plugins.sharded_loading": sharded_loading_evidence,
     "sft.verl_plugins.lora_precision": lora_precision_evidence,
-    "sft.verl_plugins.cpu_runtime": _cpu_runtime_evidence,
-    "sft.verl_plugins.frozen_upcast": _frozen_upcast_evidence,
+    "sft.verl_plugins.cpu.runtime": _cpu_runtime_evidence,
+    "sft.verl_plugins.cpu.lora_wrapping": _frozen_upcast_evidence,
 }
 
 

@@ -50,7 +50,7 @@ def test_the_cpu_mode_runs_every_part_and_reports_each(tmp_path):
     plugins = report["details"]["plugins"]
     assert "sft.verl_plugins.lora_precision" in plugins["lora"]["loaded"]
     assert "sft.verl_plugins.lora_precision" not in plugins["ours"]["loaded"]
-    assert plugins["resume-stop"]["evidence"]["sft.verl_plugins.verl_fixes"].startswith("stop file honoured after step 2")
+    assert plugins["resume-stop"]["evidence"]["sft.verl_plugins.stop_file"].startswith("stop file honoured after step 2")
     assert "2 rank(s) of 2" in plugins["ours"]["evidence"]["sft.verl_plugins.sharded_loading"]
     assert "checkpoint: adapters float32, frozen base bfloat16" in plugins["lora"]["evidence"][
         "sft.verl_plugins.lora_precision"]
@@ -90,9 +90,9 @@ def test_the_plugins_are_read_from_the_command_the_launcher_printed():
                           "data.custom_cls.path=/repo/sft/verl_plugins/sft_dataset.py", "data.custom_cls.path="
                           "/repo/sft/bench/padded_dataset.py"])
     log = ("[verl-sft] command:\n  PYTHONPATH=/repo VERL_USE_EXTERNAL_MODULES=sft.bench.check_hooks,"
-           f"sft.verl_plugins.verl_fixes,sft.verl_plugins.sharded_loading OMP_NUM_THREADS=1 {command}\n")
+           f"sft.verl_plugins.stop_file,sft.verl_plugins.sharded_loading OMP_NUM_THREADS=1 {command}\n")
     modules, dataset = gpu_check.loaded_plugins(log)
-    assert modules == ["sft.verl_plugins.verl_fixes", "sft.verl_plugins.sharded_loading"]  # the check's hooks left out
+    assert modules == ["sft.verl_plugins.stop_file", "sft.verl_plugins.sharded_loading"]  # the check's hooks left out
     assert dataset == "/repo/sft/bench/padded_dataset.py"  # the user's override, last, is what verl used
     assert gpu_check.loaded_plugins("no command here\n") == ([], "")
 
@@ -187,3 +187,10 @@ def test_part_one_must_include_our_defaults(capsys):
     with pytest.raises(SystemExit):
         gpu_check.parse_args(["--full-configs", "original"])
     assert "must include ours" in capsys.readouterr().err
+
+
+def test_every_plugin_the_launcher_can_load_has_its_evidence_check():
+    from sft.verl_plugins.compat import CPU_ONLY, PLUGINS
+
+    assert set(gpu_check.EVIDENCE) == {plugin.module for plugin in PLUGINS}
+    assert set(gpu_check.CPU_ONLY_PLUGINS) == {p.module for p in PLUGINS if p.devices == CPU_ONLY} != set()

@@ -5,7 +5,7 @@ Usage (scripts/gpu_check.py sets these; not for training runs of your own):
         [SFT_STOP_FILE=PATH SFT_CHECK_STOP_AFTER=N] scripts/run_sft_training.sh ...
 
 SFT_CHECK_STOP_AFTER=N  rank 0 creates SFT_STOP_FILE at the end of step N, so that
-                        sft/verl_plugins/verl_fixes.py stops the run there with a checkpoint, as
+                        sft/verl_plugins/stop_file.py stops the run there with a checkpoint, as
                         slurm/lib/sft_slurm.sh does before a time limit (the step is exact, not a race
                         with a file written from outside).
 SFT_CHECK_PROBE_DIR=DIR each rank writes DIR/load_rank<R>.json once sft/verl_plugins/sharded_loading.py
@@ -15,7 +15,7 @@ SFT_CHECK_PROBE_DIR=DIR each rank writes DIR/load_rank<R>.json once sft/verl_plu
                         SFT_SHARDED_LOADING=0) writes no file.
 
 The launcher puts modules named in the environment before its own plugins, so this one is
-imported before verl_fixes and wraps TrainingWorker.step_profile first: verl_fixes' stop check,
+imported before stop_file and wraps TrainingWorker.step_profile first: stop_file's stop check,
 which wraps it in turn, then sees the file at the end of the same step. Nothing here changes
 what is computed.
 """
@@ -33,8 +33,8 @@ from sft.verl_plugins import sharded_loading
 from verl.workers.engine.fsdp import transformer_impl
 from verl.workers.engine_workers import TrainingWorker
 
-if "sft.verl_plugins.verl_fixes" in sys.modules and os.environ.get("SFT_CHECK_STOP_AFTER"):
-    raise RuntimeError("sft.bench.check_hooks must be imported before sft.verl_plugins.verl_fixes (name it first in "
+if "sft.verl_plugins.stop_file" in sys.modules and os.environ.get("SFT_CHECK_STOP_AFTER"):
+    raise RuntimeError("sft.bench.check_hooks must be imported before sft.verl_plugins.stop_file (name it first in "
                        "VERL_USE_EXTERNAL_MODULES), or the stop lands one step late")
 
 _STOP_AFTER = int(os.environ.get("SFT_CHECK_STOP_AFTER", "0") or 0)
