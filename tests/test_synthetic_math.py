@@ -209,11 +209,14 @@ def test_demo_model_and_tokenizer_counts(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sft.demo.tiny_model import build_tiny_model
+    from sft.launch.memory_plan import count_parameters
 
     spec = demo_model_spec()
     assert spec.num_layers == DEMO_RECIPE["model"]["num_layers"]
     path = build_tiny_model(tmp_path / "model", spec)
     model = AutoModelForCausalLM.from_pretrained(path)
+    # The count the demo's builder prints is the memory plan's arithmetic: it matches the built model.
+    assert count_parameters(json.loads((path / "config.json").read_text())) == sum(p.numel() for p in model.parameters())
     weights = model.model.layers[0].mlp.up_proj.weight.detach()
     assert abs(float(weights.std()) - spec.initializer_range) < 0.01  # the spec's init scale is used
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as `python sft/demo/tiny_model.py`: make `i
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sft.common.files import staging_directory
+from sft.launch.memory_plan import count_parameters
 
 # The Qwen2.5 chat template without its default system prompt: every message renders as
 # "<|im_start|>{role}\n{content}<|im_end|>\n". Rendering each message separately and
@@ -237,23 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     path = build_tiny_model(args.output_dir, spec, force=args.force)
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(path)
-    n_params = _count_parameters(config)
-    print(f"tiny model ready: {path} ({config.model_type}, {n_params / 1e6:.2f}M parameters, vocab {config.vocab_size})")
+    config = json.loads((Path(path) / "config.json").read_text())
+    n_params = count_parameters(config)  # the memory plan's count, from the shapes (no weights loaded)
+    print(f"tiny model ready: {path} ({config['model_type']}, {n_params / 1e6:.2f}M parameters, "
+          f"vocab {config['vocab_size']})")
     return 0
-
-
-def _count_parameters(config) -> int:
-    """Parameters of a Qwen2 config, counted from its shapes (no weights loaded)."""
-    h, i, v, n = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
-    kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    attn = h * h + 2 * h * kv + h * h + h + 2 * kv  # q, k, v, o weights and q/k/v biases
-    mlp = 3 * h * i
-    per_layer = attn + mlp + 2 * h
-    embed = v * h * (1 if config.tie_word_embeddings else 2)
-    return n * per_layer + embed + h
 
 
 if __name__ == "__main__":
