@@ -33,6 +33,7 @@ import os
 
 import pyarrow.parquet as pq
 
+from sft.common.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
 from sft.common.files import atomic_path, scratch_directory
 from sft.dataprep.jsonl_io import (
     DEFAULT_CHUNK_BYTES,
@@ -178,28 +179,28 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or str(Path(args.input).with_suffix(".parquet"))
     if os.path.abspath(output) == os.path.abspath(args.input):
         print(f"error: the output {output} would overwrite the input; pass -o", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     try:
         stats = convert_jsonl_to_parquet(args.input, output, args.on_error, args.rejects,
                                          int(args.chunk_mb * (1 << 20)), progress=not args.no_progress)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     except OSError as exc:  # a full disk, a folder without permission
         print(f"error: {exc.strerror or exc}: {exc.filename or output}; free space or fix the permissions, or pass "
               "another -o. Nothing was written.", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     except DataError as exc:
         print(f"error: {exc}\nFix the line, or rerun with --on-error skip to write bad rows to a rejects file. "
               "Nothing was written.", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"wrote {stats['output']}: {stats['rows_written']:,} rows "
           f"(read {stats['rows_read']:,}, {stats['blank_lines']:,} blank lines skipped)")
     print("columns: " + ", ".join(f"{name} ({kind})" for name, kind in stats["schema"].items()))
     if stats["rejected"]:
         detail = ", ".join(f"{k} {v:,}" for k, v in sorted(stats["rejected"].items()))
         print(f"rejected {sum(stats['rejected'].values()):,} rows ({detail}): see {stats['rejects_file']}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

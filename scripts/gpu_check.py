@@ -60,6 +60,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "scripts"):  # `import sft.x` and `import b
 
 import benchmark_training as bench  # noqa: E402
 
+from sft.common.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED  # noqa: E402
 from sft.common.files import write_text_atomic  # noqa: E402
 from sft.verl_plugins.compat import CPU_ONLY, PLUGINS  # noqa: E402
 
@@ -763,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print("error: no GPU visible to torch (CUDA build installed? CUDA_VISIBLE_DEVICES?). "
                   "scripts/gpu_check.sh --cpu-tiny runs the same parts on tiny shapes on CPU.", file=sys.stderr)
-            return 2
+            return EXIT_REFUSED
     check = Check(args, mode)
     command = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
     parts = [Part(name, number, title) for name, number, title, _ in PARTS]
@@ -779,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{mode.warmup_steps} warm-up + {mode.steps} measured steps of {mode.train_batch_size} samples")
     write_text_atomic(check.work / "gpu_check.md", f"{header}\n\n{table}\n")
     print(f"\n{header}\n\n{table}\n\n[gpu-check] report: {check.work / 'gpu_check.json'}", flush=True)
-    return 0 if all(p.status == "pass" for p in parts) else 1
+    return EXIT_OK if all(p.status == "pass" for p in parts) else EXIT_FAILED
 
 
 if __name__ == "__main__":

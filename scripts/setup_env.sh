@@ -34,14 +34,17 @@ WHEELHOUSE="${WHEELHOUSE:-}"  # offline: no index, the machine's torch kept
 
 cd "$REPO_ROOT"
 start=$SECONDS
+# Exit status (sft/common/errors.py EXIT_CODES): 2 refused before any work, 1 the install failed, whatever
+# status pip or Python gave it (pip's own 2 would otherwise read as a refusal).
+trap 'exit 1' ERR
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
   echo "error: $PYTHON is missing or older than Python 3.10; set PYTHON to a newer interpreter." >&2
-  exit 1
+  exit 2
 fi
 if [[ -n "$WHEELHOUSE" ]]; then
-  WHEELHOUSE="$(cd "$WHEELHOUSE" 2>/dev/null && pwd)" || { echo "error: WHEELHOUSE is not a folder: ${WHEELHOUSE}" >&2; exit 1; }
+  WHEELHOUSE="$(cd "$WHEELHOUSE" 2>/dev/null && pwd)" || { echo "error: WHEELHOUSE is not a folder: ${WHEELHOUSE}" >&2; exit 2; }
   for file in requirements.lock wheelhouse.json; do
-    [[ -f "$WHEELHOUSE/$file" ]] || { echo "error: $WHEELHOUSE has no $file; build it with scripts/build_wheelhouse.py -o $WHEELHOUSE" >&2; exit 1; }
+    [[ -f "$WHEELHOUSE/$file" ]] || { echo "error: $WHEELHOUSE has no $file; build it with scripts/build_wheelhouse.py -o $WHEELHOUSE" >&2; exit 2; }
   done
 fi
 if [[ -n "$WHEELHOUSE" && ! -x "$VENV_DIR/bin/python" ]]; then
@@ -50,7 +53,7 @@ if [[ -n "$WHEELHOUSE" && ! -x "$VENV_DIR/bin/python" ]]; then
   if [[ -n "$base_env" ]]; then
     echo "error: PYTHON=$PYTHON belongs to the virtual environment $base_env; a new environment made from it would" \
       "not see its torch. Install into it instead: WHEELHOUSE=$WHEELHOUSE VENV_DIR=$base_env scripts/setup_env.sh" >&2
-    exit 1
+    exit 2
   fi
 fi
 if [[ ! -x "$VENV_DIR/bin/python" ]]; then
@@ -66,7 +69,7 @@ if [[ -n "$EXTRA_REQUIREMENTS" ]]; then
   requirement_files+=("${extra[@]}")
 fi
 for file in "${requirement_files[@]}"; do
-  [[ -f "$file" ]] || { echo "error: requirements file not found: $file" >&2; exit 1; }
+  [[ -f "$file" ]] || { echo "error: requirements file not found: $file" >&2; exit 2; }
 done
 stamped_files=("${requirement_files[@]}")
 [[ -n "$WHEELHOUSE" ]] && stamped_files+=("$WHEELHOUSE/requirements.lock")

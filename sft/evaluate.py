@@ -77,7 +77,7 @@ import time
 from typing import Any
 
 from sft.common.cli import HelpFormatter
-from sft.common.errors import UserError
+from sft.common.errors import EXIT_OK, EXIT_REFUSED, UserError
 from sft.common.files import directory_problem, write_text_atomic, writing
 from sft.generation.backend import (
     GREEDY,
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
     print(format_summary(summary))
     if baseline is not None:
         table = compare_summaries(baseline, summary)
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     written = [RESULTS_FILE] + ([SAMPLES_FILE] if "pass_at_k" in summary else []) + [SUMMARY_JSON, SUMMARY_MD]
     print(f"wrote {', '.join(written)} to {args.output_dir} "
           f"({summary['generation_seconds']:.1f}s generating on {summary['device']})")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

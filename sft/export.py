@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 from sft.common.checkpoints import TRACKER_FILE, step_number
 from sft.common.cli import HelpFormatter
 from sft.common.dtypes import DTYPES, torch_dtype
-from sft.common.errors import UserError, exit_on_user_error
+from sft.common.errors import EXIT_OK, UserError, exit_on_user_error
 from sft.common.files import publish_directory, scratch_directory, writing
 from sft.common.model_files import ModelFilesError, check_tokenizer_dir, checked_tokenizer
 from sft.launch.run_record import copy_into_export
@@ -634,10 +634,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status 0 exported, 2 a problem with the checkpoint, the output or verl (one line on stderr)."""
+    """Exit status: EXIT_CODES in sft/common/errors.py (0 exported; 2 refused, one line on stderr)."""
     args = parse_args(argv)
     return exit_on_user_error(
-        lambda: export_checkpoint(args.checkpoint, args.output_dir, dtype=args.dtype, force=args.force) and 0, "error")
+        lambda: export_checkpoint(args.checkpoint, args.output_dir, dtype=args.dtype, force=args.force) and EXIT_OK,
+        "error")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ import time
 from typing import Any
 
 from sft.common.cli import HelpFormatter
-from sft.common.errors import UserError, exit_on_user_error
+from sft.common.errors import EXIT_OK, UserError, exit_on_user_error
 from sft.common.files import write_json_atomic, write_text_atomic
 from sft.generation.backend import (
     Generation,
@@ -437,7 +437,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress, chat_settings=args.chat_settings, reasoning=args.reasoning,
     )
     print(format_summary(record["summary"], Path(args.output_dir)))
-    return 0
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from sft.common.errors import exit_on_user_error
+from sft.common.errors import EXIT_OK, exit_on_user_error
 from sft.common.files import writing
 from sft.launch.output_lock import held_by_another, lock_output_dir
 from sft.launch.preflight import Preflight, build_typed_sections, check_overrides, config_dir_for, memory_plan_for
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
         args = args[1:]
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
-        return 0
+        return EXIT_OK
     return exit_on_user_error(lambda: launch(args, env), "[verl-sft] error")
 
 

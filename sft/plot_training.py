@@ -21,6 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python sft/plot_training.py`: make `import sft.x` work
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sft.common.errors import EXIT_OK, EXIT_REFUSED
 from sft.common.files import atomic_path
 
 _CONSOLE_STEP = re.compile(r"step:(\d+) - (.*)")
@@ -90,14 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         path = plot_loss(metrics, args.output, args.title)
     except OSError as exc:
         print(f"error: cannot read {args.log}: {exc.strerror}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     except ValueError as exc:
         print(f"error: {args.log}: {exc}. Is it the output of a training run?", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     losses = metrics["train/loss"]
     first, last = min(losses), max(losses)
     print(f"loss plot: {path} (train/loss {losses[first]:.3f} at step {first} -> {losses[last]:.3f} at step {last})")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

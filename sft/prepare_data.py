@@ -91,6 +91,7 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 
+from sft.common.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
 from sft.common.files import atomic_path, write_json_atomic
 from sft.dataprep.config import PrepareConfig, add_arguments, config_from_args
 from sft.dataprep.jsonl_io import DataError, InputError, ensure_writable_dir, file_sha256
@@ -1051,21 +1052,21 @@ def main(argv: list[str] | None = None) -> int:
                                 command={"argv": sys.argv[1:] if argv is None else list(argv), "cwd": os.getcwd()})
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     except OSError as exc:  # a full disk, a file or folder without permission: one line, never a traceback
         print(f"error: {os_error_message(exc, args.output_dir)}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     except DataError as exc:
         rejects = os.path.join(args.output_dir, "rejects.jsonl")
         print(f"error: {exc}\nFix the row, or rerun with --on-error skip to set bad rows aside in {rejects} "
               "and continue. Nothing was written.", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(format_report(manifest, args.output_dir))
     if manifest["counts"]["train"] == 0:
         print("error: no rows left for training; see the counts above (nothing but manifest.json and rejects were written)",
               file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

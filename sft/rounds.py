@@ -32,7 +32,7 @@ import re
 from typing import Any, Iterable
 
 from sft.common.cli import HelpFormatter
-from sft.common.errors import UserError, exit_on_user_error
+from sft.common.errors import EXIT_OK, UserError, exit_on_user_error
 from sft.common.files import write_text_atomic
 
 ROUNDS_MD = "rounds.md"
@@ -205,7 +205,7 @@ def _run(args: argparse.Namespace) -> int:
         print(check_heldout(args.check_heldout, args.training, args.prompt_key))
     else:
         print(write_table(args.table, _seconds(args.seconds)))
-    return 0
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

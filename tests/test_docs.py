@@ -17,6 +17,8 @@ Run: .venv/bin/python -m pytest -q tests/test_docs.py
   * Other repository scripts exist, are executable, pass `bash -n`, and read the settings the line sets.
   Also: the runs of a sweep get distinct output directories, and the quick start exports the
   directories its training commands write.
+- The exit-status table of sft/README.md is `exit_code_table()` of sft/common/errors.py, the commands
+  return its constants, and each command refuses one mistake with the status the table gives.
   The dry runs are split in two so that verl is imported once rather than once per command (the
   import takes several seconds). First the real bash launcher or batch file runs, with PYTHON set
   to a stand-in that records the environment and arguments it gets for `python -m sft.launcher`.
@@ -660,3 +662,101 @@ def test_split_dry_run_composes_what_a_real_dry_run_composes(dry_runs):
     assert result.returncode == 0, result.stdout[-4000:]
     real = DryRun(result, 0, result.stdout).composed()
     assert real and real == dry_runs.of(command).composed()
+
+
+# ---------------------------------------------------------------------------------------------
+# Exit statuses: the table is the code's, and each command returns what it documents.
+
+
+def _sft_readme_table(header: str) -> str:
+    lines = SFT_README.read_text().splitlines()
+    first = lines.index(header)
+    end = next(i for i in range(first, len(lines)) if not lines[i].startswith("|"))
+    return "\n".join(lines[first:end])
+
+
+def test_the_readme_exit_status_table_is_the_code_table():
+    from sft.common.errors import exit_code_table
+
+    assert _sft_readme_table("| Command | Exit status | Meaning |") == exit_code_table()
+
+
+def _command_modules() -> dict[str, Path]:
+    from sft.common.errors import EXIT_CODES
+
+    return {path: REPO_ROOT / path for command in EXIT_CODES for path in re.findall(r"[\w/]+\.py", command)}
+
+
+def test_the_commands_return_the_declared_statuses_not_numbers_of_their_own():
+    """main() (and the _run it wraps) return EXIT_OK, EXIT_FAILED or EXIT_REFUSED, so the table cannot drift."""
+    import ast
+
+    modules = _command_modules()
+    assert {"sft/prepare_data.py", "sft/launcher.py", "sft/export.py", "sft/evaluate.py", "sft/generate.py",
+            "scripts/gpu_check.py"} <= set(modules)
+    literal = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name in ("main", "_run"):
+                literal += [f"{name}:{n.lineno}" for n in ast.walk(node) if isinstance(n, ast.Return)
+                            and isinstance(n.value, ast.Constant) and isinstance(n.value.value, int)]
+    assert not literal, f"return a constant of sft/common/errors.py instead: {literal}"
+
+
+def _refusals(tmp_path: Path) -> dict[str, "tuple[callable, str]"]:
+    """One refusal per command: (a call returning its exit status, a fragment of its one-line message)."""
+    from conftest import launcher_env
+    from sft import evaluate, export, generate, launcher, plot_training, prepare_data, rounds
+
+    missing = str(tmp_path / "missing.jsonl")
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps({"id": "p0", "prompt": "What is 1 + 1?", "answer": "2"}) + "\n")
+    empty = tmp_path / "empty-wheelhouse"
+    empty.mkdir()
+    setup_env = {**os.environ, "PYTHON": sys.executable, "VENV_DIR": str(tmp_path / "venv"), "WHEELHOUSE": str(empty)}
+    launch_env = {**launcher_env(TRAIN_FILE=str(tmp_path / "train.parquet"), OUTPUT_DIR=str(tmp_path / "out")),
+                  "SFT_MODE": "full"}
+
+    def script(path: str, *args: str, env=None):
+        def run():
+            done = subprocess.run([sys.executable, str(REPO_ROOT / path), *args] if path.endswith(".py")
+                                  else [str(REPO_ROOT / path), *args], env=env, capture_output=True, text=True)
+            sys.stderr.write(done.stderr)
+            return done.returncode
+        return run
+
+    return {
+        "sft/prepare_data.py": (lambda: prepare_data.main([missing, "-o", str(tmp_path / "data")]), "does not exist"),
+        "scripts/run_sft_training.sh, scripts/run_sft_peft.sh (sft/launcher.py)":
+            (lambda: launcher.main(["--"], env=launch_env), "TRAIN_FILE not found"),
+        "sft/export.py (scripts/export_checkpoint.sh)": (lambda: export.main([str(tmp_path / "none")]),
+                                                         "checkpoint not found"),
+        "sft/evaluate.py": (lambda: evaluate.main([str(tmp_path), str(problems), "-o", str(tmp_path / "eval")]),
+                            "is not a Hugging Face model directory"),
+        "sft/generate.py": (lambda: generate.main([str(tmp_path), str(problems), "-o", str(tmp_path / "gen")]),
+                            "error: "),
+        "scripts/gpu_check.sh (scripts/gpu_check.py)": (script("scripts/gpu_check.py", "--work-dir", str(tmp_path / "g")),
+                                                        "no GPU visible"),
+        "scripts/setup_env.sh": (script("scripts/setup_env.sh", env=setup_env), "has no requirements.lock"),
+        "scripts/convert_jsonl_to_parquet.py": (script("scripts/convert_jsonl_to_parquet.py", missing), "error: "),
+        "sft/plot_training.py": (lambda: plot_training.main([missing, "-o", str(tmp_path / "loss.png")]),
+                                 "cannot read"),
+        "sft/rounds.py": (lambda: rounds.main(["--check-heldout", str(problems), "--training", missing]),
+                          "no such file"),
+    }
+
+
+@pytest.mark.parametrize("command", list(__import__("sft.common.errors", fromlist=["EXIT_CODES"]).EXIT_CODES))
+def test_each_command_refuses_with_its_documented_status(command, tmp_path, capsys):
+    from sft.common.errors import EXIT_CODES, EXIT_REFUSED
+
+    if command.startswith("scripts/gpu_check"):
+        torch = pytest.importorskip("torch")
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is visible: gpu_check would run, not refuse")
+    call, message = _refusals(tmp_path)[command]
+    status = call()
+    err = capsys.readouterr().err
+    assert status == EXIT_REFUSED and str(EXIT_REFUSED) in EXIT_CODES[command], (command, status, err[-2000:])
+    assert message in err and "Traceback" not in err, err[-2000:]
+    assert not (tmp_path / "venv").exists() and not (tmp_path / "out").exists()  # refused before any work

@@ -343,7 +343,7 @@ def test_cli_writes_results_and_comparison(base_and_memorised_models, graded_pro
 
 
 def test_cli_errors_and_help(base_and_memorised_models, tmp_path, capsys):
-    assert ev.main([str(tmp_path), str(tmp_path / "x.jsonl"), "-o", str(tmp_path / "o")]) == 1
+    assert ev.main([str(tmp_path), str(tmp_path / "x.jsonl"), "-o", str(tmp_path / "o")]) == 2
     assert "is not a Hugging Face model directory" in capsys.readouterr().err
     help_text = subprocess.run(
         [sys.executable, str(REPO_ROOT / "sft" / "evaluate.py"), "--help"], capture_output=True, text=True, check=True

@@ -515,7 +515,7 @@ def test_evaluation_checks_its_output_location_and_model_before_generating(tmp_p
     (tmp_path / "a file").write_text("")
     generated = []
     monkeypatch.setattr(evaluate.Generator, "generate", lambda *a, **k: generated.append(1) or [])
-    assert evaluate.main([str(tiny_model_dir), str(data), "-o", str(tmp_path / "a file")]) == 1
+    assert evaluate.main([str(tiny_model_dir), str(data), "-o", str(tmp_path / "a file")]) == 2
     err = capsys.readouterr().err
     assert "--output-dir" in err and "is a file, not a directory" in err and "Traceback" not in err and not generated
     no_tokenizer = _model_copy(tiny_model_dir, tmp_path, "no-tokenizer")

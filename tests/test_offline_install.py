@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
+from sft.common.errors import EXIT_FAILED, EXIT_REFUSED
 
 _spec = importlib.util.spec_from_file_location("build_wheelhouse", REPO_ROOT / "scripts" / "build_wheelhouse.py")
 wheelhouse = importlib.util.module_from_spec(_spec)
@@ -127,7 +128,7 @@ def test_setup_env_checks_torch_then_installs_the_wheelhouse_offline_and_keeps_t
     python = tmp_path / "venv" / "bin" / "python"
     old = _offline_env(tmp_path, _provided_torch(tmp_path / "old", version="2.4.1+cu121"), wheelhouse_dir)
     refused = subprocess.run(setup, env=old, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 1
+    assert refused.returncode == EXIT_FAILED  # found while installing: the install failed
     assert "the installed torch 2.4.1+cu121 is refused by: accelerate 1.16.0 needs torch>=2.6.0" in refused.stderr
     assert "--system-site-packages" in refused.stdout  # the environment sees its base Python's torch
     assert subprocess.run([str(python), "-c", "import verl_sft_offline_probe"], env=old).returncode != 0
@@ -148,7 +149,7 @@ def test_setup_env_names_a_folder_that_is_not_a_wheelhouse(tmp_path):
     (tmp_path / "empty").mkdir()
     env = _offline_env(tmp_path, tmp_path, tmp_path / "empty")
     result = subprocess.run([str(REPO_ROOT / "scripts" / "setup_env.sh")], env=env, capture_output=True, text=True)
-    assert result.returncode == 1 and "has no requirements.lock; build it with scripts/build_wheelhouse.py" in result.stderr
+    assert result.returncode == EXIT_REFUSED and "has no requirements.lock; build it with scripts/build_wheelhouse.py" in result.stderr
     assert not (tmp_path / "venv").exists()
 
 
@@ -157,5 +158,5 @@ def test_setup_env_will_not_build_an_environment_blind_to_a_venvs_torch(tmp_path
     env = _offline_env(tmp_path, tmp_path, wheelhouse_dir)
     env["PYTHON"] = str(REPO_ROOT / ".venv" / "bin" / "python")  # a virtual environment's interpreter
     result = subprocess.run([str(REPO_ROOT / "scripts" / "setup_env.sh")], env=env, capture_output=True, text=True)
-    assert result.returncode == 1 and "a new environment made from it would not see its torch" in result.stderr
+    assert result.returncode == EXIT_REFUSED and "a new environment made from it would not see its torch" in result.stderr
     assert "VENV_DIR=" in result.stderr and not (tmp_path / "venv").exists()

@@ -80,7 +80,7 @@ mapfile -d '' _sft_settings < <(PYTHONPATH="$SFT_REPO_ROOT${PYTHONPATH:+:$PYTHON
 if ((${#_sft_settings[@]} == 0 || ${#_sft_settings[@]} % 2)); then
   echo "scripts/lib/sft_env.sh: \`$PYTHON -m sft.launch.settings --export\` failed (SFT_MODE=$SFT_MODE)." \
     "Set PYTHON to an interpreter with this project's requirements (scripts/setup_env.sh)." >&2
-  exit 1
+  exit 2  # refused before any work (sft/common/errors.py EXIT_CODES)
 fi
 for ((_sft_i = 0; _sft_i < ${#_sft_settings[@]}; _sft_i += 2)); do
   printf -v "${_sft_settings[_sft_i]}" '%s' "${_sft_settings[_sft_i + 1]}"

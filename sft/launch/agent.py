@@ -15,6 +15,8 @@ from __future__ import annotations
 import signal
 import sys
 
+from sft.common.errors import EXIT_FAILED, EXIT_OK
+
 
 def main(argv: list[str]) -> int:
     from torch.distributed import run as torchrun
@@ -25,7 +27,7 @@ def main(argv: list[str]) -> int:
         torchrun.main(argv)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        status = failure.exitcode if isinstance(failure.exitcode, int) and failure.exitcode > 0 else 1
+        status = failure.exitcode if isinstance(failure.exitcode, int) and failure.exitcode > 0 else EXIT_FAILED
         cause = f"signal {-failure.exitcode}" if isinstance(failure.exitcode, int) and failure.exitcode < 0 \
             else f"status {failure.exitcode}"
         print(f"[verl-sft] training failed: rank {rank} ended with {cause} (its output above says why). Rerunning the "
@@ -36,7 +38,7 @@ def main(argv: list[str]) -> int:
         print(f"[verl-sft] training stopped by {name}; rerunning the same command resumes from the newest complete "
               "checkpoint.", file=sys.stderr, flush=True)
         return 128 + int(exc.sigval)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
