@@ -80,6 +80,50 @@ def test_the_readme_file_tree_lists_every_product_file_with_a_comment():
     assert not uncommented, f"tree entries without a comment: {uncommented}"
 
 
+_TOP_FOLDERS = ("sft/", "scripts/", "slurm/", "tests/", ".ci/")
+
+
+def _overview_owners() -> dict[str, str]:
+    """{path: what it owns} of the overview's "What each file owns" table. A cell lists paths; a
+    name without a top folder is in the folder of the last full path before it (`compat.py`, `cpu/runtime.py`)."""
+    text = (REPO_ROOT / "SFT_FRAMEWORK_OVERVIEW.md").read_text()
+    section = text.split("## What each file owns", 1)[1].split("\n## ", 1)[0]
+    owners = {}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cell, owns = line.strip("|").split("|", 1)
+        folder = ""
+        for item in re.findall(r"`([^`]+)`", cell):
+            if item.startswith(_TOP_FOLDERS):
+                folder = item if item.endswith("/") else item.rsplit("/", 1)[0] + "/"
+                owners[item] = owns.strip()
+            else:
+                owners[folder + item] = owns.strip()
+    return owners
+
+
+def test_the_overview_says_what_owns_every_product_file():
+    owners = _overview_owners()
+    folders = [path for path in owners if path.endswith("/")]
+    missing = [path for path in _tracked("sft", "scripts", "slurm")
+               if path not in owners and not any(path.startswith(folder) for folder in folders)]
+    assert not missing, f"files missing from SFT_FRAMEWORK_OVERVIEW.md's 'What each file owns': {missing}"
+    stale = [path for path in owners if not (REPO_ROOT / path).exists()]
+    assert not stale, f"the overview's file table names paths that do not exist: {stale}"
+
+
+def test_benchmark_support_is_imported_by_no_product_module():
+    """sft/bench/ is benchmark and test support (the README's tree says why it sits inside sft/): the product
+    never depends on it, so the commands run the same without it."""
+    modules = _product_modules()
+    users = sorted(name for name, tree in modules.items() if not name.startswith("sft.bench")
+                   and any(m == "sft.bench" or m.startswith("sft.bench.") for m in _imported_modules(tree)))
+    assert not users, f"product modules import sft/bench/: {users}"
+    tree = _readme_tree()
+    assert "module name" in tree["sft/bench/"], f"the README's tree does not say why sft/bench/ is in sft/: {tree['sft/bench/']}"
+
+
 def _product_modules() -> dict[str, "object"]:
     import ast
 
