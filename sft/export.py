@@ -29,10 +29,10 @@ splits off the LoRA adapter. Two of its behaviours are corrected here, both chec
     leaves the LoRA deltas out of the full weights (upstream verl issue 4553). This export
     applies them and keeps the adapter beside the merged model. The values are those of PEFT's
     `merge_and_unload` on a float32 model, cast once to `--dtype`; computed one weight at a time
-    (W + scaling * B @ A in float32, rounded once), so the model is never held in float32: a
-    Qwen2.5-1.5B-shape LoRA export to bf16 peaked at 1.5x the exported bytes, was 3.2x
-    (scripts/benchmark_export.py).
-    Adapters other than plain LoRA on linear layers are still merged by PEFT itself.
+    (W + scaling * B @ A in float32, rounded once), so the model is never held in float32, which
+    keeps the peak near the exported bytes (measured by scripts/benchmark_export.py; figures in
+    SFT_FRAMEWORK_OVERVIEW.md). Adapters other than plain LoRA on linear layers are merged by PEFT
+    itself.
 
 The export is built in a temporary sibling directory and renamed into place at the end
 (sft/common/files.py's publish_directory), so an interrupted export never leaves a
