@@ -88,6 +88,8 @@ CALL_TURN_ENDS = {
     "seed-oss": "</seed:tool_call><seed:eos>",
     "ministral-3-reasoning": "</s>",
     "nemotron-3-nano": "</tool_call>\n<|im_end|>",
+    "qwq-32b": "</tool_call><|im_end|>",
+    "minimax-m2": "</minimax:tool_call>[e~[",
 }
 NO_REASONING = {  # templates that drop content beside a call, or whose model calls tools without reasoning
     "llama-3.1-instruct": "<|eot_id|>",
@@ -122,6 +124,8 @@ def test_deepseek_v3_1_takes_arguments_as_json_text_and_trains_its_call_tokens(f
     ("smollm3", "does not write assistant tool calls"),       # renders the call-only turn empty
     ("phi-3.5-mini", "does not write assistant tool calls"),  # fails on a call; drops tool messages
     ("gemma-2-it", "does not write assistant tool calls"),
+    ("gemma-3-it", "does not write assistant tool calls"),    # raises on them
+    ("kimi-k2-thinking", "does not write assistant tool calls"),  # its call loop fails in the sandbox
     ("deepseek-v3.1", "does not write the tools list"),       # tools belong in its system prompt
 ])
 def test_a_template_that_cannot_render_tools_is_refused_with_the_fix(name, refused, family):

@@ -14,7 +14,8 @@ flags win or the row fails (a field the user named is never replaced by another)
   style ({role, content, reasoning_content?, tool_calls?}; content as a list of text parts is
   joined) or ShareGPT ({from, value}: human/user -> user, gpt/assistant -> assistant, system,
   function_call -> an assistant tool call, observation/tool -> a tool result). A top-level system
-  field (--system-key, ShareGPT's `system`) is the system message when the conversation has none.
+  field (--system-key, ShareGPT's `system`) is the system message when the conversation has none; the
+  tools list (--tools-key, default `tools`; a list or its JSON text) goes to Sample.tools in OpenAI's form.
 - flat: the prompt from --prompt-key (default `prompt`) or --prompt-template ('{instruction}\n\n{input}'),
   the reply from --response-key (default `generated_solution`). Reasoning in a field of its own
   (--reasoning-key, or `reasoning_content`/`reasoning`/`thinking` when present) becomes the

@@ -53,6 +53,12 @@ earlier turns differently from how they were trained, the text between two turns
 render with placeholders. Every text piece is tokenized on its own (sft.text.chat_tokens), so the
 context tokens are exactly the tokens of the rendered prompt.
 
+Tool calls (an assistant's `tool_calls`), tool results (`role: tool`) and the tools list a prompt
+offers (`encode(messages, tools)`) are handed to the template in the form it reads, found by probes
+in sft/text/tool_format.py; a turn that makes calls is trained as the template writes it, its
+reasoning, content and calls up to the token that ends it. A template that would render the
+conversation without its calls, results, tools list or the content beside a call is refused.
+
 A template that cannot render a conversation raises TemplateError with one line: which
 template, what it refused and what to do; so does a generation prompt that closes the reasoning
 of a reply that has some (a forced --chat-template-kwargs). Variables a template needs and

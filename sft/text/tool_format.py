@@ -204,6 +204,15 @@ class ToolFormat:
                 "results": self.results_problem or "rendered", "tools_list": self.tools_problem or "rendered"}
 
 
+def _why(exc: Exception) -> str:
+    """The template's own error, without the renderer's prefix (sft.text.chat_format's "refused the conversation")."""
+    text = str(exc).strip()
+    if "refused the conversation" in text:
+        text = text.split("]:", 1)[-1].strip()
+    text = text.splitlines()[0] if text else ""
+    return text[:160] or type(exc).__name__
+
+
 def _probe_call(arguments: Any, content: Any) -> dict:
     return {"role": "assistant", "content": content, "tool_calls": [
         {"type": "function", "id": CALL_ID, "function": {"name": CALL_NAME, "arguments": arguments}}]}
@@ -226,7 +235,7 @@ def probe_tools(render: Callable[..., str], user: list[dict]) -> ToolFormat:
             try:
                 text = render(user + [_probe_call(arguments, content)], False, None)
             except Exception as exc:  # noqa: BLE001 - the template refuses this form
-                seen = f"it raises on a call ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+                seen = f"it raises on a call ({_why(exc)})"
                 continue
             if _shows_call(text):
                 found = (name, content)
@@ -247,7 +256,7 @@ def _probe_results(render, user: list[dict], call: dict) -> str | None:
     try:
         text = render(user + [call, result], True, None)
     except Exception as exc:  # noqa: BLE001 - the template refuses the role
-        return f"it raises on a tool message ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+        return f"it raises on a tool message ({_why(exc)})"
     return None if RESULT_MARK in text else "a tool message's content is missing from its render"
 
 
@@ -257,6 +266,6 @@ def _probe_tools_list(render, user: list[dict]) -> str | None:
     try:
         text = render(user, True, {"tools": tools})
     except Exception as exc:  # noqa: BLE001 - the template refuses a tools list
-        return f"it raises on a tools list ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+        return f"it raises on a tools list ({_why(exc)})"
     return None if TOOL_NAME in text and TOOL_DESCRIPTION in text else "a tool's name and description are missing " \
         "from the prompt rendered with tools=[...]"
