@@ -201,3 +201,23 @@ def test_a_run_without_tools_keeps_the_plain_messages_schema(tmp_path):
     _prepare(tmp_path, [{"prompt": "2+2?", "generated_solution": "4"}])
     schema = pq.read_schema(tmp_path / "out" / "train.parquet")
     assert "tools" not in schema.names and schema.field("messages").type.value_type.num_fields == 2
+
+
+def test_llamafactory_sharegpt_function_calls_train_the_call_and_the_answer(tmp_path, family):
+    from pathlib import Path
+
+    from sft.verl_plugins.sft_dataset import ChatTemplateSFTDataset
+
+    tokenizer, _ = family("qwen3")
+    fixture = Path(__file__).resolve().parent / "assets" / "data_layouts" / "llamafactory_sharegpt_tools.jsonl"
+    rows = [json.loads(line) for line in fixture.read_text().splitlines()]
+    manifest = _prepare(tmp_path, rows, tokenizer.name_or_path)
+    assert manifest["counts"]["rejected"] == {}
+    path = tmp_path / "out" / "train.parquet"
+    item = ChatTemplateSFTDataset([str(path)], tokenizer, {"max_length": 4096, "pad_mode": "no_padding"})[0]
+    ids, mask = item["input_ids"].tolist(), item["loss_mask"].tolist()
+    spans = [decode(tokenizer, ids[a:b]) for a, b in trained_spans(mask)]
+    assert spans == ['<think>\n\n</think>\n\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "17 * 23"}}'
+                     "\n</tool_call><|im_end|>", "<think>\n\n</think>\n\n17 * 23 = 391.<|im_end|>"]
+    context = decode(tokenizer, [t for t, m in zip(ids, mask) if not m])
+    assert '"name": "calculator"' in context and "<tool_response>\n{\"result\": 391}\n</tool_response>" in context

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sft.dataprep.config import PrepareConfig
-from sft.dataprep.jsonl_io import loads_exact
+from sft.dataprep.jsonl_io import InputError, loads_exact
 from sft.dataprep.scan import MESSAGES_COLUMN
 from sft.dataprep.spill import (
     CONVERSATION_COLUMN,
@@ -95,7 +95,7 @@ def output_schema(spill_schema: pa.Schema, encoding: dict) -> pa.Schema:
     fields += [f for f in spill_schema if f.name not in INTERNAL_COLUMNS]
     if tools:
         if TOOLS_OUTPUT_COLUMN in spill_schema.names:
-            raise ValueError(f"the rows have a {TOOLS_OUTPUT_COLUMN!r} field that is not their tools list, and the "
+            raise InputError(f"the rows have a {TOOLS_OUTPUT_COLUMN!r} field that is not their tools list, and the "
                              f"output writes the tools list there; rename that field or name it with --tools-key")
         fields.append(pa.field(TOOLS_OUTPUT_COLUMN, pa.string()))
     return pa.schema(fields, metadata={PARQUET_METADATA_KEY: orjson.dumps(encoding)})

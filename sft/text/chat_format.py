@@ -732,26 +732,7 @@ class ChatFormat:
                                 f"{_roles(history + [{'role': 'assistant'}])}")
         at = placeholder.index(_REPLY)
         head, closing = placeholder[:at], placeholder[at + len(_REPLY):]
-        start = self._reply_start(prompt, head)
-        generation = self.generation_prompt
-        if start is not None:
-            scaffold = head[start:]  # where the prompt opened the block, the template may close an empty one
-        elif any(m["role"] == "tool" for m in history) and generation.strip() and prompt.endswith(generation) \
-                and generation in head:
-            # After tool results the prompt keeps the reasoning of the turns that called the tools, which the
-            # render of a finished reply drops (gpt-oss): the reply follows the prompt, with the text the
-            # template writes between its generation prompt and a reply.
-            scaffold = head[head.rindex(generation) + len(generation):]
-            flags.add(FLAG_HISTORY)
-        else:
-            from sft.text.reasoning_format import template_variables
-
-            part = token_boundary(prompt, common_prefix(prompt, head), self._added)
-            variables = ", ".join(template_variables(self.tokenizer.chat_template)[:8]) or "none"
-            raise TemplateError(f"the chat template of {self.name} renders the prompt of {_roles(history)} differently "
-                                f"when a reply follows (ending {head[part:][-40:]!r}) than with the generation prompt "
-                                f"(ending {prompt[part:][-40:]!r}), so the reply's place is unknown; set the template "
-                                f"variable that makes them agree with --chat-template-kwargs (it reads: {variables})")
+        scaffold = self._scaffold(history, prompt, head, flags)
         if carrier is not None:
             text = fmt.opening + reasoning.strip() + fmt.closing + answer.lstrip()
             text = self._without_opening(text, opened) if opened else text
@@ -765,6 +746,29 @@ class ChatFormat:
             flags.add(FLAG_TEMPLATE_TEXT)
         end_of_turn, after = self._end_of_turn(closing)
         return self._finish(scaffold + text, end_of_turn, after, OUTCOME_INSERTED, flags, opened)
+
+    def _scaffold(self, history: list[dict], prompt: str, head: str, flags: set[str]) -> str:
+        """What the template writes between `prompt` and a reply, read from `head` (a render with a placeholder
+        reply, up to the placeholder); TemplateError when the reply's place in it is unknown."""
+        start = self._reply_start(prompt, head)
+        generation = self.generation_prompt
+        if start is not None:
+            return head[start:]  # where the prompt opened the block, the template may close an empty one
+        if any(m["role"] == "tool" for m in history) and generation.strip() and prompt.endswith(generation) \
+                and generation in head:
+            # After tool results the prompt keeps the reasoning of the turns that called the tools, which the
+            # render of a finished reply drops (gpt-oss): the reply follows the prompt, with the text the
+            # template writes between its generation prompt and a reply.
+            flags.add(FLAG_HISTORY)
+            return head[head.rindex(generation) + len(generation):]
+        from sft.text.reasoning_format import template_variables
+
+        part = token_boundary(prompt, common_prefix(prompt, head), self._added)
+        variables = ", ".join(template_variables(self.tokenizer.chat_template)[:8]) or "none"
+        raise TemplateError(f"the chat template of {self.name} renders the prompt of {_roles(history)} differently "
+                            f"when a reply follows (ending {head[part:][-40:]!r}) than with the generation prompt "
+                            f"(ending {prompt[part:][-40:]!r}), so the reply's place is unknown; set the template "
+                            f"variable that makes them agree with --chat-template-kwargs (it reads: {variables})")
 
     def _call_message(self, content: str, calls: list[dict]) -> dict:
         """A turn that makes tool calls as the template reads it: its reasoning in the template's carrier (as
