@@ -90,11 +90,14 @@ CALL_TURN_ENDS = {
     "nemotron-3-nano": "</tool_call>\n<|im_end|>",
     "qwq-32b": "</tool_call><|im_end|>",
     "minimax-m2": "</minimax:tool_call>[e~[",
+    "solar-open-100b": "<|tool_call:end|><|calls|>",
+    "nemotron-nano-v2": "</TOOLCALL><SPECIAL_12>",
 }
 NO_REASONING = {  # templates that drop content beside a call, or whose model calls tools without reasoning
     "llama-3.1-instruct": "<|eot_id|>",
     "mistral-nemo-instruct": "</s>",
     "hermes-3-tool-use": "</tool_call><|im_end|>",
+    "llama-3.2-instruct": "<|eot_id|>",
 }
 
 
@@ -111,12 +114,15 @@ def test_each_template_trains_the_call_turn_and_the_answer_in_its_own_format(nam
     assert USER in context and RESULT in context and "Run Python code" in context
 
 
-def test_deepseek_v3_1_takes_arguments_as_json_text_and_trains_its_call_tokens(family):
-    tokenizer, chat = family("deepseek-v3.1")
+@pytest.mark.parametrize("name, call_end", [
+    ("deepseek-v3.1", 'python<｜tool▁sep｜>{"code": "print(17 * 23)"}<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>'),
+    ("firefunction-v2", ' functools[{"name": "python", "arguments": {"code": "print(17 * 23)"}}]<|eot_id|>'),
+])
+def test_templates_that_read_arguments_as_json_text_train_their_call_tokens(name, call_end, family):
+    tokenizer, chat = family(name)
     assert chat.tools.arguments == "json"
     spans, context = trained_turns(tokenizer, chat, conversation(reasoning=False), None)
-    assert spans[0].endswith('python<｜tool▁sep｜>{"code": "print(17 * 23)"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>'
-                             "<｜end▁of▁sentence｜>")
+    assert spans[0].endswith(call_end)  # and nothing of the next turn's header
     assert ANSWER in spans[1] and RESULT in context and RESULT not in "".join(spans)
 
 

@@ -785,8 +785,9 @@ class ChatFormat:
                    extra: dict | None, following: dict | None):
         """_reply's result for a turn that makes tool calls: the template's render of the turn, which must hold
         its content (reasoning and answer) and every call's name and arguments, trained up to and including the
-        last added token after the calls (`<|im_end|>`, gpt-oss's `<|call|>`, `<｜end▁of▁sentence｜>`); where
-        the template closes replies with no special token (GLM), the token that opens the next turn follows."""
+        token that ends the template's other replies where it follows the calls (`<|im_end|>`, `<|eot_id|>`,
+        `<｜end▁of▁sentence｜>`), else the last added token after them (gpt-oss's `<|call|>`); where the template
+        closes replies with no special token (GLM), the token that opens the next turn follows."""
         history, calls = turn[:-1], turn[-1]["tool_calls"]
         start = self._reply_start(prompt, full)
         if start is None:
@@ -810,7 +811,11 @@ class ChatFormat:
         end = max((_shown(t, body) for t in texts), default=0)
         tail = body[end:]
         token, cut = None, len(body)
-        for candidate in self._added:
+        closing = self._split_closing(self.closing)[0]
+        plain_end = next((t for t in self._added if t in closing), None)
+        if plain_end is not None and plain_end in tail:  # the token that ends the template's other replies
+            token, cut = plain_end, end + tail.index(plain_end)
+        for candidate in self._added if token is None else ():  # else the last one after the calls (<|call|>)
             at = tail.rfind(candidate)
             if at >= 0 and (token is None or end + at > cut):
                 token, cut = candidate, end + at
