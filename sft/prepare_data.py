@@ -619,10 +619,15 @@ def template_summary(chat, cfg: PrepareConfig, flags: collections.Counter, train
         and (flag not in outcomes or flag in FLAG_EXPLANATIONS)
     }
     if train_file is not None and train_rows:
-        first = pq.ParquetFile(train_file).read_row_group(0, columns=[MESSAGES_COLUMN]).slice(0, 1)
-        messages = first.column(MESSAGES_COLUMN).to_pylist()[0]
+        from sft.text.tool_format import from_stored
+
+        parquet = pq.ParquetFile(train_file)
+        columns = [MESSAGES_COLUMN] + [name for name in ("tools",) if name in parquet.schema_arrow.names
+                                       and parquet.schema_arrow.field(MESSAGES_COLUMN).type.value_type.num_fields > 2]
+        first = parquet.read_row_group(0, columns=columns).slice(0, 1).to_pylist()[0]
+        messages, tools = from_stored(first[MESSAGES_COLUMN], first.get("tools"))
         summary["example"] = {"messages_roles": [m["role"] for m in messages],
-                              "segments": chat.explain(messages).splitlines()}
+                              "segments": chat.explain(messages, tools=tools).splitlines()}
     warnings = [f"{flags[flag]:,} row(s): {FLAG_EXPLANATIONS[flag]}"
                 for flag in ("prompt_opens_reasoning_reply_never_closes_it", "reasoning_never_closed", "no_end_of_turn_token")
                 if flags[flag]]

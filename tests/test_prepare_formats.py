@@ -199,7 +199,7 @@ def test_explicit_fields_win_over_a_messages_column_or_fail(tmp_path):
         run([source], tmp_path / "missing", prompt_key="problem", response_key="final")
 
 
-def test_sharegpt_tool_turns_become_the_canonical_form_and_are_refused_with_chat_formats_message(tmp_path):
+def test_sharegpt_tool_turns_become_the_canonical_form_with_the_tools_list_written_beside_them(tmp_path):
     row = rows_of("llamafactory_sharegpt_tools")[0]
     assert canonical_conversation(row["conversations"]) == [
         {"role": "user", "content": "What is 17 * 23? Use the calculator."},
@@ -210,9 +210,11 @@ def test_sharegpt_tool_turns_become_the_canonical_form_and_are_refused_with_chat
     source = tmp_path / "tools.json"
     source.write_text(json.dumps([row] * 2))
     manifest = run([source], tmp_path / "out", on_error="skip")
-    assert manifest["counts"]["rejected"] == {"invalid_messages": 2} and manifest["layouts"]["rows"] == {"sharegpt": 2}
-    record = json.loads((tmp_path / "out" / "rejects.jsonl").read_text().splitlines()[0])
-    assert record["index"] == 0 and "tool_calls" in record["detail"]
+    assert manifest["counts"]["rejected"] == {} and manifest["layouts"]["rows"] == {"sharegpt": 2}
+    out = train_rows(tmp_path / "out")
+    assert [m["role"] for m in out[0]["messages"]] == ["user", "assistant", "tool", "assistant"]
+    assert json.loads(out[0]["messages"][1]["tool_calls"])[0]["function"]["name"] == "calculator"
+    assert json.loads(out[0]["tools"]) == [{"type": "function", "function": json.loads(row["tools"])[0]}]
 
 
 # ---------------------------------------------------------------------------------------

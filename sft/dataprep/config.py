@@ -76,6 +76,11 @@ class PrepareConfig:
                                       "content[, reasoning_content, tool_calls]} or ShareGPT's {from, value}; every "
                                       "assistant turn is trained. Unset: 'messages' or 'conversations' where a row has "
                                       "one; set: every row must have it (unless --prompt-key/--response-key are set too)")
+    tools_key: str | None = option(None, FIELDS, "field of conversation rows with the tools list the prompt offers: "
+                                   "function schemas ({name, description, parameters}, or OpenAI's {type: function, "
+                                   "function: {...}}), or their JSON text as LLaMA-Factory writes it; passed to the "
+                                   "chat template as tools=[...] and written to the output's 'tools' column. Unset: "
+                                   "'tools' where a row has one; '' = none")
     sample_filter: list[str] | None = option(None, FIELDS, "keep only the samples whose FIELD is true: a list of "
                                              "booleans beside a list of replies (OpenR1's correctness_math_verify), a "
                                              "field of each reply object, or of the row; others are dropped as "

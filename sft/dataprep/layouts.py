@@ -14,7 +14,8 @@ flags win or the row fails (a field the user named is never replaced by another)
   style ({role, content, reasoning_content?, tool_calls?}; content as a list of text parts is
   joined) or ShareGPT ({from, value}: human/user -> user, gpt/assistant -> assistant, system,
   function_call -> an assistant tool call, observation/tool -> a tool result). A top-level system
-  field (--system-key, ShareGPT's `system`) is the system message when the conversation has none.
+  field (--system-key, ShareGPT's `system`) is the system message when the conversation has none; the
+  tools list (--tools-key, default `tools`; a list or its JSON text) goes to Sample.tools in OpenAI's form.
 - flat: the prompt from --prompt-key (default `prompt`) or --prompt-template ('{instruction}\n\n{input}'),
   the reply from --response-key (default `generated_solution`). Reasoning in a field of its own
   (--reasoning-key, or `reasoning_content`/`reasoning`/`thinking` when present) becomes the
@@ -67,6 +68,8 @@ REASON_EMPTY = "empty_string"
 REASON_BAD_MESSAGES = "invalid_messages"
 REASON_BAD_SAMPLES = "invalid_samples"
 REASON_RESERVED = "reserved_field"
+REASON_BAD_TOOL_CALL = "invalid_tool_call"
+TOOLS_KEY = "tools"
 
 
 @dataclass
@@ -77,6 +80,8 @@ class Sample:
     """The canonical conversation; None for a plain pair: [system?] + user=row[prompt] + assistant=row[response]."""
     prompt: str
     element: int | None = None
+    tools: list[dict] | None = None
+    """The tools list the conversation's prompt offers (--tools-key), in OpenAI's form; None: none."""
 
 
 @dataclass
@@ -226,20 +231,45 @@ class Layouts:
         messages = canonical_conversation(row[key])
         if isinstance(messages, str):
             out.layout = "sharegpt" if messages.startswith("ShareGPT ") else out.layout
-            raise _Bad(REASON_BAD_MESSAGES, f"field {key!r} {messages.removeprefix('ShareGPT ')}")
+            reason = REASON_BAD_TOOL_CALL if "(function_call)" in messages else REASON_BAD_MESSAGES
+            raise _Bad(reason, f"field {key!r} {messages.removeprefix('ShareGPT ')}")
         if any("from" in m for m in row[key] if isinstance(m, dict)):
             out.layout = "sharegpt"
         system = row.get(self.cfg.system_key) if self.cfg.system_key else None
         if isinstance(system, str) and system.strip() and not (messages and messages[0]["role"] == "system"):
             messages.insert(0, {"role": "system", "content": system})
-        kept = {k: v for k, v in row.items() if k != key}
+        tools_key = TOOLS_KEY if self.cfg.tools_key is None else self.cfg.tools_key
+        tools = self._tools(row, tools_key) if tools_key else None
+        kept = {k: v for k, v in row.items() if k != key and not (tools_key and k == tools_key)}
         if key != "messages" and "messages" in row:
             kept = self._rename_messages(kept, out)
         self._truncation(row, None, None, out)
         if out.dropped:
             return
         prompt = next((m["content"] for m in messages if m["role"] == "user" and isinstance(m.get("content"), str)), "")
-        out.samples.append(Sample(kept, messages, prompt))
+        out.samples.append(Sample(kept, messages, prompt, tools=tools))
+
+    def _tools(self, row: dict, key: str) -> list[dict] | None:
+        """The row's tools list in OpenAI's form (JSON text parsed), None where it has none (missing, null,
+        empty); _Bad for anything else. With --tools-key given, the field must be there."""
+        from sft.text.tool_format import canonical_tools, tools_problem
+
+        if key not in row and self.cfg.tools_key:
+            raise _Bad(REASON_MISSING, f"field {key!r} (--tools-key) is missing (fields present: "
+                       f"{', '.join(list(row)[:12]) or 'none'})")
+        value = row.get(key)
+        if isinstance(value, str):
+            try:
+                value = loads_exact(value) if value.strip() else None
+            except (orjson.JSONDecodeError, ValueError, RecursionError):
+                raise _Bad(REASON_BAD_TOOL_CALL, f"field {key!r} (the tools list, --tools-key) is text that is not "
+                           "JSON") from None
+        if value is None or value == []:
+            return None
+        problem = tools_problem(value)
+        if problem is not None:
+            raise _Bad(REASON_BAD_TOOL_CALL, f"field {key!r} (the tools list, --tools-key) {problem}")
+        return canonical_tools(value)
 
     @staticmethod
     def _rename_messages(kept: dict, out: RowSamples) -> dict:

@@ -53,6 +53,7 @@ from sft.dataprep.spill import (
     ORDER_COLUMN,
     RULE_COLUMN,
     TOKENS_COLUMN,
+    TOOLS_COLUMN,
     append_line_records,
     SpillInfo,
     SpillWriter,
@@ -279,6 +280,8 @@ class _Item:
     """the sample's index in its row's list of replies"""
     extras: int = 0
     """hash of the row's unused prompt-like fields (0: none)"""
+    tools: list[dict] | None = None
+    """the tools list the conversation's prompt offers (--tools-key)"""
 
 
 _ID_TYPES = (pa.int64(), pa.string(), pa.null())
@@ -324,8 +327,8 @@ class Scanner:
         problem = conversation_problem(sample.messages)
         if problem is not None:
             where = f"field {key!r}" if key else "the conversation"
-            return BadLine(task.path, line, REASON_BAD_MESSAGES, f"{where} {problem}", row=sample.row,
-                           unit=task.kind.unit, element=sample.element)
+            return BadLine(task.path, line, getattr(problem, "reason", REASON_BAD_MESSAGES), f"{where} {problem}",
+                           row=sample.row, unit=task.kind.unit, element=sample.element)
         return canonical_messages(sample.messages, self.tags)
 
     def _reference(self, row: dict) -> str | None:
@@ -550,12 +553,14 @@ class Scanner:
             answer = split_reasoning(messages[-1]["content"], self.tags)[1]
             item = _Item(sample.row, line, sample.prompt, answer,
                          dumps_exact(messages[:-1]).decode() if custom else sample.prompt,
-                         messages[-1]["content"], messages if custom else None, element=sample.element, extras=extras)
+                         messages[-1]["content"], messages if custom else None, element=sample.element, extras=extras,
+                         tools=sample.tools)
             items.append(item)
         return self._count_tokens(task, items, bad) if self.chat is not None and items else items
 
     def _count_tokens(self, task: ScanTask, items: list[_Item], bad: list[BadLine]) -> list[_Item]:
-        counts, results = self.chat.count([item.messages or self._default(item) for item in items])
+        counts, results = self.chat.count([item.messages or self._default(item) for item in items],
+                                          [item.tools for item in items])
         kept = []
         for item, count, outcome in zip(items, counts, results):
             if count is None:
@@ -688,5 +693,13 @@ class Scanner:
             added[CONVERSATION_COLUMN] = pa.array(
                 [dumps_exact(item.messages).decode() if item.messages is not None else None for item in kept],
                 type=pa.string())
+        if any(item.tools or _has_tool_fields(item.messages) for item in kept):
+            added[TOOLS_COLUMN] = pa.array([dumps_exact(item.tools).decode() if item.tools else None for item in kept],
+                                           type=pa.string())
         added.update({GROUP_COLUMN: groups, ORDER_COLUMN: order})
         self.spill.append(rows_to_table(table_rows), int(order[0]), added, bucket_of(order, s.seed, self.settings.buckets))
+
+
+def _has_tool_fields(messages: list[dict] | None) -> bool:
+    """Whether a conversation has tool calls or tool messages (written with the output's tool fields)."""
+    return bool(messages) and any(m.get("tool_calls") or m["role"] == "tool" for m in messages)

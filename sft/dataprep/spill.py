@@ -39,7 +39,10 @@ GRADING_COLUMNS = (ANSWER_COLUMN, RULE_COLUMN)
 CONVERSATION_COLUMN = "__sft_messages"
 """JSON of the messages to train on, for rows whose messages are not [system?, prompt, response]
 (conversation rows, and responses whose reasoning --answers-only removed)."""
-INTERNAL_COLUMNS = (ORDER_COLUMN, GROUP_COLUMN, CONVERSATION_COLUMN)
+TOOLS_COLUMN = "__sft_tools"
+"""JSON of the tools list a conversation's prompt offers (null: none); present when any row of the run has tool
+calls, tool messages or a tools list, which makes the output's messages carry their tool fields."""
+INTERNAL_COLUMNS = (ORDER_COLUMN, GROUP_COLUMN, CONVERSATION_COLUMN, TOOLS_COLUMN)
 
 
 @dataclass

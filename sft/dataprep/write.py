@@ -29,13 +29,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sft.dataprep.config import PrepareConfig
-from sft.dataprep.jsonl_io import loads_exact
+from sft.dataprep.jsonl_io import InputError, loads_exact
 from sft.dataprep.scan import MESSAGES_COLUMN
 from sft.dataprep.spill import (
     CONVERSATION_COLUMN,
     GROUP_COLUMN,
     INTERNAL_COLUMNS,
     ORDER_COLUMN,
+    TOOLS_COLUMN,
     SpillInfo,
     read_bucket,
     remove_bucket,
@@ -44,6 +45,13 @@ from sft.dataprep.spill import (
 SLICE_BYTES = 16 << 20
 """Rows are taken, templated and written in slices of about this much text (bounds memory)."""
 MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+TOOL_MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()), ("tool_calls", pa.string()),
+                                         ("name", pa.string()), ("tool_call_id", pa.string())]))
+"""`messages` of a run with tool calls or tool messages: an assistant's tool_calls as the JSON text of its list of
+{type, id?, function: {name, arguments}} (JSON text, not nested columns: each call's arguments have their own
+keys), a tool message's name and tool_call_id; null where a message has none."""
+TOOLS_OUTPUT_COLUMN = "tools"
+"""Output column of such a run: the JSON text of the tools list each conversation's prompt offers (null: none)."""
 
 
 @dataclass
@@ -82,8 +90,14 @@ def encoding_record(cfg: PrepareConfig, chat, run_id: str) -> dict:
 def output_schema(spill_schema: pa.Schema, encoding: dict) -> pa.Schema:
     from sft.text.chat_format import PARQUET_METADATA_KEY
 
-    fields = [pa.field(MESSAGES_COLUMN, MESSAGES_TYPE)]
+    tools = TOOLS_COLUMN in spill_schema.names
+    fields = [pa.field(MESSAGES_COLUMN, TOOL_MESSAGES_TYPE if tools else MESSAGES_TYPE)]
     fields += [f for f in spill_schema if f.name not in INTERNAL_COLUMNS]
+    if tools:
+        if TOOLS_OUTPUT_COLUMN in spill_schema.names:
+            raise InputError(f"the rows have a {TOOLS_OUTPUT_COLUMN!r} field that is not their tools list, and the "
+                             f"output writes the tools list there; rename that field or name it with --tools-key")
+        fields.append(pa.field(TOOLS_OUTPUT_COLUMN, pa.string()))
     return pa.schema(fields, metadata={PARQUET_METADATA_KEY: orjson.dumps(encoding)})
 
 
@@ -108,17 +122,24 @@ def to_output(table: pa.Table, schema: pa.Schema, cfg: PrepareConfig) -> pa.Tabl
     """Spilled rows as output rows: `messages` first, the internal columns gone."""
     names = table.column_names
     conversations = table.column(CONVERSATION_COLUMN) if CONVERSATION_COLUMN in names else None
+    message_type = schema.field(MESSAGES_COLUMN).type
     if conversations is not None and conversations.null_count < table.num_rows:
-        messages = _mixed_messages(table, conversations, cfg)
+        messages = _mixed_messages(table, conversations, cfg, message_type)
+    elif message_type != MESSAGES_TYPE:  # a slice of plain pairs in a run with tool conversations
+        messages = _mixed_messages(table, pa.chunked_array([pa.nulls(table.num_rows, pa.string())]), cfg, message_type)
     else:
         prompts = table.column(cfg.prompt_field).combine_chunks()
         responses = table.column(cfg.response_field).combine_chunks()
         messages = build_messages(prompts, responses, cfg.system_prompt)
-    columns = [messages] + [table.column(name) for name in schema.names[1:]]
+    tools = TOOLS_OUTPUT_COLUMN in schema.names
+    columns = [messages] + [table.column(name) for name in schema.names[1:len(schema.names) - tools]]
+    if tools:
+        columns.append(table.column(TOOLS_COLUMN) if TOOLS_COLUMN in names else pa.nulls(table.num_rows, pa.string()))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _mixed_messages(table: pa.Table, conversations: pa.ChunkedArray, cfg: PrepareConfig) -> pa.Array:
+def _mixed_messages(table: pa.Table, conversations: pa.ChunkedArray, cfg: PrepareConfig,
+                    message_type: pa.DataType = MESSAGES_TYPE) -> pa.Array:
     """Messages of a slice holding conversation rows (stored as JSON) and maybe prompt/response rows."""
     names = table.column_names
     n = table.num_rows
@@ -130,7 +151,15 @@ def _mixed_messages(table: pa.Table, conversations: pa.ChunkedArray, cfg: Prepar
         system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         for text, prompt, response in zip(conversations.to_pylist(), prompts, responses)
     ]
-    return pa.array(rows, type=MESSAGES_TYPE)
+    if message_type != MESSAGES_TYPE:
+        rows = [[_tool_fields(m) for m in messages] for messages in rows]
+    return pa.array(rows, type=message_type)
+
+
+def _tool_fields(message: dict) -> dict:
+    """A message with its tool calls as JSON text (TOOL_MESSAGES_TYPE)."""
+    calls = message.get("tool_calls")
+    return {**message, "tool_calls": orjson.dumps(calls).decode() if calls else None}
 
 
 def write_outputs(spills: list[SpillInfo], spill_schema: pa.Schema, schema: pa.Schema, rows_out: RowsOut,

@@ -53,6 +53,12 @@ earlier turns differently from how they were trained, the text between two turns
 render with placeholders. Every text piece is tokenized on its own (sft.text.chat_tokens), so the
 context tokens are exactly the tokens of the rendered prompt.
 
+Tool calls (an assistant's `tool_calls`), tool results (`role: tool`) and the tools list a prompt
+offers (`encode(messages, tools)`) are handed to the template in the form it reads, found by probes
+in sft/text/tool_format.py; a turn that makes calls is trained as the template writes it, its
+reasoning, content and calls up to the token that ends it. A template that would render the
+conversation without its calls, results, tools list or the content beside a call is refused.
+
 A template that cannot render a conversation raises TemplateError with one line: which
 template, what it refused and what to do; so does a generation prompt that closes the reasoning
 of a reply that has some (a forced --chat-template-kwargs). Variables a template needs and
@@ -70,6 +76,9 @@ from typing import Any, Iterable, Sequence
 
 from sft.text.reasoning_format import (CLOSES, OPENS, REASONING_FIELDS, common_prefix, split_at_tags,
                                       token_boundary)
+from sft.text.tool_format import FIX as TOOL_FIX
+from sft.text.tool_format import (ASSISTANT_TOOL_KEYS, TOOL_MESSAGE_KEYS, ToolFormat, call_texts, canonical_call,
+                                  canonical_tools, probe_tools, tool_message_problem, tools_problem)
 
 REASONING_TAGS = ("<think>", "</think>")
 """The reasoning delimiters of Qwen3, QwQ, DeepSeek-R1 and their distills (configurable)."""
@@ -163,69 +172,106 @@ def join_reasoning(reasoning: str | None, answer: str, tags: Sequence[str] = REA
     Qwen3's and DeepSeek-R1's templates parse)."""
     if reasoning is None:
         return answer
+    if not answer.strip():  # reasoning before tool calls: nothing follows the block in the content
+        return f"{tags[0]}\n{reasoning.strip()}\n{tags[1]}"
     return f"{tags[0]}\n{reasoning.strip()}\n{tags[1]}\n\n{answer.lstrip()}"
 
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 REASONING_KEYS = REASONING_FIELDS
 """Message keys that hold an assistant's reasoning apart from its content (the same keys templates read)."""
-MESSAGE_KEYS = ("role", "content", *REASONING_KEYS)
+MESSAGE_KEYS = ("role", "content", *REASONING_KEYS, *ASSISTANT_TOOL_KEYS, *TOOL_MESSAGE_KEYS)
+REASON_BAD_TOOL_CALL = "invalid_tool_call"
+"""The reject reason of a conversation whose tool calls or tool messages cannot be trained."""
 
 
-def conversation_problem(messages) -> str | None:
+class Problem(str):
+    """Why a conversation cannot be trained (one line), with the reject reason it is counted under."""
+
+    reason = "invalid_messages"
+
+
+class ToolProblem(Problem):
+    reason = REASON_BAD_TOOL_CALL
+
+
+def conversation_problem(messages) -> Problem | None:
     """Why `messages` cannot be trained, in one line, or None when it can: an OpenAI-style list of
-    {role, content[, reasoning_content | thinking | reasoning]} with roles system/user/assistant, the first
-    message after any system prompt from the user, the last an assistant reply, every reply non-empty. Other keys
-    are refused unless null, so nothing a row carries (a per-turn weight, tool calls) is silently ignored."""
+    {role, content[, reasoning_content | thinking | reasoning][, tool_calls]} with roles system/user/assistant/
+    tool, the first message after any system prompt from the user, the last an assistant reply, every reply
+    non-empty (a tool call is a reply), every tool result answering a tool call (sft.text.tool_format checks the
+    calls). Other keys are refused unless null, so nothing a row carries (a per-turn weight) is silently ignored."""
     if not isinstance(messages, list) or not messages:
-        return "is not a non-empty list of messages"
+        return Problem("is not a non-empty list of messages")
     for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            return f"has message {index} that is a {type(message).__name__}, not an object with role and content"
-        extra = sorted(k for k, v in message.items() if k not in MESSAGE_KEYS and v is not None)
-        if {"from", "value"} <= set(extra):
-            return (f"has message {index} in ShareGPT form ('from', 'value'); write it as role and content "
-                    "(human -> user, gpt -> assistant)")
-        if extra:
-            return (f"has message {index} with {', '.join(map(repr, extra))}, which training does not use (only "
-                    f"role, content and one of {', '.join(REASONING_KEYS)}); remove it from the row, or set it to null")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            return f"has message {index} with role {role!r}; the roles are system, user and assistant"
-        if not isinstance(content, str):
-            return f"has message {index} ({role}) whose content is a {type(content).__name__}, not a string"
-        given = [k for k in REASONING_KEYS if message.get(k) is not None]
-        if len(given) > 1:
-            return f"has message {index} ({role}) with reasoning in both {given[0]!r} and {given[1]!r}; keep one"
-        reasoning = message.get(given[0]) if given else None
-        if reasoning is not None and (role != "assistant" or not isinstance(reasoning, str)):
-            return f"has message {index} ({role}) with a {given[0]} that is not an assistant's string"
-        if role == "assistant" and not content.strip() and not (reasoning or "").strip():
-            return f"has message {index} (assistant) that is empty"
+        problem = _message_problem(message, index, messages[index - 1] if index else None)
+        if problem is not None:
+            return problem
     roles = [m["role"] for m in messages]
     if "assistant" not in roles:
-        return "has no assistant message to train on"
+        return Problem("has no assistant message to train on")
     first = next((r for r in roles if r != "system"), None)
     if first != "user":
-        return "does not start with a user message (after any system prompt)"
+        return Problem("does not start with a user message (after any system prompt)")
     if roles[-1] != "assistant":
-        return f"ends with a {roles[-1]} message after the last assistant reply, which nothing would train on"
+        return Problem(f"ends with a {roles[-1]} message after the last assistant reply, which nothing would train on")
+    return None
+
+
+def _message_problem(message, index: int, before) -> Problem | None:
+    if not isinstance(message, dict):
+        return Problem(f"has message {index} that is a {type(message).__name__}, not an object with role and content")
+    extra = sorted(k for k, v in message.items() if k not in MESSAGE_KEYS and v is not None)
+    if {"from", "value"} <= set(extra):
+        return Problem(f"has message {index} in ShareGPT form ('from', 'value'); write it as role and content "
+                       "(human -> user, gpt -> assistant)")
+    if extra:
+        return Problem(f"has message {index} with {', '.join(map(repr, extra))}, which training does not use (only "
+                       f"role, content, one of {', '.join(REASONING_KEYS)}, tool_calls, and a tool message's name and "
+                       "tool_call_id); remove it from the row, or set it to null")
+    role, content = message.get("role"), message.get("content")
+    if role not in ROLES:
+        return Problem(f"has message {index} with role {role!r}; the roles are {', '.join(ROLES)}")
+    tool_problem = tool_message_problem(message, index)
+    if tool_problem is not None:
+        return ToolProblem(tool_problem)
+    calls = message.get("tool_calls")
+    if calls and content is None:
+        content = ""
+    if not isinstance(content, str):
+        return Problem(f"has message {index} ({role}) whose content is a {type(content).__name__}, not a string")
+    given = [k for k in REASONING_KEYS if message.get(k) is not None]
+    if len(given) > 1:
+        return Problem(f"has message {index} ({role}) with reasoning in both {given[0]!r} and {given[1]!r}; keep one")
+    reasoning = message.get(given[0]) if given else None
+    if reasoning is not None and (role != "assistant" or not isinstance(reasoning, str)):
+        return Problem(f"has message {index} ({role}) with a {given[0]} that is not an assistant's string")
+    if role == "assistant" and not content.strip() and not (reasoning or "").strip() and not calls:
+        return Problem(f"has message {index} (assistant) that is empty")
+    if role == "tool" and not (isinstance(before, dict) and (before.get("tool_calls") or before.get("role") == "tool")):
+        return ToolProblem(f"has a tool result (message {index}) that follows no assistant tool call")
     return None
 
 
 def canonical_messages(messages, tags: Sequence[str] = REASONING_TAGS) -> list[dict]:
     """`messages` as {role, content} dicts, reasoning given apart (reasoning_content, thinking, reasoning)
-    joined into the content with the data's tags; raises ConversationError with conversation_problem's reason."""
+    joined into the content with the data's tags, tool calls as {type, id?, function: {name, arguments}} and a
+    tool message's name and tool_call_id kept where given; raises ConversationError with
+    conversation_problem's reason."""
     problem = conversation_problem(list(messages) if isinstance(messages, tuple) else messages)
     if problem is not None:
         raise ConversationError(f"the conversation {problem}")
     canon = []
     for message in messages:
-        content = message["content"]
+        content = message["content"] if message.get("content") is not None else ""
         reasoning = next((message[k] for k in REASONING_KEYS if message.get(k) is not None), None)
         if reasoning is not None:
             content = join_reasoning(reasoning, content, tags)
-        canon.append({"role": message["role"], "content": content})
+        out = {"role": message["role"], "content": content}
+        if message.get("tool_calls"):
+            out["tool_calls"] = [canonical_call(call) for call in message["tool_calls"]]
+        out.update({k: message[k] for k in TOOL_MESSAGE_KEYS if message.get(k) is not None})
+        canon.append(out)
     return canon
 
 
@@ -324,6 +370,18 @@ def _squash(text: str) -> str:
     return "".join(text.split())
 
 
+def _shown(text: str, rendered: str) -> int:
+    """Where `text` ends in `rendered`, as it is or JSON-escaped (a value with quotes or newlines in a call's
+    arguments); 0 when it is not there."""
+    import json
+
+    for form in dict.fromkeys((text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1])):
+        at = rendered.rfind(form)
+        if at >= 0:
+            return at + len(form)
+    return 0
+
+
 def _roles(messages: Iterable[dict]) -> str:
     return "[" + ", ".join(str(m.get("role")) for m in messages) + "]"
 
@@ -384,6 +442,7 @@ class ChatFormat:
         self._rstrip = tuple(t.content for t in decoder.values() if getattr(t, "rstrip", False) and t.content)
         self._lstrip = tuple(t.content for t in decoder.values() if getattr(t, "lstrip", False) and t.content)
         self.render_defaults: dict = {}
+        self._tools: ToolFormat | None = None
         self._render_cached = lru_cache(maxsize=8192)(self._render_key)
         self._probe(stop_token)
 
@@ -533,6 +592,14 @@ class ChatFormat:
             return eos, "the tokenizer's eos_token (no generation_config.json beside the tokenizer)"
         return None, "none"
 
+    @property
+    def tools(self) -> ToolFormat:
+        """How the template writes tool calls, tool results and the tools list (probed the first time a
+        conversation has them; sft/text/tool_format.py)."""
+        if self._tools is None:
+            self._tools = probe_tools(self.render, [{"role": "user", "content": _PROBE_USER}])
+        return self._tools
+
     def describe(self) -> dict:
         """What the template does, for manifests and logs."""
         return {
@@ -612,10 +679,11 @@ class ChatFormat:
             text = text.replace(tag.strip(), "")
         return not text.strip()
 
-    def _reply(self, history: list[dict], prompt: str, content: str,
-               extra: dict | None) -> tuple[str, str, str, str, set[str]]:
+    def _reply(self, history: list[dict], prompt: str, content: str, extra: dict | None,
+               calls: list[dict] | None = None, following: dict | None = None) -> tuple[str, str, str, str, set[str]]:
         """(reply text, end of turn, untrained text after it, outcome, flags) of one assistant turn after
-        `prompt`; the trained text is the reply text followed by the end of turn."""
+        `prompt`; the trained text is the reply text followed by the end of turn. `calls`: the turn's tool calls
+        (in the template's form); `following`: the message after the turn."""
         flags: set[str] = set()
         fmt = self.reasoning
         reasoning, answer, unclosed = split_at_tags(content, *self.reasoning_tags)
@@ -635,6 +703,10 @@ class ChatFormat:
         else:
             message = {"role": "assistant", "content": content}
             pieces = [self._without_opening(content, opened) if opened else content]
+        if calls:
+            message = self._call_message(content, calls)
+            full = self.render(history + [message], False, extra)
+            return self._call_turn(history + [message], prompt, full, pieces, flags, opened, extra, following)
         full = self.render(history + [message], False, extra)
         start = self._reply_start(prompt, full)
         if start is not None and full.endswith(self.closing):
@@ -660,18 +732,7 @@ class ChatFormat:
                                 f"{_roles(history + [{'role': 'assistant'}])}")
         at = placeholder.index(_REPLY)
         head, closing = placeholder[:at], placeholder[at + len(_REPLY):]
-        start = self._reply_start(prompt, head)
-        if start is not None:
-            scaffold = head[start:]  # where the prompt opened the block, the template may close an empty one
-        else:
-            from sft.text.reasoning_format import template_variables
-
-            part = token_boundary(prompt, common_prefix(prompt, head), self._added)
-            variables = ", ".join(template_variables(self.tokenizer.chat_template)[:8]) or "none"
-            raise TemplateError(f"the chat template of {self.name} renders the prompt of {_roles(history)} differently "
-                                f"when a reply follows (ending {head[part:][-40:]!r}) than with the generation prompt "
-                                f"(ending {prompt[part:][-40:]!r}), so the reply's place is unknown; set the template "
-                                f"variable that makes them agree with --chat-template-kwargs (it reads: {variables})")
+        scaffold = self._scaffold(history, prompt, head, flags)
         if carrier is not None:
             text = fmt.opening + reasoning.strip() + fmt.closing + answer.lstrip()
             text = self._without_opening(text, opened) if opened else text
@@ -685,6 +746,97 @@ class ChatFormat:
             flags.add(FLAG_TEMPLATE_TEXT)
         end_of_turn, after = self._end_of_turn(closing)
         return self._finish(scaffold + text, end_of_turn, after, OUTCOME_INSERTED, flags, opened)
+
+    def _scaffold(self, history: list[dict], prompt: str, head: str, flags: set[str]) -> str:
+        """What the template writes between `prompt` and a reply, read from `head` (a render with a placeholder
+        reply, up to the placeholder); TemplateError when the reply's place in it is unknown."""
+        start = self._reply_start(prompt, head)
+        generation = self.generation_prompt
+        if start is not None:
+            return head[start:]  # where the prompt opened the block, the template may close an empty one
+        if any(m["role"] == "tool" for m in history) and generation.strip() and prompt.endswith(generation) \
+                and generation in head:
+            # After tool results the prompt keeps the reasoning of the turns that called the tools, which the
+            # render of a finished reply drops (gpt-oss): the reply follows the prompt, with the text the
+            # template writes between its generation prompt and a reply.
+            flags.add(FLAG_HISTORY)
+            return head[head.rindex(generation) + len(generation):]
+        from sft.text.reasoning_format import template_variables
+
+        part = token_boundary(prompt, common_prefix(prompt, head), self._added)
+        variables = ", ".join(template_variables(self.tokenizer.chat_template)[:8]) or "none"
+        raise TemplateError(f"the chat template of {self.name} renders the prompt of {_roles(history)} differently "
+                            f"when a reply follows (ending {head[part:][-40:]!r}) than with the generation prompt "
+                            f"(ending {prompt[part:][-40:]!r}), so the reply's place is unknown; set the template "
+                            f"variable that makes them agree with --chat-template-kwargs (it reads: {variables})")
+
+    def _call_message(self, content: str, calls: list[dict]) -> dict:
+        """A turn that makes tool calls as the template reads it: its reasoning in the template's carrier (as
+        _reply hands it), its calls in the template's form. Later turns' prompts render it the same way."""
+        reasoning, answer, unclosed = split_at_tags(content, *self.reasoning_tags)
+        carrier = self.reasoning.carrier
+        if reasoning is not None and not unclosed and carrier is not None and carrier.kind != "inline":
+            message = carrier.message(reasoning, answer, self.reasoning_tags)
+        else:
+            message = {"role": "assistant", "content": content}
+        return self.tools.template_message({**message, "tool_calls": calls})
+
+    def _call_turn(self, turn: list[dict], prompt: str, full: str, pieces: list[str], flags: set[str], opened: str,
+                   extra: dict | None, following: dict | None):
+        """_reply's result for a turn that makes tool calls: the template's render of the turn, which must hold
+        its content (reasoning and answer) and every call's name and arguments, trained up to and including the
+        token that ends the template's other replies where it follows the calls (`<|im_end|>`, `<|eot_id|>`,
+        `<｜end▁of▁sentence｜>`), else the last added token after them (gpt-oss's `<|call|>`); where the template
+        closes replies with no special token (GLM), the token that opens the next turn follows."""
+        history, calls = turn[:-1], turn[-1]["tool_calls"]
+        start = self._reply_start(prompt, full)
+        if start is None:
+            raise TemplateError(f"the chat template of {self.name} renders the prompt of {_roles(history)} "
+                                "differently when a tool call follows it, so the call's place is unknown")
+        body = full[start:]
+        lead = prompt[start:]
+        if lead.strip():
+            body = self._without_opening(body, lead)
+        if opened:
+            body = self._without_opening(body, opened)
+        squashed = _squash(body)
+        texts = call_texts(calls)
+        missing = [p for p in pieces if p.strip() and _squash(p) not in squashed]
+        missing += [t for t in texts if not _shown(t, body)]
+        if missing:
+            raise TemplateError(f"the chat template of {self.name} drops part of the assistant turn after "
+                                f"{_roles(history)} that makes a tool call ({_short(missing[0], 60)} is not in its "
+                                f"render), so that part would not be trained; remove it from the data if it does not "
+                                f"belong there, or {TOOL_FIX}")
+        end = max((_shown(t, body) for t in texts), default=0)
+        tail = body[end:]
+        token, cut = None, len(body)
+        closing = self._split_closing(self.closing)[0]
+        plain_end = next((t for t in self._added if t in closing), None)
+        if plain_end is not None and plain_end in tail:  # the token that ends the template's other replies
+            token, cut = plain_end, end + tail.index(plain_end)
+        for candidate in self._added if token is None else ():  # else the last one after the calls (<|call|>)
+            at = tail.rfind(candidate)
+            if at >= 0 and (token is None or end + at > cut):
+                token, cut = candidate, end + at
+        if token is None:
+            reply, end_of_turn, after = body, "", ""
+        else:
+            reply, end_of_turn, after = body[:cut], token, body[cut + len(token):]
+        if self.stop_token is not None:  # no special token closes replies: the one that opens the next turn does
+            end_of_turn += self._next_turn_token(turn, full, following, extra)
+        return self._finish(reply, end_of_turn, after, OUTCOME_TEMPLATE, flags, opened)
+
+    def _next_turn_token(self, turn: list[dict], full: str, following: dict | None, extra: dict | None) -> str:
+        """The first added token the template writes after `full` (the render of `turn`, which ends with a tool
+        call) when `following` comes next; the stop token where there is none."""
+        if following is not None:
+            rendered = self.render(turn + [following], False, extra)
+            if rendered.startswith(full):
+                found = [(rendered.find(t, len(full)), t) for t in self._added if t in rendered[len(full):]]
+                if found:
+                    return min(found)[1]
+        return self.stop_token or ""
 
     def _closed_prompt_refusal(self, history: list[dict]) -> str:
         forced = False
@@ -720,13 +872,22 @@ class ChatFormat:
         whose earlier replies are placeholders (for templates that render history differently)."""
         history = list(messages[:turn])
         for j in earlier:
-            history[j] = {"role": "assistant", "content": _TURN.format(j)}
+            history[j] = {"role": "assistant", "content": _TURN.format(j),
+                          **({"tool_calls": history[j]["tool_calls"]} if history[j].get("tool_calls") else {})}
         rendered = self.render(history, True, extra)
         mark = _TURN.format(earlier[-1])
         if rendered.count(mark) != 1:
             raise TemplateError(f"the chat template of {self.name} does not write earlier assistant turns of "
                                 f"{_roles(history)} into the prompt")
         after = rendered[rendered.index(mark) + len(mark):]
+        calls = history[earlier[-1]].get("tool_calls")
+        if calls:  # the earlier turn's calls follow its content: the turn ends at its end of turn after them
+            end = max(_shown(text, after) for text in call_texts(calls))
+            at = after.find(end_of_turn, end) if end and end_of_turn else -1
+            if at < 0:
+                raise TemplateError(f"the chat template of {self.name} writes the tool calls of earlier assistant turns "
+                                    f"of {_roles(history)} differently from how it writes the last turn's")
+            return after[at + len(end_of_turn):]
         if after.startswith(end_of_turn):
             return after[len(end_of_turn):]
         if self.end_of_turn_source == "template":
@@ -739,12 +900,33 @@ class ChatFormat:
         raise TemplateError(f"the chat template of {self.name} closes earlier assistant turns with "
                             f"{after[:40]!r}, not with {end_of_turn!r} as it closes the last one")
 
-    def segments(self, messages: Sequence[dict]) -> Encoding:
-        """The conversation as text segments: context (untrained) and every assistant turn (trained)."""
-        canon = canonical_messages(messages, self.reasoning_tags)
-        reasoning = any(split_at_tags(m["content"], *self.reasoning_tags)[0] is not None
+    def _tool_setting(self, canon: list[dict], tools: Sequence[dict] | None) -> tuple[list[dict], dict | None]:
+        """(the conversation in the form the template reads, template variables for its tools list): tool calls in
+        the template's form, `tools` as OpenAI's function schemas. Raises TemplateError where the template
+        does not render a part of the conversation (its calls, results or tools list)."""
+        calls = any(m.get("tool_calls") for m in canon)
+        results = any(m["role"] == "tool" for m in canon)
+        if tools is not None:
+            problem = tools_problem(tools)
+            if problem is not None:
+                raise ConversationError(f"the tools list {problem}")
+        if not (calls or results or tools):
+            return canon, None
+        refusal = self.tools.refusal(self.name, calls, results, bool(tools))
+        if refusal is not None:
+            raise TemplateError(refusal)
+        canon = [self.tools.template_message(m) if m.get("tool_calls") else m for m in canon]
+        return canon, ({"tools": canonical_tools(list(tools))} if tools else None)
+
+    def segments(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> Encoding:
+        """The conversation as text segments: context (untrained) and every assistant turn (trained, tool calls
+        included). `tools`: the function schemas the conversation's prompt lists (apply_chat_template's tools)."""
+        canon, tool_variables = self._tool_setting(canonical_messages(messages, self.reasoning_tags), tools)
+        reasoning = any(split_at_tags(m["content"] or "", *self.reasoning_tags)[0] is not None
                         for m in canon if m["role"] == "assistant")
         extra, toggle, setting_flag = self._setting(reasoning)
+        if tool_variables:
+            extra = {**(extra or {}), **tool_variables}
         if toggle is not None:
             canon = self._with_toggle(canon, toggle)
         turns = [i for i, m in enumerate(canon) if m["role"] == "assistant"]
@@ -762,7 +944,12 @@ class ChatFormat:
             else:
                 context = self._bridge(canon, turn, turns[:n], end_of_turn, extra)
                 flags.add(FLAG_HISTORY)
-            reply, end_of_turn, after, outcome, turn_flags = self._reply(history, prompt, canon[turn]["content"], extra)
+            message = canon[turn]
+            following = canon[turn + 1] if turn + 1 < len(canon) else None
+            reply, end_of_turn, after, outcome, turn_flags = self._reply(
+                history, prompt, message["content"] or "", extra, message.get("tool_calls"), following)
+            if message.get("tool_calls"):
+                canon[turn] = self._call_message(message["content"] or "", message["tool_calls"])
             trained = reply + end_of_turn
             pieces += [Segment(context, False), Segment(trained, True)]
             outcomes.append(outcome)
@@ -789,9 +976,9 @@ class ChatFormat:
         return pieces
 
     # -- token ids ----------------------------------------------------------------------
-    def encode(self, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
-        """(input ids, loss mask) of one conversation."""
-        encoding = self.segments(messages)
+    def encode(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> tuple[list[int], list[int]]:
+        """(input ids, loss mask) of one conversation (with the tools list its prompt gives, if any)."""
+        encoding = self.segments(messages, tools)
         ids: list[int] = []
         mask: list[int] = []
         for segment, piece in zip(encoding.segments, self.text.encode_batch([s.text for s in encoding.segments])):
@@ -799,15 +986,16 @@ class ChatFormat:
             mask.extend([int(segment.trained)] * len(piece))
         return ids, mask
 
-    def count(self, conversations: Sequence[Sequence[dict]]) -> tuple[list[int | None], list[Encoding | str]]:
-        """Token counts of many conversations (the lengths `encode` gives), batched. Returns the
-        counts (None for a conversation that cannot be encoded) and, for each, its Encoding or
-        the one-line reason it could not be encoded."""
+    def count(self, conversations: Sequence[Sequence[dict]], tools: Sequence[Sequence[dict] | None] | None = None
+              ) -> tuple[list[int | None], list[Encoding | str]]:
+        """Token counts of many conversations (the lengths `encode` gives), batched; `tools`: each one's tools
+        list (or None). Returns the counts (None for a conversation that cannot be encoded) and, for each, its
+        Encoding or the one-line reason it could not be encoded."""
         results: list[Encoding | str] = []
         texts: list[str] = []
-        for messages in conversations:
+        for n, messages in enumerate(conversations):
             try:
-                encoding = self.segments(messages)
+                encoding = self.segments(messages, tools[n] if tools else None)
             except (TemplateError, ConversationError) as exc:
                 results.append(str(exc))
                 continue
@@ -825,9 +1013,9 @@ class ChatFormat:
             position += n
         return counts, results
 
-    def explain(self, messages: Sequence[dict], limit: int = 200) -> str:
+    def explain(self, messages: Sequence[dict], limit: int = 200, tools: Sequence[dict] | None = None) -> str:
         """The conversation's segments, one per line, marked `context` or `trained`, with token counts."""
-        encoding = self.segments(messages)
+        encoding = self.segments(messages, tools)
         lengths = self.text.lengths([s.text for s in encoding.segments])
         lines = []
         for segment, n in zip(encoding.segments, lengths.tolist()):

@@ -31,6 +31,10 @@ if __package__ in (None, ""):  # loaded by file path (verl's load_extern_object)
 from sft.text.chat_format import ChatFormat, ConversationError, TemplateError
 from sft.text.chat_format import read_encoding_record as read_encoding_metadata
 from sft.text.chat_tokens import TEXT_ENCODER_TIKTOKEN
+from sft.text.tool_format import from_stored
+
+TOOLS_COLUMN = "tools"
+"""prepare_data's column with each row's tools list as JSON text (sft.dataprep.write.TOOLS_OUTPUT_COLUMN)."""
 
 
 def _plain(value):
@@ -146,9 +150,11 @@ class ChatTemplateSFTDataset:
             if self.messages_key not in schema.names:
                 raise ValueError(f"{path} has no {self.messages_key!r} column (columns: {', '.join(schema.names)}); "
                                  "run sft/prepare_data.py on your JSONL")
-            tables.append(pq.read_table(path, columns=[self.messages_key]))
-        column = pa.concat_tables(tables, promote_options="permissive").column(self.messages_key) if len(tables) > 1 \
-            else tables[0].column(self.messages_key)
+            columns = [self.messages_key] + ([TOOLS_COLUMN] if TOOLS_COLUMN in schema.names else [])
+            tables.append(pq.read_table(path, columns=columns))
+        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+        column = table.column(self.messages_key)
+        tools = table.column(TOOLS_COLUMN) if TOOLS_COLUMN in table.column_names else None
         total = len(column)
         indices = None
         if 0 < max_samples < total:
@@ -159,6 +165,8 @@ class ChatTemplateSFTDataset:
             else:
                 indices = np.arange(max_samples)
             column = column.take(pa.array(indices))
+            tools = tools.take(pa.array(indices)) if tools is not None else None
+        self.tools = tools.combine_chunks() if tools is not None else None
         self.messages = column.combine_chunks() if column.num_chunks > 1 else column.chunk(0) if column.num_chunks else column
         self.source_rows = indices
         self._warned_truncation = False
@@ -174,7 +182,8 @@ class ChatTemplateSFTDataset:
         if len(self):
             try:
                 lines.append("[verl-sft] first sample (context: loss off, trained: loss on):")
-                lines.append(self.chat.explain(self._messages(0)))
+                messages, tools = self._row(0)
+                lines.append(self.chat.explain(messages, tools=tools))
             except (TemplateError, ConversationError) as exc:
                 lines.append(f"[verl-sft] first sample cannot be encoded: {exc}")
         print("\n".join(lines), flush=True)
@@ -182,8 +191,9 @@ class ChatTemplateSFTDataset:
     def __len__(self) -> int:
         return len(self.messages)
 
-    def _messages(self, item: int) -> list[dict]:
-        return self.messages[item].as_py()
+    def _row(self, item: int) -> tuple[list[dict], list[dict] | None]:
+        """The row's messages and the tools list its prompt offers (stored as JSON text by prepare_data)."""
+        return from_stored(self.messages[item].as_py(), self.tools[item].as_py() if self.tools is not None else None)
 
     def _where(self, item: int) -> str:
         row = int(self.source_rows[item]) if self.source_rows is not None else item
@@ -191,7 +201,7 @@ class ChatTemplateSFTDataset:
 
     def __getitem__(self, item: int) -> dict:
         try:
-            ids, mask = self.chat.encode(self._messages(item))
+            ids, mask = self.chat.encode(*self._row(item))
         except (TemplateError, ConversationError) as exc:
             raise ValueError(f"{self._where(item)}: {exc}") from None
         length = len(ids)
