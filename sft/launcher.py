@@ -83,6 +83,16 @@ _COMMAND_ORDER = (
 )
 
 
+# On a CPU FSDP2's gathers and reduce-scatters are memory copies of the whole model, made for every micro
+# batch (one sample per micro batch on a CPU): verl's fsdp.yaml reduces gradients after every micro batch
+# and regathers each layer for its backward. Keeping every layer gathered from its forward to its backward
+# and reducing gradients once per step (verl's own switches) leaves the losses equal (tests/test_cpu_fsdp.py)
+# and costs memory the plan counts (sft/launch/memory_plan.py): the whole model gathered and its
+# gradients unsharded, per process. Full fine-tuning only: a LoRA run's frozen base gathered whole
+# would double its largest item, for adapters whose gradients are small anyway. scripts/benchmark_training.py --configs ours,ours-verl-fsdp measures it.
+CPU_FSDP_OVERRIDES = ["engine.use_no_sync_for_gradient_accumulation=true", "engine.reshard_after_forward=false"]
+
+
 def _setting_overrides(s: Settings) -> dict[str, str]:
     """{verl key: `key=value`} for every verl key a resolved setting sets, in table order."""
     return {key: f"{key}={hydra_value(row.name, s[row.name])}"
@@ -104,6 +114,7 @@ def hydra_overrides(s: Settings) -> list[str]:
     if s["DEVICE"] == "cpu":
         # Data loader worker processes only add start-up time and memory on a CPU run.
         overrides.append("data.num_workers=0")
+        overrides += CPU_FSDP_OVERRIDES if s.mode == "full" else []
     return overrides + list(by_key.values())  # the LoRA settings, and any new setting's keys
 
 

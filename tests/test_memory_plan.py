@@ -391,3 +391,21 @@ def test_cpu_lora_on_two_processes_never_gathers_the_embedding_or_lm_head():
     assert gathered.total - parallel.total == 4 * (embedding - layer) - 6 * adapters
     # The shards themselves are the same: 1/2 of every frozen weight, embedding and LM head included.
     assert [i for i in parallel.items if i.phase == "state"] == [i for i in gathered.items if i.phase == "state"]
+
+
+def test_deferred_gradient_sync_and_no_reshard_hold_the_whole_model_gathered_and_its_gradients():
+    """The launcher's CPU FSDP2 schedule (sft/launcher.py CPU_FSDP_OVERRIDES): every unit gathered from its
+    forward to its backward, every unit's gradient unsharded until the step's last micro batch."""
+    for config in (TINY, {**TINY, "num_hidden_layers": 6}, {**QWEN25_7B, "num_hidden_layers": 3}):
+        params = mp.count_parameters(config)  # tied or not: every unit together is the whole model
+        largest = max(mp.architecture(config).layer_parameters,
+                      0 if config.get("tie_word_embeddings") else mp.architecture(config).embedding_parameters)
+        verl = plan_memory(config, world_size=2, max_tokens_per_gpu=256, compute_dtype="fp32", device="cpu")
+        cpu = plan_memory(config, world_size=2, max_tokens_per_gpu=256, compute_dtype="fp32", device="cpu",
+                          defer_gradient_sync=True, reshard_after_forward=False)
+        items = {item.name: item.bytes for item in cpu.items}
+        assert items["gathered fp32 params (every unit: no reshard)"] == params * 4
+        assert items["unsharded grads (fp32 + fp32 reduce, every unit: sync deferred)"] == params * 4 + largest * 4
+        assert cpu.total > verl.total  # memory bought for fewer copies
+        assert any("engine.use_no_sync_for_gradient_accumulation=true" in line for line in cpu.assumptions)
+        assert any("engine.reshard_after_forward=false" in line for line in cpu.assumptions)

@@ -29,6 +29,13 @@ What verl 0.9.1 does, and so what is counted (site-packages/verl):
   the adapters are bf16 as well (pass adapter_dtype="bf16" to see that case).
 - `use_no_sync_for_gradient_accumulation: false` in trainer/config/engine/fsdp.yaml:
   gradients are reduce-scattered after every micro batch, never held unsharded across them.
+  With it true (the launcher's choice on a CPU, sft/launcher.py), each unit's unsharded gradient
+  is kept from its first micro batch to the step's last (`defer_gradient_sync`): the whole
+  model's gradients, unsharded, beside the sharded ones.
+- `reshard_after_forward: true`: each decoder layer is freed after its forward and gathered
+  again for its backward. With it false (the launcher's choice on a CPU), every unit stays
+  gathered from its forward to its backward (`reshard_after_forward=False`): the whole model,
+  gathered, at the peak of a micro batch.
 - The loss (workers/utils/losses.py `sft_loss`) takes log-probs from
   `verl.utils.torch_functional.logprobs_from_logits`: flash-attn's Triton cross entropy when
   flash-attn is installed (in-place backward: no copy of the logits beyond the logits
@@ -452,6 +459,9 @@ def _compute_items(arch: Architecture, inputs: dict[str, Any]) -> list[Item]:
     root, largest = _fsdp_units(arch, block, vocab_parallel)
     in_flight = (root + largest + block) * b
     gathered = f"gathered {inputs['compute_dtype']} params (root + 2 units)"
+    every_unit = root + arch.layers * block + (0 if arch.tied or vocab_parallel else 2 * arch.embedding_parameters)
+    if not inputs["reshard_after_forward"]:
+        in_flight, gathered = every_unit * b, f"gathered {inputs['compute_dtype']} params (every unit: no reshard)"
     stored = inputs["param_dtype"] if not lora else inputs["frozen_dtype"]
     biggest_gathered, cast = max(root, largest) * b, stored != inputs["compute_dtype"]
     if lora and inputs["frozen_upcast"]:
@@ -460,20 +470,28 @@ def _compute_items(arch: Architecture, inputs: dict[str, Any]) -> list[Item]:
         fb, tb = _bytes_of(inputs["frozen_dtype"], "frozen_dtype"), _bytes_of(inputs["adapter_dtype"], "adapter_dtype")
         adapters_gathered = adapters_per_layer * (2 if largest == block else 1)
         frozen_params = root + largest + block - adapters_gathered
+        if not inputs["reshard_after_forward"]:  # every unit stays gathered
+            adapters_gathered = adapters_per_layer * arch.layers
+            frozen_params = every_unit - adapters_gathered
         widest = max((t.inputs * t.outputs for t in arch.linears), default=0)
         if vocab_parallel:  # the LM head's rows of this process, fp32 block by block
             widest = max(widest, -(-arch.vocab // inputs["world_size"]) * arch.hidden)
         elif not arch.tied:
             widest = max(widest, arch.embedding_parameters)
         in_flight = frozen_params * fb + adapters_gathered * tb + min(widest * b, FROZEN_UPCAST_BLOCK_BYTES)
-        gathered = f"gathered params ({inputs['frozen_dtype']} base, root + 2 units) + one fp32 block"
+        units = "root + 2 units" if inputs["reshard_after_forward"] else "every unit: no reshard"
+        gathered = f"gathered params ({inputs['frozen_dtype']} base, {units}) + one fp32 block"
         biggest_gathered, cast = max(root, largest) * fb, False
     # FSDP2 gathers a unit into a buffer and copies it out into the parameters: measured on CPU
     # (python -m sft.bench.fsdp_gather), a gather peaks at 2x the unit, 2.5x when it casts.
     transient = int(biggest_gathered * (GATHER_TRANSIENT_CAST if cast else GATHER_TRANSIENT)) \
         if inputs["device"] == "cpu" else 0
-    if lora:
+    if lora and inputs["defer_gradient_sync"]:  # every layer's adapters' gradients, kept until the last micro batch
+        unsharded_grads = arch.layers * adapters_per_layer * b + adapters_per_layer * REDUCE_BYTES
+    elif lora:
         unsharded_grads = adapters_per_layer * (b + REDUCE_BYTES)
+    elif inputs["defer_gradient_sync"]:  # the whole model's, kept until the last micro batch
+        unsharded_grads = every_unit * b + largest * REDUCE_BYTES
     else:
         unsharded_grads = root * b + largest * (b + REDUCE_BYTES)
     gc = inputs["gradient_checkpointing"]
@@ -485,7 +503,8 @@ def _compute_items(arch: Architecture, inputs: dict[str, Any]) -> list[Item]:
     return [
         Item(gathered, in_flight, COMPUTE),
         *([Item("all-gather buffer of the largest unit (measured)", transient, COMPUTE)] if transient else []),
-        Item(f"unsharded grads ({dtype} + fp32 reduce)", unsharded_grads, COMPUTE),
+        Item(f"unsharded grads ({dtype} + fp32 reduce{', every unit: sync deferred' if inputs['defer_gradient_sync'] else ''})",
+             unsharded_grads, COMPUTE),
         Item(f"saved activations ({tokens} tokens, checkpointing {'on' if gc else 'off'})", activations, COMPUTE),
         Item(f"logits + loss copies ({tokens} x {arch.vocab} x {per_element} B)", tokens * arch.vocab * per_element,
              LOSS),
@@ -500,7 +519,8 @@ def plan_memory(model_config: Optional[dict[str, Any]], *, mode: str = "full", w
                 frozen_dtype: str = "fp32", adapter_dtype: str = "fp32", parameter_count: Optional[int] = None,
                 device: str = "cuda", flash_attn_installed: Optional[bool] = None, offload: bool = False,
                 overhead_bytes: Optional[int] = None, frozen_upcast: Optional[bool] = None,
-                vocab_parallel: Optional[bool] = None) -> MemoryPlan:
+                vocab_parallel: Optional[bool] = None, defer_gradient_sync: bool = False,
+                reshard_after_forward: bool = True) -> MemoryPlan:
     """The memory one FSDP2 rank of verl's SFT trainer needs, item by item (never raises on a config).
 
     mode: "full" or "lora". world_size: FSDP ranks sharing the shards. max_tokens_per_gpu:
@@ -517,6 +537,9 @@ def plan_memory(model_config: Optional[dict[str, Any]], *, mode: str = "full", w
     lower-precision base). vocab_parallel: with frozen_upcast on several processes, the frozen
     embedding and LM head kept as each process's rows and computed vocabulary-parallel, never
     gathered (sft/verl_plugins/cpu/vocab_parallel.py; default: wherever frozen_upcast is, world_size > 1).
+    defer_gradient_sync: engine.use_no_sync_for_gradient_accumulation (unsharded gradients of every unit
+    kept across micro batches). reshard_after_forward: engine.reshard_after_forward (False: every unit
+    stays gathered from its forward to its backward).
     """
     if mode not in ("full", "lora"):
         raise ValueError(f"mode={mode!r}: use 'full' or 'lora'.")
@@ -533,8 +556,9 @@ def plan_memory(model_config: Optional[dict[str, Any]], *, mode: str = "full", w
                   lora_rank=lora_rank, target_modules=target_modules, frozen_dtype=frozen_dtype,
                   adapter_dtype=adapter_dtype, parameter_count=parameter_count, device=device,
                   flash_attn_installed=(device == "cuda") if flash_attn_installed is None else flash_attn_installed,
-                  offload=offload, frozen_upcast=frozen_upcast, vocab_parallel=vocab_parallel, overhead_bytes=RUNTIME_OVERHEAD_BYTES[device] if overhead_bytes is None
-                  else overhead_bytes)
+                  offload=offload, frozen_upcast=frozen_upcast, vocab_parallel=vocab_parallel,
+                  defer_gradient_sync=defer_gradient_sync, reshard_after_forward=reshard_after_forward,
+                  overhead_bytes=RUNTIME_OVERHEAD_BYTES[device] if overhead_bytes is None else overhead_bytes)
     arch, params, notes = _resolve(model_config, parameter_count)
     adapters = lora_parameters(arch, lora_rank, target_modules) if arch and mode == "lora" else 0
     items: list[Item] = []
@@ -575,7 +599,11 @@ def _assumptions(inputs: dict[str, Any]) -> tuple[str, ...]:
         f"dtypes: weights {held} (engine.model_dtype), compute {inputs['compute_dtype']} "
         "(engine.mixed_precision.param_dtype), gradients and AdamW moments as the trained weights, reduce fp32",
         "FSDP2 units as verl wraps them: each decoder layer; embed_tokens and lm_head when untied; the root "
-        "(final norm, tied embedding) stays gathered through backward; one more layer prefetched",
+        "(final norm, tied embedding) stays gathered through backward; " + (
+            "one more layer prefetched" if inputs["reshard_after_forward"] else
+            "every unit stays gathered from its forward to its backward (engine.reshard_after_forward=false)"),
+        "gradients of every unit held unsharded until the step's last micro batch "
+        "(engine.use_no_sync_for_gradient_accumulation=true)" if inputs["defer_gradient_sync"] else
         "gradients reduce-scattered every micro batch (fsdp.yaml use_no_sync_for_gradient_accumulation: false)",
         "activations: what Hugging Face modules save for backward, flash/memory-efficient attention "
         "(no seq^2 scores), no padding; checked exactly against autograd for Qwen2 on CPU",

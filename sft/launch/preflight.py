@@ -383,7 +383,9 @@ def memory_plan_for(settings: Settings, config):
         frozen_dtype=model_dtype, device=settings["DEVICE"], offload=bool(value("engine.offload_policy", False)),
         flash_attn_installed=settings["DEVICE"] == "cuda" and importlib.util.find_spec("flash_attn") is not None,
         frozen_upcast=False if os.environ.get("SFT_FROZEN_UPCAST") == "0" else None,  # None: where it is loaded
-        vocab_parallel=False if os.environ.get("SFT_VOCAB_PARALLEL") == "0" else None)
+        vocab_parallel=False if os.environ.get("SFT_VOCAB_PARALLEL") == "0" else None,
+        defer_gradient_sync=bool(value("engine.use_no_sync_for_gradient_accumulation", False)),
+        reshard_after_forward=bool(value("engine.reshard_after_forward", True)))
     if settings["DEVICE"] == "cuda" and settings.sources.get("DEVICE", "").startswith("no GPU visible"):
         return plan, ["memory plan not compared with free memory: no GPU here (GPUs assumed)."]
     processes = settings["NPROC_PER_NODE"] if settings["DEVICE"] == "cpu" else 1
