@@ -359,6 +359,8 @@ def _launch(name: str, args: argparse.Namespace, model_dir: Path, train_file: Pa
             total_steps: int) -> tuple[list[str], dict[str, str]]:
     """(Hydra overrides, environment) that run configuration `name` through its launcher script."""
     spec = CONFIGS[name]
+    if "trl" in spec:
+        raise ValueError(f"{name} runs TRL's SFTTrainer, not our launcher: build its command with _command")
     overrides = list(spec["overrides"]) + (spec.get("gpu_overrides", []) if device == "cuda" else [])
     overrides += [f"trainer.total_training_steps={total_steps + 1}", "trainer.save_freq=-1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, "MODEL_NAME": str(model_dir),
