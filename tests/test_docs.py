@@ -650,7 +650,6 @@ def test_every_repository_script_the_docs_name_exists():
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_split_dry_run_composes_what_a_real_dry_run_composes(dry_runs):
     """The harness above against the real thing: one quick start command, end to end in one process chain."""
     command = next(c for c in RUN_COMMANDS if c.doc == QUICKSTART and c.kind == "launcher" and not c.loop)
