@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['gathered_gib']:.2f} GiB gathered; peak {result['peak_gib']:.2f} GiB above the shard "
               f"({result['peak_x_unit']:.2f}x the unit), held once gathered {result['held_gib']:.2f} GiB; "
               f"transient {result['transient_x_unit']:.2f}x the unit")
+    dist.barrier()  # leave gloo together: a rank tearing it down under the other can abort at exit
     dist.destroy_process_group()
     return 0
 
