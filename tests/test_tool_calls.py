@@ -209,6 +209,23 @@ def test_a_run_without_tools_keeps_the_plain_messages_schema(tmp_path):
     assert "tools" not in schema.names and schema.field("messages").type.value_type.num_fields == 2
 
 
+def test_a_flat_rows_own_tools_field_is_written_as_given_and_never_reaches_the_template(tmp_path, family):
+    from sft.verl_plugins.sft_dataset import ChatTemplateSFTDataset
+
+    tokenizer, chat = family("qwen3")  # a template that renders a tools list into the prompt
+    rows = [{"id": 1, "prompt": "2+2?", "generated_solution": "4", "tools": "calculator"},
+            {"id": 2, "prompt": "3+3?", "generated_solution": "6", "tools": json.dumps(TOOLS)}]
+    manifest = _prepare(tmp_path, rows, tokenizer.name_or_path)
+    assert manifest["counts"]["train"] == 2 and manifest["counts"]["rejected"] == {}
+    path = tmp_path / "out" / "train.parquet"
+    written = {r["id"]: r for r in pq.read_table(path).to_pylist()}
+    assert [written[i]["tools"] for i in (1, 2)] == [rows[0]["tools"], rows[1]["tools"]]  # the field, as given
+    dataset = ChatTemplateSFTDataset([str(path)], tokenizer, {"max_length": 4096, "pad_mode": "no_padding"})
+    for index, row in enumerate(pq.read_table(path).to_pylist()):
+        plain = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["generated_solution"]}]
+        assert dataset[index]["input_ids"].tolist() == chat.encode(plain)[0]  # no tools list in the prompt
+
+
 def test_llamafactory_sharegpt_function_calls_train_the_call_and_the_answer(tmp_path, family):
     from pathlib import Path
 

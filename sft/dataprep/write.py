@@ -131,7 +131,9 @@ def to_output(table: pa.Table, schema: pa.Schema, cfg: PrepareConfig) -> pa.Tabl
         prompts = table.column(cfg.prompt_field).combine_chunks()
         responses = table.column(cfg.response_field).combine_chunks()
         messages = build_messages(prompts, responses, cfg.system_prompt)
-    tools = TOOLS_OUTPUT_COLUMN in schema.names
+    # A run with tool conversations ends its schema with the tools list (output_schema); a row field that is
+    # merely named `tools` in another run is an ordinary column, written as given.
+    tools = message_type == TOOL_MESSAGES_TYPE
     columns = [messages] + [table.column(name) for name in schema.names[1:len(schema.names) - tools]]
     if tools:
         columns.append(table.column(TOOLS_COLUMN) if TOOLS_COLUMN in names else pa.nulls(table.num_rows, pa.string()))

@@ -37,6 +37,17 @@ TOOLS_COLUMN = "tools"
 """prepare_data's column with each row's tools list as JSON text (sft.dataprep.write.TOOLS_OUTPUT_COLUMN)."""
 
 
+def _has_tool_messages(schema, messages_key: str) -> bool:
+    """Whether prepare_data wrote this file from tool conversations: its messages carry `tool_calls` and its
+    `tools` column is their tools list (sft.dataprep.write.TOOL_MESSAGES_TYPE). Elsewhere a `tools` column is
+    a field of the user's rows, never passed to the template."""
+    import pyarrow as pa
+
+    kind = schema.field(messages_key).type
+    return (TOOLS_COLUMN in schema.names and pa.types.is_list(kind) and pa.types.is_struct(kind.value_type)
+            and kind.value_type.get_field_index("tool_calls") >= 0)
+
+
 def _plain(value):
     """OmegaConf containers to plain Python."""
     try:
@@ -150,7 +161,7 @@ class ChatTemplateSFTDataset:
             if self.messages_key not in schema.names:
                 raise ValueError(f"{path} has no {self.messages_key!r} column (columns: {', '.join(schema.names)}); "
                                  "run sft/prepare_data.py on your JSONL")
-            columns = [self.messages_key] + ([TOOLS_COLUMN] if TOOLS_COLUMN in schema.names else [])
+            columns = [self.messages_key] + ([TOOLS_COLUMN] if _has_tool_messages(schema, self.messages_key) else [])
             tables.append(pq.read_table(path, columns=columns))
         table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
         column = table.column(self.messages_key)
