@@ -89,7 +89,8 @@ _COMMAND_ORDER = (
 # and reducing gradients once per step (verl's own switches) leaves the losses equal (tests/test_cpu_fsdp.py)
 # and costs memory the plan counts (sft/launch/memory_plan.py): the whole model gathered and its
 # gradients unsharded, per process. Full fine-tuning only: a LoRA run's frozen base gathered whole
-# would double its largest item, for adapters whose gradients are small anyway. scripts/benchmark_training.py --configs ours,ours-verl-fsdp measures it.
+# would double its largest item, for adapters whose gradients are small anyway.
+# `scripts/benchmark_training.py --configs ours,ours-verl-fsdp` measures the difference.
 CPU_FSDP_OVERRIDES = ["engine.use_no_sync_for_gradient_accumulation=true", "engine.reshard_after_forward=false"]
 
 
